@@ -1,0 +1,151 @@
+"""Typed readers for environment variables.
+
+Every setting of the product comes from the environment. These helpers fail loudly (with the
+variable's name and the offending value) instead of guessing, so a typo in a deployment stops
+the process at start instead of surfacing hours later as odd behaviour.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_str(name: str, default: str, environ: Mapping[str, str] | None = None) -> str:
+    source = os.environ if environ is None else environ
+    return source.get(name, default)
+
+
+def env_bool(name: str, default: bool, environ: Mapping[str, str] | None = None) -> bool:
+    source = os.environ if environ is None else environ
+    raw = source.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be a boolean (true/false), got {raw!r}")
+
+
+def env_int(
+    name: str,
+    default: int,
+    environ: Mapping[str, str] | None = None,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int:
+    source = os.environ if environ is None else environ
+    raw = source.get(name)
+    if raw is None or raw.strip() == "":
+        value = default
+    else:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def env_float(
+    name: str, default: float, environ: Mapping[str, str] | None = None, *, minimum: float | None = None
+) -> float:
+    source = os.environ if environ is None else environ
+    raw = source.get(name)
+    if raw is None or raw.strip() == "":
+        value = default
+    else:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def env_list(name: str, default: list[str], environ: Mapping[str, str] | None = None) -> list[str]:
+    source = os.environ if environ is None else environ
+    raw = source.get(name)
+    if raw is None:
+        return list(default)
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_path(name: str, default: Path, environ: Mapping[str, str] | None = None) -> Path:
+    source = os.environ if environ is None else environ
+    raw = source.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return Path(raw).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    engine: str
+    name: str
+    user: str = ""
+    password: str = ""
+    host: str = ""
+    port: str = ""
+    options: dict[str, str] | None = None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine == "django.db.backends.sqlite3"
+
+
+_PG_SCHEMES = {"postgres", "postgresql", "pgsql"}
+
+
+def parse_database_url(url: str) -> DatabaseConfig:
+    """Parse `postgres://user:pass@host:port/name?opt=v` or `sqlite:///abs/path.db`.
+
+    Pure so it can be tested on its own; settings turn the result into Django's dict.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "sqlite":
+        # sqlite:////abs/path -> "/abs/path"; sqlite:///rel/path -> "rel/path"
+        # sqlite:////abs/path.db is absolute, sqlite:///rel/path.db is relative: drop one slash.
+        path = unquote(url[len("sqlite://") :])
+        path = path[1:] if path.startswith("/") else path
+        if path in {"", ":memory:"}:
+            raise ConfigError("DATABASE_URL: sqlite needs a file path, e.g. sqlite:////srv/cp/db.sqlite3")
+        return DatabaseConfig(engine="django.db.backends.sqlite3", name=path)
+    if scheme in _PG_SCHEMES:
+        name = unquote(parts.path.lstrip("/"))
+        if not name:
+            raise ConfigError("DATABASE_URL: a database name is required, e.g. postgres://u@h:5432/db")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigError(f"DATABASE_URL: invalid port in {url!r}") from None
+        options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+        return DatabaseConfig(
+            engine="django.db.backends.postgresql",
+            name=name,
+            user=unquote(parts.username or ""),
+            password=unquote(parts.password or ""),
+            host=parts.hostname or "",
+            port=str(port) if port else "",
+            options=options or None,
+        )
+    raise ConfigError(f"DATABASE_URL: unsupported scheme {parts.scheme!r} (use postgres:// or sqlite://)")

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import reverse
+from rest_framework import serializers
+
+from runs.models import Artifact, LogLine, Run
+
+
+class RunSerializer(serializers.ModelSerializer[Run]):
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    error = serializers.SerializerMethodField()
+    progress = serializers.SerializerMethodField()
+    links = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Run
+        fields = [
+            "id", "name", "status", "program", "params", "secrets", "owner", "attempt", "max_attempts",
+            "queue", "phase", "progress", "worker", "exit_code", "error", "created_at", "enqueued_at",
+            "started_at", "finished_at", "updated_at", "links",
+        ]
+        read_only_fields = fields
+
+    def get_error(self, run: Run) -> dict[str, str] | None:
+        if not run.error_kind:
+            return None
+        return {"kind": run.error_kind, "code": run.error_code, "message": run.error_message}
+
+    def get_progress(self, run: Run) -> dict[str, int | None] | None:
+        if run.progress_step is None:
+            return None
+        return {"step": run.progress_step, "total": run.progress_total}
+
+    def get_links(self, run: Run) -> dict[str, str]:
+        return {
+            "self": reverse("api:run-detail", args=[run.pk]),
+            "logs": reverse("api:run-logs", args=[run.pk]),
+            "metrics": reverse("api:run-metrics", args=[run.pk]),
+            "artifacts": reverse("api:run-artifacts", args=[run.pk]),
+            "cancel": reverse("api:run-cancel", args=[run.pk]),
+            "websocket": f"/ws/runs/{run.pk}/",
+        }
+
+
+class LogLineSerializer(serializers.ModelSerializer[LogLine]):
+    class Meta:
+        model = LogLine
+        fields = ["seq", "ts", "stream", "line"]
+
+
+class ArtifactSerializer(serializers.ModelSerializer[Artifact]):
+    download_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Artifact
+        fields = ["id", "name", "kind", "size", "sha256", "download_url", "created_at", "attempt", "metadata"]
+
+    def get_download_url(self, artifact: Artifact) -> str:
+        request: Any = self.context.get("request")
+        path = reverse("artifact-download", args=[artifact.pk])
+        return str(request.build_absolute_uri(path)) if request is not None else path
+
+
+class LaunchSerializer(serializers.Serializer[Any]):
+    """Only documents the launch body for the OpenAPI schema; validation is in services."""
+
+    name = serializers.CharField(max_length=200)
+    program = serializers.CharField()
+    params = serializers.DictField(required=False)
+    secrets = serializers.ListField(child=serializers.CharField(), required=False)

@@ -1,0 +1,127 @@
+"""REST views: parse the request, call a selector or service, serialize. No rules live here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from runs import selectors, services
+from runs.api.serializers import ArtifactSerializer, LaunchSerializer, LogLineSerializer, RunSerializer
+from runs.models import Run, RunStatus
+
+LAUNCH_FIELDS = {"name", "program", "params", "secrets"}
+
+
+def int_param(request: Request, name: str, default: int | None, *, minimum: int, maximum: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError({name: [f"must be an integer, got {raw[:40]!r}"]}) from None
+    if not minimum <= value <= maximum:
+        raise ValidationError({name: [f"must be between {minimum} and {maximum}"]})
+    return value
+
+
+class RunViewSet(viewsets.GenericViewSet[Run]):
+    serializer_class = RunSerializer
+
+    def get_queryset(self) -> QuerySet[Run]:
+        queryset = selectors.visible_runs(self.request.user).select_related("owner")
+        wanted = self.request.query_params.get("status")
+        if wanted:
+            statuses = [s.strip() for s in wanted.split(",") if s.strip()]
+            unknown = [s for s in statuses if s not in RunStatus.values]
+            if unknown:
+                raise ValidationError({"status": [f"unknown status {unknown[0][:32]!r}; use {', '.join(RunStatus.values)}"]})
+            queryset = queryset.filter(status__in=statuses)
+        return queryset
+
+    def get_object(self) -> Run:
+        try:
+            run_id = int(self.kwargs["pk"])
+        except (TypeError, ValueError):
+            raise ValidationError({"id": ["must be an integer"]}) from None
+        return selectors.access_run(self.request.user, run_id)
+
+    @extend_schema(parameters=[OpenApiParameter("status", str, description="comma-separated statuses")])
+    def list(self, request: Request) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(RunSerializer(page, many=True).data)
+
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(RunSerializer(self.get_object()).data)
+
+    @extend_schema(request=LaunchSerializer, responses={201: RunSerializer})
+    def create(self, request: Request) -> Response:
+        body: Any = request.data
+        if not isinstance(body, dict):
+            raise ValidationError({"non_field_errors": ["the body must be a JSON object"]})
+        unknown = sorted(set(body) - LAUNCH_FIELDS)
+        if unknown:
+            raise ValidationError({name: ["unknown field"] for name in unknown[:10]})
+        try:
+            launch = services.check_launch(
+                name=body.get("name"), program=body.get("program"), params=body.get("params"),
+                secrets=body.get("secrets"),
+            )
+        except services.LaunchError as error:
+            raise ValidationError({field: [message] for field, message in error.errors.items()}) from None
+        run = services.do_launch_run(request.user, launch, request_id=getattr(request, "request_id", ""))
+        return Response(RunSerializer(run).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={202: RunSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str) -> Response:
+        try:
+            run = services.do_cancel_run(self.get_object())
+        except services.CancelError as error:
+            return Response({"detail": str(error), "code": "not_cancellable"}, status=status.HTTP_409_CONFLICT)
+        return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("after", int), OpenApiParameter("limit", int)], responses={200: LogLineSerializer}
+    )
+    @action(detail=True, methods=["get"])
+    def logs(self, request: Request, pk: str) -> Response:
+        run = self.get_object()
+        after = int_param(request, "after", 0, minimum=0, maximum=2**62) or 0
+        limit = int_param(request, "limit", 1_000, minimum=1, maximum=selectors.MAX_LOG_PAGE) or 1_000
+        lines = selectors.log_lines_after(run.pk, after, limit)
+        last = lines[-1].seq if lines else after
+        return Response(
+            {
+                "results": LogLineSerializer(lines, many=True).data,
+                "next_after": last,
+                "has_more": len(lines) == limit,
+                "run_status": run.status,
+            }
+        )
+
+    @extend_schema(parameters=[OpenApiParameter("key", str, required=True), OpenApiParameter("max_points", int)])
+    @action(detail=True, methods=["get"])
+    def metrics(self, request: Request, pk: str) -> Response:
+        run = self.get_object()
+        key = request.query_params.get("key", "")
+        if not key:
+            keys = selectors.metric_keys(run.pk)
+            raise ValidationError({"key": [f"required; this run has: {', '.join(keys) or 'no metrics yet'}"]})
+        max_points = int_param(request, "max_points", None, minimum=2, maximum=selectors.MAX_RAW_POINTS)
+        points = selectors.metric_points(run.pk, key[:200], max_points)
+        return Response({"key": key, "points": [{"step": p.step, "value": p.value} for p in points]})
+
+    @extend_schema(responses={200: ArtifactSerializer(many=True)})
+    @action(detail=True, methods=["get"])
+    def artifacts(self, request: Request, pk: str) -> Response:
+        run = self.get_object()
+        serializer = ArtifactSerializer(selectors.run_artifacts(run.pk), many=True, context={"request": request})
+        return Response(serializer.data)

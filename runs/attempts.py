@@ -1,0 +1,268 @@
+"""Writes made by the supervisor of one run attempt.
+
+Every write names the attempt it belongs to and matches no row once another attempt has taken
+the run: that is the fencing that keeps a stale supervisor (a redelivered task, a worker back
+from a network partition) from touching a run it no longer owns.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from runs import events
+from runs.ingest import PointRow, insert_log_lines, series_ids, upsert_metric_points
+from runs.models import Artifact, Checkpoint, LogStream, Run, RunStatus
+
+log = structlog.get_logger(__name__)
+
+_LIVE = (RunStatus.RUNNING.value, RunStatus.CANCELLING.value)
+
+
+class StaleAttempt(Exception):
+    """The run has moved on: another attempt owns it, or it is no longer live."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    run_id: int
+    attempt: int
+    program: str
+    params: dict[str, Any]
+    secrets: list[str]
+    request_id: str
+
+
+@dataclass
+class Batch:
+    """What a supervisor collected since its last flush."""
+
+    lines: list[tuple[datetime, str, str]] = field(default_factory=list)  # ts, stream, line
+    points: list[tuple[str, int, float | None, datetime]] = field(default_factory=list)
+    progress: tuple[int, int | None] | None = None
+    phase: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.lines or self.points or self.progress or self.phase)
+
+
+def _lease_deadline(now: datetime) -> datetime:
+    return now + timedelta(seconds=settings.CONTROLPLANE["LEASE_SECONDS"])
+
+
+def status_frame(run: Run) -> events.StatusFrame:
+    return {
+        "type": "status",
+        "status": run.status,
+        "attempt": run.attempt,
+        "phase": run.phase,
+        "progress_step": run.progress_step,
+        "progress_total": run.progress_total,
+        "error_kind": run.error_kind,
+        "error_message": run.error_message,
+    }
+
+
+def broadcast_status_on_commit(run_id: int) -> None:
+    def send() -> None:
+        run = Run.objects.filter(pk=run_id).first()
+        if run is not None:
+            events.publish(run_id, status_frame(run))
+
+    transaction.on_commit(send)
+
+
+def claim_run(run_id: int, worker: str) -> Claim | None:
+    """Take a queued run for a new attempt, or None when it is not queued (a duplicate delivery)."""
+    now = timezone.now()
+    with transaction.atomic():
+        # The status condition makes the claim atomic: of two deliveries of the same task, only
+        # one UPDATE matches; the other sees zero rows and starts nothing.
+        claimed = Run.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
+            status=RunStatus.RUNNING,
+            attempt=F("attempt") + 1,
+            worker=worker[:255],
+            started_at=now,
+            heartbeat_at=now,
+            lease_expires_at=_lease_deadline(now),
+            finished_at=None,
+            exit_code=None,
+            error_kind="",
+            error_code="",
+            error_message="",
+            phase="starting",
+        )
+        if not claimed:
+            return None
+        run = Run.objects.get(pk=run_id)
+        broadcast_status_on_commit(run_id)
+    return Claim(
+        run_id=run.pk,
+        attempt=run.attempt,
+        program=run.program,
+        params=dict(run.params),
+        secrets=list(run.secrets),
+        request_id=run.request_id,
+    )
+
+
+def renew_lease(run_id: int, attempt: int) -> str:
+    """Extend the lease; returns the run's status (`cancelling` asks the supervisor to stop)."""
+    now = timezone.now()
+    renewed = Run.objects.filter(pk=run_id, attempt=attempt, status__in=_LIVE).update(
+        heartbeat_at=now, lease_expires_at=_lease_deadline(now)
+    )
+    if not renewed:
+        raise StaleAttempt(f"run {run_id} attempt {attempt} lost its lease")
+    return current_status(run_id, attempt)
+
+
+def current_status(run_id: int, attempt: int) -> str:
+    row = Run.objects.filter(pk=run_id, attempt=attempt).values_list("status", flat=True).first()
+    if row is None or row not in _LIVE:
+        raise StaleAttempt(f"run {run_id} attempt {attempt} is no longer live")
+    return str(row)
+
+
+def _reserve_seq(run_id: int, attempt: int, count: int, batch: Batch) -> int:
+    """Reserve `count` seqs under the fencing condition; returns the last seq reserved."""
+    assignments = ["log_seq = log_seq + %s", "updated_at = %s"]
+    values: list[Any] = [count, timezone.now()]
+    if batch.progress is not None:
+        assignments += ["progress_step = %s", "progress_total = %s"]
+        values += list(batch.progress)
+    if batch.phase is not None:
+        assignments.append("phase = %s")
+        values.append(batch.phase[:32])
+    table = Run._meta.db_table
+    sql = (
+        f"UPDATE {table} SET {', '.join(assignments)} "  # noqa: S608 - only our own column names
+        "WHERE id = %s AND attempt = %s AND status IN (%s, %s) RETURNING log_seq"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*values, run_id, attempt, *_LIVE])
+        row = cursor.fetchone()
+    if row is None:
+        raise StaleAttempt(f"run {run_id} attempt {attempt} may no longer write")
+    return int(row[0])
+
+
+def write_batch(run_id: int, attempt: int, batch: Batch, series_cache: dict[str, int]) -> tuple[int, int]:
+    """Store a batch in one transaction and publish it once committed; returns (first, last) seq."""
+    with transaction.atomic():
+        last_seq = _reserve_seq(run_id, attempt, len(batch.lines), batch)
+        first_seq = last_seq - len(batch.lines) + 1
+        log_rows = [(first_seq + i, ts, stream, line) for i, (ts, stream, line) in enumerate(batch.lines)]
+        insert_log_lines(run_id, log_rows)
+        point_rows: list[PointRow] = []
+        if batch.points:
+            ids = series_ids(run_id, (key for key, _, _, _ in batch.points), series_cache)
+            point_rows = [(ids[key], step, value, ts) for key, step, value, ts in batch.points]
+            upsert_metric_points(point_rows)
+
+        def publish() -> None:
+            if log_rows:
+                events.publish(run_id, events.log_frame(log_rows))
+            if batch.points:
+                events.publish(run_id, events.metric_frame([(k, s, v) for k, s, v, _ in batch.points]))
+            if batch.progress is not None or batch.phase is not None:
+                events.publish(
+                    run_id,
+                    {
+                        "type": "status",
+                        "status": RunStatus.RUNNING.value,
+                        "attempt": attempt,
+                        "phase": batch.phase or "",
+                        "progress_step": batch.progress[0] if batch.progress else None,
+                        "progress_total": batch.progress[1] if batch.progress else None,
+                    },
+                )
+
+        transaction.on_commit(publish)
+    return first_seq, last_seq
+
+
+def _assert_owner(run_id: int, attempt: int) -> None:
+    # Row lock: a concurrent claim by another attempt waits for this transaction, or wins first
+    # and makes this check fail. Either way no stale row is written.
+    if not Run.objects.select_for_update().filter(pk=run_id, attempt=attempt, status__in=_LIVE).exists():
+        raise StaleAttempt(f"run {run_id} attempt {attempt} may no longer write")
+
+
+def register_checkpoint(run_id: int, attempt: int, step: int, path: str, size: int, sha256: str) -> None:
+    with transaction.atomic():
+        _assert_owner(run_id, attempt)
+        Checkpoint.objects.update_or_create(
+            run_id=run_id,
+            step=step,
+            defaults={"attempt": attempt, "path": path, "size": size, "sha256": sha256, "created_at": timezone.now()},
+        )
+
+
+def register_artifact(
+    run_id: int, attempt: int, *, name: str, kind: str, size: int, sha256: str, storage_key: str, metadata: dict[str, Any]
+) -> Artifact:
+    with transaction.atomic():
+        _assert_owner(run_id, attempt)
+        artifact, _ = Artifact.objects.update_or_create(
+            run_id=run_id,
+            name=name,
+            defaults={
+                "attempt": attempt,
+                "kind": kind[:32],
+                "size": size,
+                "sha256": sha256,
+                "storage_key": storage_key,
+                "metadata": metadata,
+                "created_at": timezone.now(),
+            },
+        )
+    return artifact
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: RunStatus
+    exit_code: int | None = None
+    error_kind: str = ""
+    error_code: str = ""
+    error_message: str = ""
+
+
+def finish_attempt(run_id: int, attempt: int, outcome: Outcome) -> bool:
+    """Record the end of an attempt; False when the attempt had already lost the run."""
+    with transaction.atomic():
+        finished = Run.objects.filter(pk=run_id, attempt=attempt, status__in=_LIVE).update(
+            status=outcome.status,
+            finished_at=timezone.now(),
+            lease_expires_at=None,
+            exit_code=outcome.exit_code,
+            error_kind=outcome.error_kind,
+            error_code=outcome.error_code[:64],
+            error_message=outcome.error_message[:4000],
+            phase="",
+        )
+        if finished:
+            broadcast_status_on_commit(run_id)
+    return bool(finished)
+
+
+def system_line(text: str) -> tuple[datetime, str, str]:
+    """A log line written by the control plane itself (start, exit, skipped events)."""
+    return (timezone.now(), LogStream.SYSTEM.value, text)
+
+
+def finite_or_none(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+

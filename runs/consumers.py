@@ -1,0 +1,93 @@
+"""The run websocket: the log backlog after N from the database, then live frames.
+
+Order of operations guarantees no gap and no duplicate: the consumer joins the run's group
+before it reads the backlog, so any batch committed later arrives as a live frame; lines already
+sent are dropped by seq, and a live frame that starts past the next expected seq makes the
+consumer fill the gap from the database (a frame lost in transport costs nothing).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.http import Http404
+
+from runs import events, selectors
+from runs.attempts import status_frame
+from runs.models import LogLine
+
+BACKLOG_PAGE = 2_000
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_NOT_FOUND = 4404
+
+
+def _line_frame(line: LogLine) -> events.LogLineFrame:
+    return {"seq": line.seq, "ts": line.ts.isoformat(), "stream": line.stream, "line": line.line}
+
+
+class RunConsumer(AsyncWebsocketConsumer):
+    run_id: int
+    last_seq: int
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.run_id = int(self.scope["url_route"]["kwargs"]["run_id"])
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        try:
+            self.last_seq = max(0, int(query.get("after", ["0"])[0]))
+        except ValueError:
+            self.last_seq = 0
+        try:
+            run = await database_sync_to_async(selectors.access_run)(user, self.run_id)
+        except Http404:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        await self.channel_layer.group_add(events.run_group(self.run_id), self.channel_name)
+        await self.accept()
+        await self._send(status_frame(run))
+        await self._send_from_database()
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "run_id"):
+            await self.channel_layer.group_discard(events.run_group(self.run_id), self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        # The stream is one-way; a client's "ping" gets a "pong" so it can measure liveness.
+        if text_data == "ping":
+            await self.send(text_data="pong")
+
+    async def run_frame(self, message: dict[str, Any]) -> None:
+        frame = message["frame"]
+        if frame.get("type") != "log":
+            await self._send(frame)
+            return
+        lines = [line for line in frame["lines"] if line["seq"] > self.last_seq]
+        if not lines:
+            return
+        if lines[0]["seq"] != self.last_seq + 1:
+            await self._send_from_database()
+            lines = [line for line in lines if line["seq"] > self.last_seq]
+            if not lines:
+                return
+        self.last_seq = lines[-1]["seq"]
+        await self._send({"type": "log", "lines": lines})
+
+    async def _send_from_database(self) -> None:
+        while True:
+            page = await database_sync_to_async(selectors.log_lines_after)(self.run_id, self.last_seq, BACKLOG_PAGE)
+            if not page:
+                return
+            self.last_seq = page[-1].seq
+            await self._send({"type": "log", "lines": [_line_frame(line) for line in page]})
+            if len(page) < BACKLOG_PAGE:
+                return
+
+    async def _send(self, frame: events.Frame | dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(frame, separators=(",", ":")))

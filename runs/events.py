@@ -1,0 +1,122 @@
+"""Websocket frames: their shapes, and publishing them to the channel layer.
+
+Publishing is fire-and-forget from any thread. Redis (or the in-process layer) only carries
+frames; the rows are already committed, so a lost frame costs a client nothing but a refetch
+by seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from datetime import datetime
+from typing import Any, Literal, TypedDict
+
+import structlog
+from channels.layers import get_channel_layer
+
+log = structlog.get_logger(__name__)
+
+
+class LogLineFrame(TypedDict):
+    seq: int
+    ts: str
+    stream: str
+    line: str
+
+
+class MetricPointFrame(TypedDict):
+    step: int
+    values: dict[str, float | None]
+
+
+class LogFrame(TypedDict):
+    type: Literal["log"]
+    lines: list[LogLineFrame]
+
+
+class MetricFrame(TypedDict):
+    type: Literal["metric"]
+    points: list[MetricPointFrame]
+
+
+class StatusFrame(TypedDict, total=False):
+    type: Literal["status"]
+    status: str
+    attempt: int
+    phase: str
+    progress_step: int | None
+    progress_total: int | None
+    error_kind: str
+    error_message: str
+
+
+Frame = LogFrame | MetricFrame | StatusFrame
+CONSUMER_MESSAGE_TYPE = "run.frame"
+
+
+def run_group(run_id: int) -> str:
+    return f"run.{run_id}"
+
+
+def log_frame(rows: Sequence[tuple[int, datetime, str, str]]) -> LogFrame:
+    return {
+        "type": "log",
+        "lines": [{"seq": seq, "ts": ts.isoformat(), "stream": stream, "line": line} for seq, ts, stream, line in rows],
+    }
+
+
+def metric_frame(points: Sequence[tuple[str, int, float | None]]) -> MetricFrame:
+    by_step: dict[int, dict[str, float | None]] = {}
+    for key, step, value in points:
+        by_step.setdefault(step, {})[key] = value
+    return {"type": "metric", "points": [{"step": step, "values": values} for step, values in sorted(by_step.items())]}
+
+
+class _Publisher:
+    """Sends frames on one long-lived event loop.
+
+    In the web process that is the server's loop (the in-process channel layer only works there);
+    in a worker it is a private loop in a daemon thread, so each publish reuses one connection
+    instead of opening one per `async_to_sync` call.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def use_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            self._loop = loop
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="frame-publisher", daemon=True).start()
+                self._loop = loop
+            return self._loop
+
+    def publish(self, run_id: int, frame: Frame) -> Future[Any] | None:
+        layer = get_channel_layer()
+        if layer is None:
+            return None
+        message = {"type": CONSUMER_MESSAGE_TYPE, "frame": frame}
+        future = asyncio.run_coroutine_threadsafe(layer.group_send(run_group(run_id), message), self._get_loop())
+        future.add_done_callback(_log_failure)
+        return future
+
+
+def _log_failure(future: Future[Any]) -> None:
+    error = future.exception()
+    if error is not None:
+        log.warning("frame_publish_failed", error=repr(error)[:300])
+
+
+publisher = _Publisher()
+
+
+def publish(run_id: int, frame: Frame) -> Future[Any] | None:
+    return publisher.publish(run_id, frame)

@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+    DEAD = "dead"
+
+
+TERMINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.DEAD})
+LIVE_STATUSES = frozenset({RunStatus.RUNNING, RunStatus.CANCELLING})
+
+
+class ErrorKind(models.TextChoices):
+    CONFIG = "config"
+    DATA = "data"
+    OOM = "oom"
+    DEVICE = "device"
+    INFRASTRUCTURE = "infrastructure"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    PROGRAM = "program"
+
+
+class Run(models.Model):
+    name = models.CharField(max_length=200)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="runs")
+    program = models.CharField(max_length=64)
+    params = models.JSONField(default=dict)
+    secrets = models.JSONField(default=list, blank=True)
+    queue = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    # The attempt number is the fencing token: each claim bumps it and every write of a
+    # supervisor names the attempt it holds, so a stale supervisor's writes match no row.
+    attempt = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveSmallIntegerField(default=3)
+    request_id = models.CharField(max_length=64, blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    worker = models.CharField(max_length=255, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+
+    # The last log seq handed out; the supervisor reserves a block per batch in the same UPDATE
+    # that checks its fencing token, so seq stays contiguous across attempts.
+    log_seq = models.BigIntegerField(default=0)
+    phase = models.CharField(max_length=32, blank=True)
+    progress_step = models.BigIntegerField(null=True, blank=True)
+    progress_total = models.BigIntegerField(null=True, blank=True)
+    device = models.CharField(max_length=64, blank=True)
+
+    exit_code = models.IntegerField(null=True, blank=True)
+    error_kind = models.CharField(max_length=16, choices=ErrorKind.choices, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["status", "-id"], name="run_status_id"),
+            models.Index(fields=["owner", "-id"], name="run_owner_id"),
+            models.Index(fields=["lease_expires_at"], name="run_lease", condition=models.Q(status="running")),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} ({self.name})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class LogStream(models.TextChoices):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+    SYSTEM = "system"
+
+
+class LogLine(models.Model):
+    # (run, seq) is the key: the primary-key index serves "lines after N" directly and no
+    # surrogate id costs 8 bytes and a second index per line.
+    pk = models.CompositePrimaryKey("run", "seq")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="log_lines", db_index=False)
+    seq = models.BigIntegerField()
+    ts = models.DateTimeField()
+    stream = models.CharField(max_length=6, choices=LogStream.choices)
+    line = models.TextField()
+
+    def __str__(self) -> str:
+        return f"{self.run_id}#{self.seq}"
+
+
+class MetricSeries(models.Model):
+    """One metric key of one run; points refer to it so the key text is stored once."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metric_series")
+    key = models.CharField(max_length=200)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "key"], name="metric_series_run_key")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}:{self.key}"
+
+
+class MetricPoint(models.Model):
+    # One value per (series, step): a step reported again after a resume replaces the value.
+    pk = models.CompositePrimaryKey("series", "step")
+    series = models.ForeignKey(MetricSeries, on_delete=models.CASCADE, related_name="points", db_index=False)
+    step = models.BigIntegerField()
+    value = models.FloatField(null=True)
+    ts = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.series_id}@{self.step}"
+
+
+class Checkpoint(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="checkpoints")
+    attempt = models.PositiveIntegerField()
+    step = models.BigIntegerField()
+    path = models.CharField(max_length=500)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "step"], name="checkpoint_run_step")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}@{self.step}"
+
+
+class Artifact(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="artifacts")
+    attempt = models.PositiveIntegerField()
+    name = models.CharField(max_length=255)
+    kind = models.CharField(max_length=32)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    # Relative to ARTIFACTS_DIR; never taken from a user, only written by the supervisor.
+    storage_key = models.CharField(max_length=500)
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "name"], name="artifact_run_name")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}/{self.name}"

@@ -1,0 +1,136 @@
+"""User-facing writes on runs: launch and cancel.
+
+Names follow the contract: `check_*` validates, `do_*` mutates. Views, commands and tests all go
+through these functions, so a rule lives in exactly one place.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from controlplane.celery import app as celery_app
+from runs.attempts import broadcast_status_on_commit
+from runs.models import Run, RunStatus
+from runs.programs import ParamsError, Program, get_program, resolve_params
+
+log = structlog.get_logger(__name__)
+
+SUPERVISE_TASK = "workers.tasks.supervise_run"
+MAX_NAME_LENGTH = 200
+_SECRET_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+
+
+class LaunchError(Exception):
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+class CancelError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    name: str
+    program: Program
+    params: dict[str, Any]
+    secrets: list[str]
+
+
+def check_launch(*, name: Any, program: Any, params: Any, secrets: Any = None) -> LaunchRequest:
+    errors: dict[str, str] = {}
+    if not isinstance(name, str) or not name.strip():
+        errors["name"] = "a non-empty string is required"
+    elif len(name) > MAX_NAME_LENGTH:
+        errors["name"] = f"must be at most {MAX_NAME_LENGTH} characters"
+    found: Program | None = None
+    if not isinstance(program, str) or not program:
+        errors["program"] = "a program name is required"
+    else:
+        found = get_program(program)
+        if found is None:
+            errors["program"] = f"unknown program {program[:64]!r}"
+    resolved: dict[str, Any] = {}
+    if found is not None:
+        try:
+            resolved = resolve_params(found, params)
+        except ParamsError as error:
+            errors.update(error.errors)
+    secret_names: list[str] = []
+    if secrets is not None:
+        if not isinstance(secrets, list) or not all(isinstance(s, str) for s in secrets):
+            errors["secrets"] = "must be a list of secret names"
+        else:
+            bad = [s for s in secrets if not _SECRET_NAME.match(s)]
+            if bad:
+                errors["secrets"] = f"not a valid secret name: {bad[0][:64]!r}"
+            elif secrets:
+                # Secrets arrive with the identity work; until then no name can be resolved.
+                errors["secrets"] = f"unknown secret {secrets[0]!r}"
+            secret_names = list(secrets)
+    if errors:
+        raise LaunchError(errors)
+    assert found is not None
+    return LaunchRequest(name=name.strip(), program=found, params=resolved, secrets=secret_names)
+
+
+def enqueue_run(run_id: int, queue: str, request_id: str) -> None:
+    """Hand the run to a worker. A broker failure leaves the run queued, never lost:
+    the row is the truth, and the reconciler re-sends queued runs whose enqueue failed."""
+    try:
+        celery_app.send_task(SUPERVISE_TASK, args=[run_id], queue=queue, headers={"request_id": request_id})
+    except Exception as error:  # the broker client raises many kinds; none may fail the request
+        log.error("run_enqueue_failed", run_id=run_id, error=repr(error)[:300])
+        return
+    Run.objects.filter(pk=run_id, enqueued_at__isnull=True).update(enqueued_at=timezone.now())
+    log.info("run_enqueued", run_id=run_id, queue=queue)
+
+
+def do_launch_run(owner: AbstractBaseUser, launch: LaunchRequest, *, request_id: str = "") -> Run:
+    queue = launch.program.queue or celery_app.conf.task_default_queue
+    with transaction.atomic():
+        run = Run.objects.create(
+            name=launch.name,
+            owner=owner,
+            program=launch.program.name,
+            params=launch.params,
+            secrets=launch.secrets,
+            queue=queue,
+            request_id=request_id[:64],
+        )
+        run_id = run.pk
+        # Enqueue only once the row is committed: a worker must never see a run that may roll back.
+        transaction.on_commit(lambda: enqueue_run(run_id, queue, request_id))
+        broadcast_status_on_commit(run_id)
+    log.info("run_launched", run_id=run_id, program=run.program, owner_id=owner.pk)
+    return run
+
+
+def do_cancel_run(run: Run) -> Run:
+    """Cancel a queued run at once; ask the supervisor of a running one to stop it."""
+    now = timezone.now()
+    with transaction.atomic():
+        # Conditional updates: a run that starts or ends while we decide is not overwritten.
+        if Run.objects.filter(pk=run.pk, status__in=[RunStatus.QUEUED, RunStatus.LOST]).update(
+            status=RunStatus.CANCELLED, finished_at=now, cancel_requested_at=now,
+            error_kind="cancelled", error_message="cancelled before it started",
+        ):
+            broadcast_status_on_commit(run.pk)
+        elif Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+            status=RunStatus.CANCELLING, cancel_requested_at=now
+        ):
+            broadcast_status_on_commit(run.pk)
+        else:
+            current = Run.objects.get(pk=run.pk)
+            if current.status != RunStatus.CANCELLING:
+                raise CancelError(f"run {run.pk} is already {current.status}")
+    log.info("run_cancel_requested", run_id=run.pk)
+    return Run.objects.get(pk=run.pk)

@@ -1,0 +1,507 @@
+"""The supervisor of one run attempt: it claims the run, starts the training program, streams
+what the program prints and reports into the database, keeps the lease and ends the process.
+
+It never imports torch: the training program is a separate process speaking the JSON-lines
+protocol of docs/architecture.md, so the worker stays small and a crash of the program cannot take
+the worker with it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import structlog
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections
+from django.utils import timezone
+
+from runs import attempts
+from runs.attempts import Batch, Claim, Outcome, StaleAttempt, finite_or_none, system_line
+from runs.models import ErrorKind, LogStream, RunStatus
+from runs.programs import Program, get_program
+from runs.safetensors_header import HeaderError, read_header
+from runs.storage import hash_file, resolve_inside, run_dir, store_artifact
+from workers.failures import classify_exit
+
+log = structlog.get_logger(__name__)
+
+MAX_EVENT_LINE_BYTES = 1024 * 1024
+MAX_BATCH_LINES = 5_000
+STDERR_TAIL_LINES = 50
+PASSED_THROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
+_SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+Source = Literal["stdout", "stderr", "events"]
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    source: Source
+    data: bytes | None  # None: the stream reached end of file
+    truncated: int = 0
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _read_lines(stream: IO[bytes], source: Source, sink: queue.Queue[_Chunk], limit: int) -> None:
+    """Read one pipe line by line; a line longer than `limit` keeps its head and counts the rest."""
+    try:
+        while True:
+            line = stream.readline(limit + 1)
+            if not line:
+                break
+            if len(line) > limit and not line.endswith(b"\n"):
+                dropped = 0
+                while True:
+                    rest = stream.readline(1024 * 1024)
+                    dropped += len(rest)
+                    if not rest or rest.endswith(b"\n"):
+                        break
+                sink.put(_Chunk(source, line[:limit], truncated=dropped + len(line) - limit))
+            else:
+                sink.put(_Chunk(source, line))
+    except (OSError, ValueError):
+        pass
+    finally:
+        sink.put(_Chunk(source, None))
+
+
+def decode_line(data: bytes, truncated: int = 0) -> str:
+    # Invalid UTF-8 becomes U+FFFD and NUL (which Postgres text refuses) is dropped, so binary
+    # garbage is shown, never fatal.
+    text = data.decode("utf-8", errors="replace").rstrip("\r\n").replace("\x00", "")
+    if truncated:
+        text += f" … [{truncated} more bytes truncated]"
+    return text
+
+
+class _ActiveSupervisors:
+    """The supervisors of this process, so a shutdown can end their training processes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: set[Supervisor] = set()
+
+    def add(self, supervisor: Supervisor) -> None:
+        with self._lock:
+            self._items.add(supervisor)
+
+    def discard(self, supervisor: Supervisor) -> None:
+        with self._lock:
+            self._items.discard(supervisor)
+
+    def shutdown_all(self) -> int:
+        with self._lock:
+            items = list(self._items)
+        for supervisor in items:
+            supervisor.request_shutdown()
+        return len(items)
+
+
+active_supervisors = _ActiveSupervisors()
+
+
+class Supervisor:
+    def __init__(self, run_id: int, *, worker: str | None = None) -> None:
+        self.run_id = run_id
+        self.worker = worker or worker_name()
+        self.config = settings.CONTROLPLANE
+        self._chunks: queue.Queue[_Chunk] = queue.Queue(maxsize=50_000)
+        self._batch = Batch()
+        self._series_cache: dict[str, int] = {}
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self._pending_files: list[dict[str, Any]] = []
+        self._shutdown = threading.Event()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._cancel_sent_at: float | None = None
+        self._killed = False
+        self._lost_lease = False
+        self.log = log.bind(run_id=run_id)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Supervise one attempt; returns what happened (for logs and tests)."""
+        claim = attempts.claim_run(self.run_id, self.worker)
+        if claim is None:
+            self.log.info("run_not_claimed", reason="not queued (duplicate delivery or cancelled)")
+            return "not_claimed"
+        structlog.contextvars.bind_contextvars(run_id=self.run_id, attempt=claim.attempt)
+        self.log = log.bind(run_id=self.run_id, attempt=claim.attempt)
+        active_supervisors.add(self)
+        try:
+            return self._run_claimed(claim)
+        finally:
+            active_supervisors.discard(self)
+            self._end_process_group()
+
+    def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+    def _run_claimed(self, claim: Claim) -> str:
+        program = get_program(claim.program)
+        if program is None:
+            outcome = Outcome(
+                RunStatus.FAILED,
+                error_kind=ErrorKind.CONFIG,
+                error_code="unknown_program",
+                error_message=f"program {claim.program!r} is no longer registered on this worker",
+            )
+            attempts.finish_attempt(self.run_id, claim.attempt, outcome)
+            return "failed"
+        directory = run_dir(self.run_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        params_file = directory / "params.json"
+        params_file.write_text(json.dumps(claim.params, indent=2, sort_keys=True))
+        try:
+            self._start(program, claim, directory, params_file)
+        except OSError as error:
+            outcome = Outcome(
+                RunStatus.FAILED,
+                error_kind=ErrorKind.CONFIG,
+                error_code="cannot_start",
+                error_message=f"could not start {program.command[0]!r}: {error.strerror or error}",
+            )
+            self._batch.lines.append(system_line(outcome.error_message))
+            self._flush(claim)
+            attempts.finish_attempt(self.run_id, claim.attempt, outcome)
+            return "failed"
+        exit_code = self._watch(claim, directory)
+        if self._lost_lease:
+            self.log.warning("attempt_abandoned", reason="lease lost or run taken by another attempt")
+            return "abandoned"
+        outcome = self._outcome(exit_code)
+        self._batch.lines.append(system_line(f"process exited with code {exit_code}; run {outcome.status}"))
+        self._flush(claim)
+        if not attempts.finish_attempt(self.run_id, claim.attempt, outcome):
+            return "abandoned"
+        self.log.info("attempt_finished", status=outcome.status, exit_code=exit_code, error_kind=outcome.error_kind)
+        return str(outcome.status)
+
+    def _environment(self, claim: Claim, directory: Path, params_file: Path, events_fd: int) -> dict[str, str]:
+        # A minimal environment: never the worker's own configuration (database URL, keys).
+        env = {name: os.environ[name] for name in PASSED_THROUGH_ENV if name in os.environ}
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env.setdefault("LANG", "C.UTF-8")
+        env.update(
+            {
+                "PYTHONPATH": str(_SOURCE_ROOT),
+                "PYTHONUNBUFFERED": "1",
+                "CONTROLPLANE_RUN_ID": str(self.run_id),
+                "CONTROLPLANE_RUN_DIR": str(directory),
+                "CONTROLPLANE_PARAMS": str(params_file),
+                "CONTROLPLANE_EVENTS_FD": str(events_fd),
+                "CONTROLPLANE_REQUEST_ID": claim.request_id,
+                "CONTROLPLANE_ATTEMPT": str(claim.attempt),
+            }
+        )
+        return env
+
+    def _start(self, program: Program, claim: Claim, directory: Path, params_file: Path) -> None:
+        read_fd, write_fd = os.pipe()
+        try:
+            env = self._environment(claim, directory, params_file, write_fd)
+            env.update(program.env)
+            self._process = subprocess.Popen(
+                list(program.command),
+                cwd=directory,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(write_fd,),
+                # Its own session and process group: cancel and shutdown signal the whole group,
+                # so children the program forks end with it.
+                start_new_session=True,
+            )
+        except OSError:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        limit = int(self.config["MAX_LOG_LINE_BYTES"])
+        assert self._process.stdout is not None and self._process.stderr is not None
+        readers = [
+            (self._process.stdout, "stdout", limit),
+            (self._process.stderr, "stderr", limit),
+            (os.fdopen(read_fd, "rb"), "events", MAX_EVENT_LINE_BYTES),
+        ]
+        for stream, source, size in readers:
+            threading.Thread(
+                target=_read_lines, args=(stream, source, self._chunks, size), name=f"run-{self.run_id}-{source}",
+                daemon=True,
+            ).start()
+        command = " ".join(program.command)
+        self._batch.lines.append(system_line(f"attempt {claim.attempt} started on {self.worker}: {command}"))
+        self.log.info("process_started", pid=self._process.pid, program=program.name)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _watch(self, claim: Claim, directory: Path) -> int:
+        assert self._process is not None
+        open_streams = 3
+        flush_every = float(self.config["FLUSH_INTERVAL_SECONDS"])
+        heartbeat_every = float(self.config["HEARTBEAT_SECONDS"])
+        lease_seconds = float(self.config["LEASE_SECONDS"])
+        next_flush = time.monotonic() + flush_every
+        next_heartbeat = time.monotonic() + heartbeat_every
+        next_status_poll = time.monotonic() + 1.0
+        last_renewal = time.monotonic()
+        exited_at: float | None = None
+        while True:
+            timeout = max(0.0, min(next_flush, next_status_poll) - time.monotonic())
+            try:
+                chunk = self._chunks.get(timeout=timeout)
+                if chunk.data is None:
+                    open_streams -= 1
+                else:
+                    self._take(chunk, directory)
+                while len(self._batch.lines) < MAX_BATCH_LINES:
+                    chunk = self._chunks.get_nowait()
+                    if chunk.data is None:
+                        open_streams -= 1
+                    else:
+                        self._take(chunk, directory)
+            except queue.Empty:
+                pass
+            now = time.monotonic()
+            if now >= next_flush or len(self._batch.lines) >= MAX_BATCH_LINES:
+                self._flush(claim)
+                self._register_files(claim, directory)
+                next_flush = now + flush_every
+            if now >= next_heartbeat or now >= next_status_poll:
+                try:
+                    if now >= next_heartbeat:
+                        status = attempts.renew_lease(self.run_id, claim.attempt)
+                        last_renewal = now
+                        next_heartbeat = now + heartbeat_every
+                    else:
+                        status = attempts.current_status(self.run_id, claim.attempt)
+                    if status == RunStatus.CANCELLING:
+                        self._terminate("cancel requested")
+                except StaleAttempt:
+                    self._lost_lease = True
+                    self._kill("another attempt owns the run")
+                except DatabaseError as error:
+                    self.log.warning("heartbeat_failed", error=str(error)[:200])
+                    close_old_connections()
+                    if now - last_renewal > lease_seconds * 0.9:
+                        # We can no longer prove we own the run: stop before someone else starts.
+                        self._lost_lease = True
+                        self._kill("could not renew the lease in time")
+                next_status_poll = now + 1.0
+            if self._shutdown.is_set():
+                self._terminate("worker shutting down")
+            self._escalate_if_needed()
+            if exited_at is None and self._process.poll() is not None:
+                exited_at = now
+            if exited_at is not None and (open_streams == 0 or now - exited_at > 2.0):
+                # The program is gone; children that kept its pipes open are ended with the group.
+                self._end_process_group()
+                if open_streams == 0 or now - exited_at > 5.0:
+                    break
+        self._drain(directory)
+        self._register_files(claim, directory)
+        return self._process.returncode
+
+    def _drain(self, directory: Path) -> None:
+        while True:
+            try:
+                chunk = self._chunks.get_nowait()
+            except queue.Empty:
+                return
+            if chunk.data is not None:
+                self._take(chunk, directory)
+
+    def _take(self, chunk: _Chunk, directory: Path) -> None:
+        assert chunk.data is not None
+        if chunk.source == "events":
+            self._take_event(chunk.data, chunk.truncated)
+            return
+        text = decode_line(chunk.data, chunk.truncated)
+        if chunk.source == "stderr":
+            self._stderr_tail.append(text)
+        self._batch.lines.append((timezone.now(), LogStream(chunk.source).value, text))
+
+    def _take_event(self, data: bytes, truncated: int) -> None:
+        problem = None
+        event: Any = None
+        if truncated:
+            problem = f"event line longer than {MAX_EVENT_LINE_BYTES} bytes"
+        else:
+            try:
+                event = json.loads(data)
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                problem = f"not JSON ({error.__class__.__name__})"
+        if problem is None:
+            problem = self._apply_event(event)
+        if problem is not None:
+            preview = decode_line(data[:200])
+            self.log.warning("malformed_event_skipped", problem=problem, preview=preview)
+            self._batch.lines.append(system_line(f"skipped a malformed event ({problem}): {preview}"))
+
+    def _apply_event(self, event: Any) -> str | None:
+        if not isinstance(event, dict):
+            return "an event must be a JSON object"
+        kind = event.get("type")
+        step = event.get("step")
+        if kind == "metric":
+            values = event.get("values")
+            if not _is_step(step) or not isinstance(values, dict) or not values:
+                return "metric needs an integer step >= 0 and a non-empty values object"
+            now = timezone.now()
+            for key, value in values.items():
+                if isinstance(key, str) and 0 < len(key) <= 200:
+                    self._batch.points.append((key, step, finite_or_none(value), now))
+            return None
+        if kind == "progress":
+            total = event.get("total")
+            if not _is_step(step) or not (total is None or _is_step(total)):
+                return "progress needs integer step and total"
+            self._batch.progress = (step, total)
+            return None
+        if kind == "status":
+            phase = event.get("phase")
+            if not isinstance(phase, str) or not phase:
+                return "status needs a phase string"
+            self._batch.phase = phase[:32]
+            return None
+        if kind in {"checkpoint", "artifact"}:
+            path = event.get("path")
+            if not isinstance(path, str) or (kind == "checkpoint" and not _is_step(step)):
+                return f"{kind} needs a path" + (" and an integer step" if kind == "checkpoint" else "")
+            self._pending_files.append(event)
+            return None
+        return f"unknown event type {str(kind)[:40]!r}"
+
+    def _flush(self, claim: Claim) -> None:
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, Batch()
+        try:
+            attempts.write_batch(self.run_id, claim.attempt, batch, self._series_cache)
+        except StaleAttempt:
+            self._lost_lease = True
+            self._kill("another attempt owns the run")
+        except DatabaseError as error:
+            # Keep the lines and retry at the next flush, in order.
+            self.log.warning("batch_write_failed", error=str(error)[:200], lines=len(batch.lines))
+            close_old_connections()
+            batch.lines.extend(self._batch.lines)
+            batch.points.extend(self._batch.points)
+            batch.progress = self._batch.progress or batch.progress
+            batch.phase = self._batch.phase or batch.phase
+            self._batch = batch
+
+    def _register_files(self, claim: Claim, directory: Path) -> None:
+        while self._pending_files:
+            event = self._pending_files.pop(0)
+            problem = self._register_file(claim, directory, event)
+            if problem:
+                self.log.warning("file_event_refused", problem=problem, path=str(event.get("path"))[:200])
+                self._batch.lines.append(system_line(f"refused {event.get('type')} event: {problem}"))
+
+    def _register_file(self, claim: Claim, directory: Path, event: dict[str, Any]) -> str | None:
+        relative = str(event["path"])
+        path = resolve_inside(directory, relative)
+        if path is None:
+            return f"path {relative[:200]!r} is outside the run directory"
+        if not path.is_file():
+            return f"{relative[:200]!r} is not a file"
+        try:
+            if event["type"] == "checkpoint":
+                size, sha256 = hash_file(path)
+                attempts.register_checkpoint(
+                    self.run_id, claim.attempt, int(event["step"]), str(path.relative_to(directory.resolve())), size,
+                    sha256,
+                )
+                return None
+            name = path.name
+            kind = event.get("kind") if isinstance(event.get("kind"), str) else "file"
+            storage_key, size, sha256 = store_artifact(self.run_id, claim.attempt, path, name)
+            metadata: dict[str, Any] = {}
+            if name.endswith(".safetensors"):
+                try:
+                    header = read_header(path)
+                    metadata = {"safetensors": header.metadata, "parameters": header.parameters}
+                except HeaderError as error:
+                    metadata = {"header_error": str(error)}
+            attempts.register_artifact(
+                self.run_id, claim.attempt, name=name, kind=str(kind), size=size, sha256=sha256,
+                storage_key=storage_key, metadata=metadata,
+            )
+            self._batch.lines.append(system_line(f"artifact {name} stored ({size} bytes, sha256 {sha256})"))
+        except StaleAttempt:
+            self._lost_lease = True
+            self._kill("another attempt owns the run")
+        except OSError as error:
+            return f"could not read {relative[:200]!r}: {error.strerror or error}"
+        return None
+
+    # -- ending the process ----------------------------------------------------------------
+
+    def _signal_group(self, signum: int) -> None:
+        if self._process is None:
+            return
+        try:
+            os.killpg(self._process.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _terminate(self, reason: str) -> None:
+        if self._cancel_sent_at is not None or self._process is None:
+            return
+        self._cancel_sent_at = time.monotonic()
+        self.log.info("process_terminating", reason=reason)
+        self._batch.lines.append(system_line(f"stopping the program: {reason}"))
+        self._signal_group(signal.SIGTERM)
+
+    def _escalate_if_needed(self) -> None:
+        grace = float(self.config["CANCEL_GRACE_SECONDS"])
+        if self._cancel_sent_at is not None and not self._killed and time.monotonic() - self._cancel_sent_at > grace:
+            self._kill(f"still running {grace:g} s after SIGTERM")
+
+    def _kill(self, reason: str) -> None:
+        if self._killed:
+            return
+        self._killed = True
+        self.log.warning("process_killed", reason=reason)
+        self._signal_group(signal.SIGKILL)
+
+    def _end_process_group(self) -> None:
+        self._signal_group(signal.SIGKILL)
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.log.error("process_did_not_exit", pid=self._process.pid)
+
+    def _outcome(self, exit_code: int) -> Outcome:
+        if self._cancel_sent_at is not None and not self._shutdown.is_set():
+            return Outcome(RunStatus.CANCELLED, exit_code, ErrorKind.CANCELLED, "cancelled", "cancelled by a user")
+        if self._shutdown.is_set():
+            return Outcome(
+                RunStatus.FAILED, exit_code, ErrorKind.INFRASTRUCTURE, "worker_shutdown",
+                "the worker shut down while the run was running",
+            )
+        if exit_code == 0:
+            return Outcome(RunStatus.SUCCEEDED, exit_code)
+        failure = classify_exit(exit_code, list(self._stderr_tail))
+        return Outcome(RunStatus.FAILED, exit_code, failure.kind, failure.code, failure.message)
+
+
+def _is_step(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
