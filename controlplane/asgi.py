@@ -26,6 +26,16 @@ _router = ProtocolTypeRouter(
 _loop_bound = False
 
 
+async def _lifespan(receive: Any, send: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> Any:
     global _loop_bound
     if not _loop_bound:
@@ -33,4 +43,6 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> Any:
         # in-process channel layer (standalone) lives.
         publisher.use_loop(asyncio.get_running_loop())
         _loop_bound = True
+    if scope["type"] == "lifespan":
+        return await _lifespan(receive, send)
     return await _router(scope, receive, send)

@@ -182,7 +182,8 @@ def load_programs_file(path: Path) -> dict[str, Program]:
             raise ConfigError(f"{path}: programs.{name}.queue must be a string")
         programs[name] = Program(
             name=name,
-            command=tuple(command),
+            # "{python}" is the worker's own interpreter, which can import our reporting SDK.
+            command=tuple(sys.executable if part == "{python}" else part for part in command),
             description=str(entry.get("description", "")),
             params=_check_schema(name, entry.get("params", {})),
             queue=queue,

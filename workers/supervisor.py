@@ -103,6 +103,10 @@ class _ActiveSupervisors:
         with self._lock:
             self._items.discard(supervisor)
 
+    def count(self) -> int:
+        with self._lock:
+            return len(self._items)
+
     def shutdown_all(self) -> int:
         with self._lock:
             items = list(self._items)

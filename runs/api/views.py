@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
+from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
@@ -34,6 +35,7 @@ def int_param(request: Request, name: str, default: int | None, *, minimum: int,
 
 class RunViewSet(viewsets.GenericViewSet[Run]):
     serializer_class = RunSerializer
+    lookup_value_regex = "[0-9]+"
 
     def get_queryset(self) -> QuerySet[Run]:
         queryset = selectors.visible_runs(self.request.user).select_related("owner")
@@ -50,7 +52,7 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
         try:
             run_id = int(self.kwargs["pk"])
         except (TypeError, ValueError):
-            raise ValidationError({"id": ["must be an integer"]}) from None
+            raise Http404("No such run.") from None
         return selectors.access_run(self.request.user, run_id)
 
     @extend_schema(parameters=[OpenApiParameter("status", str, description="comma-separated statuses")])

@@ -1,0 +1,181 @@
+"""Fixtures: personas, an API client, and a real stack (uvicorn + Celery worker) for end-to-end tests.
+
+The stack runs as subprocesses against the test database that pytest-django creates, the local
+Redis and a temporary data directory, exactly as production runs them: nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractUser
+from rest_framework.test import APIClient
+
+from accounts.tokens import do_issue_token
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct-horse-battery-staple-42"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.2, message: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+@pytest.fixture
+def owner(db: Any) -> AbstractUser:
+    return get_user_model().objects.create_user("olivia", "olivia@example.com", PASSWORD)
+
+
+@pytest.fixture
+def teammate(db: Any) -> AbstractUser:
+    return get_user_model().objects.create_user("tomas", "tomas@example.com", PASSWORD)
+
+
+@pytest.fixture
+def api(owner: AbstractUser) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {do_issue_token(owner).plaintext}")
+    return client
+
+
+@pytest.fixture
+def anonymous_api() -> APIClient:
+    return APIClient()
+
+
+# -- the real stack -------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    base_url: str
+    env: dict[str, str]
+    data_dir: Path
+    web: subprocess.Popen[bytes]
+    worker: subprocess.Popen[bytes]
+    logs: Path
+
+    def client(self, token: str) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    def ws_url(self, path: str) -> str:
+        return self.base_url.replace("http://", "ws://") + path
+
+
+def stack_env(data_dir: Path) -> dict[str, str]:
+    db = settings.DATABASES["default"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "DJANGO_SETTINGS"))}
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "controlplane.settings",
+            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+            "REDIS_URL": settings.REDIS_URL,
+            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+            "SECRET_KEY": settings.SECRET_KEY,
+            "CONTROLPLANE_DATA_DIR": str(data_dir),
+            "CONTROLPLANE_PROGRAMS_FILE": str(settings.PROGRAMS_FILE),
+            "CONTROLPLANE_HEARTBEAT_SECONDS": "2",
+            "CONTROLPLANE_CANCEL_GRACE_SECONDS": "3",
+            "LOG_FORMAT": "json",
+            "PYTHONUNBUFFERED": "1",
+            # Tiny models train faster with one thread on a 2-core machine running web + worker.
+            "OMP_NUM_THREADS": "1",
+        }
+    )
+    return env
+
+
+def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def stack(django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("stack-data")
+    logs = tmp_path_factory.mktemp("stack-logs")
+    env = stack_env(data_dir)
+    # A fresh queue: messages left by earlier sessions must not start runs of this one.
+    subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "controlplane", "purge", "-f", "-Q", "training,housekeeping"],
+        cwd=ROOT, env=env, capture_output=True, check=False,
+    )
+    port = free_port()
+    web = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "controlplane.asgi:application", "--port", str(port), "--no-access-log"],
+        cwd=ROOT, env=env, stdout=(logs / "web.log").open("wb"), stderr=subprocess.STDOUT,
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "-Q", "training,housekeeping",
+         "--concurrency", "2", "--without-mingle", "--without-gossip", "-n", f"test-{port}@%h"],
+        cwd=ROOT, env=env, stdout=(logs / "worker.log").open("wb"), stderr=subprocess.STDOUT,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _healthy(base_url), 30, message="the web server")
+        wait_for(lambda: b"ready" in (logs / "worker.log").read_bytes(), 60, message="the worker")
+        yield Stack(base_url=base_url, env=env, data_dir=data_dir, web=web, worker=worker, logs=logs)
+    finally:
+        _stop(worker)
+        _stop(web)
+
+
+def _healthy(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture
+def live_owner(stack: Stack, transactional_db: Any) -> tuple[AbstractUser, str]:
+    user = get_user_model().objects.create_user("olivia", "olivia@example.com", PASSWORD)
+    return user, do_issue_token(user).plaintext
+
+
+@pytest.fixture
+def live_api(stack: Stack, live_owner: tuple[AbstractUser, str]) -> Iterator[httpx.Client]:
+    with stack.client(live_owner[1]) as client:
+        yield client
+
+
+def wait_for_status(client: httpx.Client, run_id: int, statuses: set[str], timeout: float = 120) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        run: dict[str, Any] = client.get(f"/api/v1/runs/{run_id}/").json()
+        return run if run["status"] in statuses else None
+
+    return wait_for(check, timeout, interval=0.3, message=f"run {run_id} to reach {statuses}")  # type: ignore[no-any-return]
+
+
+TINY_TINYGPT = {"steps": 12, "batch_size": 4, "seq_len": 32, "d_model": 32, "n_layers": 1, "n_heads": 2,
+                "eval_every": 6, "checkpoint_every": 6, "warmup_steps": 2}

@@ -1,0 +1,218 @@
+"""The whole path on the production topology: API → Postgres → Redis → Celery worker → real
+torch training → artifact download. Nothing is mocked."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from safetensors import safe_open
+
+from tests.conftest import TINY_TINYGPT, Stack, wait_for, wait_for_status
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+TERMINAL = {"succeeded", "failed", "cancelled", "dead"}
+
+
+def launch(api: httpx.Client, program: str, params: dict[str, Any], name: str = "e2e") -> dict[str, Any]:
+    response = api.post("/api/v1/runs/", json={"name": name, "program": program, "params": params})
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def all_logs(api: httpx.Client, run_id: int, page: int = 1000) -> list[dict[str, Any]]:
+    lines: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        body = api.get(f"/api/v1/runs/{run_id}/logs/?after={after}&limit={page}").json()
+        lines += body["results"]
+        if not body["results"]:
+            return lines
+        after = body["next_after"]
+
+
+def test_a_launched_tinygpt_run_trains_and_its_model_downloads_intact(stack: Stack, live_api: httpx.Client) -> None:
+    run = launch(live_api, "tinygpt", TINY_TINYGPT)
+    done = wait_for_status(live_api, run["id"], TERMINAL)
+    assert done["status"] == "succeeded", done
+    assert done["attempt"] == 1
+    assert done["exit_code"] == 0
+    assert done["progress"] == {"step": TINY_TINYGPT["steps"], "total": TINY_TINYGPT["steps"]}
+
+    loss = live_api.get(f"/api/v1/runs/{run['id']}/metrics/?key=train/loss").json()["points"]
+    assert [p["step"] for p in loss] == list(range(1, TINY_TINYGPT["steps"] + 1))
+    assert loss[-1]["value"] < loss[0]["value"]
+    for key in ("val/loss", "lr", "tokens_per_s", "step_time_ms"):
+        assert live_api.get(f"/api/v1/runs/{run['id']}/metrics/?key={key}").json()["points"], key
+
+    logs = all_logs(live_api, run["id"])
+    assert [line["seq"] for line in logs] == list(range(1, len(logs) + 1))
+    assert any(line["stream"] == "stdout" for line in logs)
+
+    artifacts = live_api.get(f"/api/v1/runs/{run['id']}/artifacts/").json()
+    model = next(a for a in artifacts if a["name"] == "model.safetensors")
+    download = live_api.get(model["download_url"])
+    assert download.status_code == 200
+    assert download.headers["content-length"] == str(model["size"])
+    assert download.headers["etag"] == f'"{model["sha256"]}"'
+    assert "attachment" in download.headers["content-disposition"]
+    assert hashlib.sha256(download.content).hexdigest() == model["sha256"]
+
+    path = stack.data_dir / "downloaded.safetensors"
+    path.write_bytes(download.content)
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        assert len(list(handle.keys())) > 0
+    assert metadata["format"] == "tinygpt/1"
+    assert int(metadata["step"]) == TINY_TINYGPT["steps"]
+    from workers.programs.tinygpt.evaluate import evaluate_safetensors
+
+    assert evaluate_safetensors(path) == pytest.approx(float(metadata["final_val_loss"]), abs=1e-5)
+    val = live_api.get(f"/api/v1/runs/{run['id']}/metrics/?key=val/loss").json()["points"]
+    assert val[-1]["value"] == pytest.approx(float(metadata["final_val_loss"]), abs=1e-5)
+
+    # Range: the middle of the file, and a suffix.
+    middle = live_api.get(model["download_url"], headers={"Range": "bytes=100-199"})
+    assert middle.status_code == 206
+    assert middle.headers["content-range"] == f"bytes 100-199/{model['size']}"
+    assert middle.content == download.content[100:200]
+    suffix = live_api.get(model["download_url"], headers={"Range": "bytes=-10"})
+    assert suffix.status_code == 206
+    assert suffix.content == download.content[-10:]
+    refused = live_api.get(model["download_url"], headers={"Range": f"bytes={model['size']}-"})
+    assert refused.status_code == 416
+    assert live_api.get(model["download_url"], headers={"If-None-Match": download.headers["etag"]}).status_code == 304
+
+
+def test_a_duplicated_task_delivery_runs_the_program_once(stack: Stack, live_api: httpx.Client) -> None:
+    from controlplane.celery import app
+
+    run = launch(live_api, "scripted", {"mode": "sleep", "sleep": 2})
+    # Deliver the same task twice more, as a broker redelivery would.
+    app.send_task("workers.tasks.supervise_run", args=[run["id"]], queue="training")
+    app.send_task("workers.tasks.supervise_run", args=[run["id"]], queue="training")
+    done = wait_for_status(live_api, run["id"], TERMINAL)
+    assert done["status"] == "succeeded"
+    assert done["attempt"] == 1
+    starts = [line for line in all_logs(live_api, run["id"]) if "started on" in line["line"]]
+    assert len(starts) == 1
+    time.sleep(1)
+    assert live_api.get(f"/api/v1/runs/{run['id']}/").json()["attempt"] == 1
+
+
+def test_cancel_stops_a_running_program_within_ten_seconds(stack: Stack, live_api: httpx.Client) -> None:
+    run = launch(live_api, "scripted", {"mode": "ignore_sigterm", "sleep": 600})
+    wait_for(lambda: live_api.get(f"/api/v1/runs/{run['id']}/").json()["progress"], 30, message="the program to run")
+    pid = int((stack.data_dir / "runs" / str(run["id"]) / "program.pid").read_text())
+    started = time.monotonic()
+    response = live_api.post(f"/api/v1/runs/{run['id']}/cancel/")
+    assert response.status_code == 202
+    assert response.json()["status"] == "cancelling"
+    done = wait_for_status(live_api, run["id"], TERMINAL, timeout=15)
+    assert done["status"] == "cancelled"
+    assert time.monotonic() - started < 10
+    assert done["error"]["kind"] == "cancelled"
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_children_of_a_cancelled_program_end_with_it(stack: Stack, live_api: httpx.Client) -> None:
+    run = launch(live_api, "scripted", {"mode": "fork_child", "sleep": 600})
+    child_pid_file = stack.data_dir / "runs" / str(run["id"]) / "child.pid"
+    wait_for(child_pid_file.exists, 30, message="the child to start")
+    wait_for(lambda: child_pid_file.read_text().strip(), 5, message="the child pid")
+    child = int(child_pid_file.read_text())
+    live_api.post(f"/api/v1/runs/{run['id']}/cancel/")
+    assert wait_for_status(live_api, run["id"], TERMINAL, timeout=15)["status"] == "cancelled"
+    wait_for(lambda: not _alive(child), 5, message="the child to die")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes: it holds no resources but its table entry.
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "zombie" not in status.read_text()
+
+
+def test_a_failing_program_fails_with_a_readable_error_and_keeps_its_logs(stack: Stack, live_api: httpx.Client) -> None:
+    run = launch(live_api, "scripted", {"mode": "fail", "lines": 30, "exit_code": 7})
+    done = wait_for_status(live_api, run["id"], TERMINAL)
+    assert done["status"] == "failed"
+    assert done["exit_code"] == 7
+    assert done["error"]["kind"] == "program"
+    assert done["error"]["code"] == "exit_7"
+    assert "the scripted failure" in done["error"]["message"]
+    lines = all_logs(live_api, run["id"])
+    assert sum(1 for line in lines if line["line"].startswith("line ")) == 30
+    assert any(line["stream"] == "stderr" and "scripted failure" in line["line"] for line in lines)
+
+
+def test_binary_garbage_and_malformed_events_never_break_a_run(stack: Stack, live_api: httpx.Client) -> None:
+    run = launch(live_api, "scripted", {"mode": "garbage", "lines": 5})
+    done = wait_for_status(live_api, run["id"], TERMINAL)
+    assert done["status"] == "succeeded", done
+    lines = all_logs(live_api, run["id"])
+    assert any("\ufffd" in line["line"] and "garbage" in line["line"] for line in lines)
+    skipped = [line for line in lines if line["stream"] == "system" and "skipped a malformed event" in line["line"]]
+    assert len(skipped) == 4
+    loss = live_api.get(f"/api/v1/runs/{run['id']}/metrics/?key=train/loss").json()["points"]
+    assert {"step": 99, "value": 0.5} in loss
+
+
+def test_paths_outside_the_run_directory_are_refused(stack: Stack, live_api: httpx.Client) -> None:
+    run = launch(live_api, "scripted", {"mode": "escape", "lines": 0})
+    done = wait_for_status(live_api, run["id"], TERMINAL)
+    assert done["status"] == "succeeded"
+    names = [a["name"] for a in live_api.get(f"/api/v1/runs/{run['id']}/artifacts/").json()]
+    assert sorted(names) == ["real.bin", "result.txt"]
+    refused = [line["line"] for line in all_logs(live_api, run["id"]) if "refused" in line["line"]]
+    assert len(refused) == 2
+    assert all("outside the run directory" in line for line in refused)
+
+
+def test_huge_log_lines_are_truncated_not_fatal(stack: Stack, live_api: httpx.Client) -> None:
+    run = launch(live_api, "scripted", {"mode": "ok", "lines": 2, "line_bytes": 2_000_000})
+    done = wait_for_status(live_api, run["id"], TERMINAL)
+    assert done["status"] == "succeeded"
+    lines = [line["line"] for line in all_logs(live_api, run["id"]) if line["stream"] == "stdout"]
+    assert len(lines) == 2
+    assert all("more bytes truncated" in line and len(line) < 20_000 for line in lines)
+
+
+def test_a_program_that_cannot_start_fails_as_a_config_error(stack: Stack, live_api: httpx.Client) -> None:
+    run = launch(live_api, "missing-binary", {})
+    done = wait_for_status(live_api, run["id"], TERMINAL)
+    assert done["status"] == "failed"
+    assert done["error"]["kind"] == "config"
+    assert "could not start" in done["error"]["message"]
+
+
+def test_tinygpt_config_errors_are_classified(stack: Stack, live_api: httpx.Client) -> None:
+    run = launch(live_api, "tinygpt", {**TINY_TINYGPT, "d_model": 30, "n_heads": 4})
+    done = wait_for_status(live_api, run["id"], TERMINAL)
+    assert done["status"] == "failed"
+    assert done["error"]["kind"] == "config"
+    assert "config error" in done["error"]["message"]
+
+
+def test_the_request_id_follows_a_launch_into_the_worker(stack: Stack, live_api: httpx.Client) -> None:
+    response = live_api.post(
+        "/api/v1/runs/", json={"name": "traced", "program": "scripted", "params": {"lines": 1}},
+        headers={"X-Request-ID": "trace-me-0123"},
+    )
+    assert response.headers["x-request-id"] == "trace-me-0123"
+    wait_for_status(live_api, response.json()["id"], TERMINAL)
+    worker_log = (stack.logs / "worker.log").read_text()
+    assert '"request_id": "trace-me-0123"' in worker_log
+    assert f'"run_id": {response.json()["id"]}' in worker_log
+
+
