@@ -58,6 +58,9 @@ class Command(BaseCommand):
         self.stdout.write(f"Control plane (standalone) at {url}\n{login_hint}\nData in {settings.DATA_DIR}. Ctrl-C stops.")
         try:
             server.run()
+        except KeyboardInterrupt:
+            # uvicorn re-raises the Ctrl-C it handled; the shutdown below is the clean exit.
+            pass
         finally:
             self._stop(worker_thread)
 

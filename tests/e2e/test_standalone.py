@@ -1,0 +1,95 @@
+"""The README's first command: `manage.py standalone` on embedded defaults, driven over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from tests.conftest import ROOT, TINY_TINYGPT, free_port, wait_for
+
+pytestmark = pytest.mark.slow
+TERMINAL = {"succeeded", "failed", "cancelled", "dead"}
+
+
+def standalone_env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE"}}
+    env.update({"CONTROLPLANE_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                "CONTROLPLANE_PROGRAMS_FILE": str(ROOT / "tests" / "fixtures" / "programs.toml")})
+    return env
+
+
+def test_standalone_trains_a_model_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    port = free_port()
+    output = tmp_path / "standalone.log"
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "standalone", "--port", str(port)],
+        cwd=ROOT, env=standalone_env(tmp_path / "data"), stdout=output.open("wb"), stderr=subprocess.STDOUT,
+    )
+    try:
+        password = wait_for(lambda: re.search(r"with password (\S+)", output.read_text()), 60, message="startup")
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _up(base), 30, message="the server")
+        token = httpx.post(f"{base}/api/v1/auth/token/", json={"username": "admin", "password": password.group(1)})
+        api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token.json()['token']}"}, timeout=30)
+        assert (tmp_path / "data" / "controlplane.sqlite3").exists()
+
+        run = api.post("/api/v1/runs/", json={"name": "sa", "program": "tinygpt", "params": TINY_TINYGPT}).json()
+        with connect(f"ws://127.0.0.1:{port}/ws/runs/{run['id']}/",
+                     additional_headers={"Authorization": api.headers["Authorization"]}) as socket:
+            frames = []
+            while not (frames and frames[-1]["type"] == "status" and frames[-1]["status"] in TERMINAL):
+                frames.append(json.loads(socket.recv(timeout=120)))
+        assert frames[-1]["status"] == "succeeded"
+        assert any(frame["type"] == "log" for frame in frames)
+        assert any(frame["type"] == "metric" for frame in frames)
+        artifact = api.get(f"/api/v1/runs/{run['id']}/artifacts/").json()[0]
+        body = api.get(artifact["download_url"]).content
+        assert hashlib.sha256(body).hexdigest() == artifact["sha256"]
+
+        # A long run in flight when Ctrl-C arrives: its process must end with the server.
+        long_run = api.post("/api/v1/runs/", json={"name": "long", "program": "scripted",
+                                                   "params": {"mode": "sleep", "sleep": 600}}).json()
+        pid_file = tmp_path / "data" / "runs" / str(long_run["id"]) / "program.pid"
+        wait_for(pid_file.exists, 30, message="the long program")
+        wait_for(lambda: pid_file.read_text().strip(), 5, message="its pid")
+        pid = int(pid_file.read_text())
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+        assert time.monotonic() - started < 20
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        assert "Stopped." in output.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    # The run interrupted by the shutdown is recorded, not left "running".
+    restarted = subprocess.run(
+        [sys.executable, "-c", (
+            "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='controlplane.settings'; django.setup();"
+            f"from runs.models import Run; r=Run.objects.get(pk={long_run['id']}); print(r.status, r.error_kind)"
+        )],
+        cwd=ROOT, env=standalone_env(tmp_path / "data"), capture_output=True, text=True, check=True,
+    )
+    assert restarted.stdout.split()[-2:] == ["failed", "infrastructure"]
+
+
+def _up(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

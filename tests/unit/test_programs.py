@@ -1,0 +1,72 @@
+"""Program registry: the TOML file admins write, and param validation."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from controlplane.env import ConfigError
+from runs.programs import ParamsError, Program, load_programs_file, resolve_params
+
+GOOD = """
+[programs.finetune]
+command = ["{python}", "/srv/train/finetune.py"]
+description = "Fine-tune"
+queue = "gpu-a100"
+[programs.finetune.params]
+steps = { type = "integer", default = 100, minimum = 1 }
+lr = { type = "number", default = 3e-4, exclusiveMinimum = 0 }
+mode = { type = "string", default = "full", enum = ["full", "lora"] }
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "programs.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_programs_file_registers_programs_with_their_schema(tmp_path: Path) -> None:
+    programs = load_programs_file(write(tmp_path, GOOD))
+    finetune = programs["finetune"]
+    assert finetune.command == (sys.executable, "/srv/train/finetune.py")
+    assert finetune.queue == "gpu-a100"
+    assert resolve_params(finetune, {}) == {"steps": 100, "lr": 3e-4, "mode": "full"}
+    assert resolve_params(finetune, {"lr": 1, "mode": "lora"})["lr"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[programs.x]\ncommand = []", "command must be a non-empty list"),
+        ("[programs.x]\ncommand = 'python x.py'", "command must be a non-empty list"),
+        ("[programs.X]\ncommand = ['a']", "must match"),
+        ("[programs.x]\ncommand = ['a']\n[programs.x.params]\nn = { type = 'integer' }", "needs a default"),
+        ("[programs.x]\ncommand = ['a']\n[programs.x.params]\nn = { type = 'complex', default = 1 }", "type must be"),
+        ("[programs.x]\ncommand = ['a']\n[programs.x.params]\nn = { type = 'integer', default = 0, minimum = 1 }",
+         "default is invalid"),
+        ("[programs.x]\ncommand = ['a']\n[programs.x.params]\nn = { type = 'integer', default = 1, pattern = 'x' }",
+         "unsupported keywords"),
+        ("this is = not toml [", "CONTROLPLANE_PROGRAMS_FILE"),
+    ],
+)
+def test_bad_programs_files_are_refused_with_the_offending_entry(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_programs_file(write(tmp_path, text))
+
+
+def test_param_errors_name_every_bad_field() -> None:
+    program = Program(name="p", command=("x",), description="", params={
+        "n": {"type": "integer", "default": 1, "minimum": 1, "maximum": 10},
+        "flag": {"type": "boolean", "default": False},
+        "label": {"type": "string", "default": "", "maxLength": 5},
+        "rate": {"type": "number", "default": 0.5, "exclusiveMaximum": 1},
+    })
+    with pytest.raises(ParamsError) as caught:
+        resolve_params(program, {"n": 11, "flag": "yes", "label": "toolong", "rate": 1, "extra": 1})
+    assert set(caught.value.errors) == {"params.n", "params.flag", "params.label", "params.rate", "params.extra"}
+    with pytest.raises(ParamsError) as nan:
+        resolve_params(program, {"rate": float("nan")})
+    assert "finite" in nan.value.errors["params.rate"]
