@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.utils import timezone
 
 from accounts.models import ApiToken
 
-TOKEN_PREFIX = "cp_"
+TOKEN_PREFIX = "cp_"  # noqa: S105 - a public marker, not a secret
 MAX_TOKEN_LENGTH = 200
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -32,7 +32,7 @@ def _digest(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
 
 
-def do_issue_token(user: AbstractBaseUser, *, name: str = "", ttl: timedelta | None = None) -> IssuedToken:
+def do_issue_token(user: User, *, name: str = "", ttl: timedelta | None = None) -> IssuedToken:
     prefix = secrets.token_hex(4)
     plaintext = f"{TOKEN_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
     ttl = ttl or timedelta(days=settings.CONTROLPLANE["TOKEN_TTL_DAYS"])

@@ -36,7 +36,7 @@ def origin_allowed(origin: str | None) -> bool:
     return host is not None and validate_host(host, settings.ALLOWED_HOSTS)
 
 
-@database_sync_to_async
+@database_sync_to_async  # type: ignore[untyped-decorator]
 def _token_user(plaintext: str) -> Any:
     token = access_token(plaintext)
     return token.user if token is not None else AnonymousUser()

@@ -30,5 +30,7 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
 
 def server_error(request: HttpRequest) -> HttpResponse:
     if _wants_json(request):
-        return JsonResponse({"detail": "Internal error; it has been logged.", "code": "server_error"}, status=500)
+        return JsonResponse(
+            {"detail": "Internal error; it has been logged.", "code": "server_error"}, status=500
+        )
     return render(request, "errors/500.html", status=500)

@@ -17,8 +17,11 @@ def _timed(check: Callable[[], None]) -> dict[str, Any]:
     try:
         check()
     except Exception as error:  # a readiness probe reports every failure, it never raises
-        return {"ok": False, "error": f"{error.__class__.__name__}: {str(error)[:200]}",
-                "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+        return {
+            "ok": False,
+            "error": f"{error.__class__.__name__}: {str(error)[:200]}",
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
     return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
@@ -48,4 +51,6 @@ def readyz(request: HttpRequest) -> JsonResponse:
     if settings.REDIS_URL:
         checks["redis"] = _timed(_redis)
     ready = all(check["ok"] for check in checks.values())
-    return JsonResponse({"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503)
+    return JsonResponse(
+        {"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503
+    )

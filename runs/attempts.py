@@ -203,12 +203,26 @@ def register_checkpoint(run_id: int, attempt: int, step: int, path: str, size: i
         Checkpoint.objects.update_or_create(
             run_id=run_id,
             step=step,
-            defaults={"attempt": attempt, "path": path, "size": size, "sha256": sha256, "created_at": timezone.now()},
+            defaults={
+                "attempt": attempt,
+                "path": path,
+                "size": size,
+                "sha256": sha256,
+                "created_at": timezone.now(),
+            },
         )
 
 
 def register_artifact(
-    run_id: int, attempt: int, *, name: str, kind: str, size: int, sha256: str, storage_key: str, metadata: dict[str, Any]
+    run_id: int,
+    attempt: int,
+    *,
+    name: str,
+    kind: str,
+    size: int,
+    sha256: str,
+    storage_key: str,
+    metadata: dict[str, Any],
 ) -> Artifact:
     with transaction.atomic():
         _assert_owner(run_id, attempt)
@@ -265,4 +279,3 @@ def finite_or_none(value: object) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
-

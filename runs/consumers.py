@@ -29,7 +29,7 @@ def _line_frame(line: LogLine) -> events.LogLineFrame:
     return {"seq": line.seq, "ts": line.ts.isoformat(), "stream": line.stream, "line": line.line}
 
 
-class RunConsumer(AsyncWebsocketConsumer):
+class RunConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no types
     run_id: int
     last_seq: int
 
@@ -81,7 +81,9 @@ class RunConsumer(AsyncWebsocketConsumer):
 
     async def _send_from_database(self) -> None:
         while True:
-            page = await database_sync_to_async(selectors.log_lines_after)(self.run_id, self.last_seq, BACKLOG_PAGE)
+            page = await database_sync_to_async(selectors.log_lines_after)(
+                self.run_id, self.last_seq, BACKLOG_PAGE
+            )
             if not page:
                 return
             self.last_seq = page[-1].seq

@@ -15,7 +15,14 @@ from urllib.parse import quote
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.views.decorators.http import require_safe
 
 from accounts.authentication import bearer_from_header
@@ -28,7 +35,7 @@ CHUNK = 512 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
+def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     """(start, end inclusive) for a satisfiable single range, None for no range, "invalid" else.
 
     Multi-range requests are answered with the whole file (allowed by RFC 9110).

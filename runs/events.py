@@ -64,7 +64,10 @@ def run_group(run_id: int) -> str:
 def log_frame(rows: Sequence[tuple[int, datetime, str, str]]) -> LogFrame:
     return {
         "type": "log",
-        "lines": [{"seq": seq, "ts": ts.isoformat(), "stream": stream, "line": line} for seq, ts, stream, line in rows],
+        "lines": [
+            {"seq": seq, "ts": ts.isoformat(), "stream": stream, "line": line}
+            for seq, ts, stream, line in rows
+        ],
     }
 
 
@@ -72,7 +75,10 @@ def metric_frame(points: Sequence[tuple[str, int, float | None]]) -> MetricFrame
     by_step: dict[int, dict[str, float | None]] = {}
     for key, step, value in points:
         by_step.setdefault(step, {})[key] = value
-    return {"type": "metric", "points": [{"step": step, "values": values} for step, values in sorted(by_step.items())]}
+    return {
+        "type": "metric",
+        "points": [{"step": step, "values": values} for step, values in sorted(by_step.items())],
+    }
 
 
 class _Publisher:
@@ -104,7 +110,9 @@ class _Publisher:
         if layer is None:
             return None
         message = {"type": CONSUMER_MESSAGE_TYPE, "frame": frame}
-        future = asyncio.run_coroutine_threadsafe(layer.group_send(run_group(run_id), message), self._get_loop())
+        future = asyncio.run_coroutine_threadsafe(
+            layer.group_send(run_group(run_id), message), self._get_loop()
+        )
         future.add_done_callback(_log_failure)
         return future
 

@@ -26,7 +26,7 @@ def insert_log_lines(run_id: int, rows: Sequence[LogRow]) -> None:
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             raw = cursor.cursor
-            with raw.copy(f"COPY {table} (run_id, seq, ts, stream, line) FROM STDIN") as copy:  # type: ignore[attr-defined]
+            with raw.copy(f"COPY {table} (run_id, seq, ts, stream, line) FROM STDIN") as copy:
                 for seq, ts, stream, line in rows:
                     copy.write_row((run_id, seq, ts, stream, line))
         else:

@@ -65,5 +65,7 @@ def read_header(path: Path) -> SafetensorsHeader:
     for name, info in sorted(document.items()):
         if not isinstance(info, dict) or not isinstance(info.get("shape"), list):
             raise HeaderError(f"tensor {name!r} has no shape")
-        tensors.append(TensorInfo(name=name, dtype=str(info.get("dtype")), shape=tuple(int(d) for d in info["shape"])))
+        tensors.append(
+            TensorInfo(name=name, dtype=str(info.get("dtype")), shape=tuple(int(d) for d in info["shape"]))
+        )
     return SafetensorsHeader(tensors=tensors, metadata={str(k): str(v) for k, v in metadata.items()})

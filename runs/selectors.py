@@ -63,7 +63,9 @@ def metric_points(run_id: int, key: str, max_points: int | None) -> list[SeriesP
         return []
     cap = MAX_RAW_POINTS if max_points is None else max_points
     raw = list(
-        MetricPoint.objects.filter(series_id=series_id).order_by("step").values_list("step", "value")[: cap + 1]
+        MetricPoint.objects.filter(series_id=series_id)
+        .order_by("step")
+        .values_list("step", "value")[: cap + 1]
     )
     if len(raw) <= cap:
         return [SeriesPoint(step, value) for step, value in raw]
@@ -95,8 +97,11 @@ def _downsample(series_id: int, max_points: int) -> list[SeriesPoint]:
                     picked[int(step)] = float(value)
     else:
         extremes: dict[int, tuple[tuple[float, int], tuple[float, int]]] = {}
-        rows = MetricPoint.objects.filter(series_id=series_id, value__isnull=False).values_list("step", "value")
+        rows = MetricPoint.objects.filter(series_id=series_id, value__isnull=False).values_list(
+            "step", "value"
+        )
         for step, value in rows.iterator(chunk_size=10_000):
+            assert value is not None  # filtered above
             bucket = (step - low) * buckets // span
             current = extremes.get(bucket)
             if current is None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -94,7 +94,7 @@ def enqueue_run(run_id: int, queue: str, request_id: str) -> None:
     log.info("run_enqueued", run_id=run_id, queue=queue)
 
 
-def do_launch_run(owner: AbstractBaseUser, launch: LaunchRequest, *, request_id: str = "") -> Run:
+def do_launch_run(owner: User, launch: LaunchRequest, *, request_id: str = "") -> Run:
     queue = launch.program.queue or celery_app.conf.task_default_queue
     with transaction.atomic():
         run = Run.objects.create(
@@ -120,11 +120,12 @@ def do_cancel_run(run: Run) -> Run:
     with transaction.atomic():
         # Conditional updates: a run that starts or ends while we decide is not overwritten.
         if Run.objects.filter(pk=run.pk, status__in=[RunStatus.QUEUED, RunStatus.LOST]).update(
-            status=RunStatus.CANCELLED, finished_at=now, cancel_requested_at=now,
-            error_kind="cancelled", error_message="cancelled before it started",
-        ):
-            broadcast_status_on_commit(run.pk)
-        elif Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+            status=RunStatus.CANCELLED,
+            finished_at=now,
+            cancel_requested_at=now,
+            error_kind="cancelled",
+            error_message="cancelled before it started",
+        ) or Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
             status=RunStatus.CANCELLING, cancel_requested_at=now
         ):
             broadcast_status_on_commit(run.pk)

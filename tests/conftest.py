@@ -21,7 +21,7 @@ import httpx
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from accounts.tokens import do_issue_token
@@ -47,17 +47,17 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.2, message: str
 
 
 @pytest.fixture
-def owner(db: Any) -> AbstractUser:
+def owner(db: Any) -> User:
     return get_user_model().objects.create_user("olivia", "olivia@example.com", PASSWORD)
 
 
 @pytest.fixture
-def teammate(db: Any) -> AbstractUser:
+def teammate(db: Any) -> User:
     return get_user_model().objects.create_user("tomas", "tomas@example.com", PASSWORD)
 
 
 @pytest.fixture
-def api(owner: AbstractUser) -> APIClient:
+def api(owner: User) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {do_issue_token(owner).plaintext}")
     return client
@@ -121,24 +121,57 @@ def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack(django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("stack-data")
     logs = tmp_path_factory.mktemp("stack-logs")
     env = stack_env(data_dir)
     # A fresh queue: messages left by earlier sessions must not start runs of this one.
     subprocess.run(
         [sys.executable, "-m", "celery", "-A", "controlplane", "purge", "-f", "-Q", "training,housekeeping"],
-        cwd=ROOT, env=env, capture_output=True, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        check=False,
     )
     port = free_port()
     web = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "controlplane.asgi:application", "--port", str(port), "--no-access-log"],
-        cwd=ROOT, env=env, stdout=(logs / "web.log").open("wb"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "controlplane.asgi:application",
+            "--port",
+            str(port),
+            "--no-access-log",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=(logs / "web.log").open("wb"),
+        stderr=subprocess.STDOUT,
     )
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "-Q", "training,housekeeping",
-         "--concurrency", "2", "--without-mingle", "--without-gossip", "-n", f"test-{port}@%h"],
-        cwd=ROOT, env=env, stdout=(logs / "worker.log").open("wb"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "controlplane",
+            "worker",
+            "-Q",
+            "training,housekeeping",
+            "--concurrency",
+            "2",
+            "--without-mingle",
+            "--without-gossip",
+            "-n",
+            f"test-{port}@%h",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=(logs / "worker.log").open("wb"),
+        stderr=subprocess.STDOUT,
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -158,18 +191,20 @@ def _healthy(base_url: str) -> bool:
 
 
 @pytest.fixture
-def live_owner(stack: Stack, transactional_db: Any) -> tuple[AbstractUser, str]:
+def live_owner(stack: Stack, transactional_db: Any) -> tuple[User, str]:
     user = get_user_model().objects.create_user("olivia", "olivia@example.com", PASSWORD)
     return user, do_issue_token(user).plaintext
 
 
 @pytest.fixture
-def live_api(stack: Stack, live_owner: tuple[AbstractUser, str]) -> Iterator[httpx.Client]:
+def live_api(stack: Stack, live_owner: tuple[User, str]) -> Iterator[httpx.Client]:
     with stack.client(live_owner[1]) as client:
         yield client
 
 
-def wait_for_status(client: httpx.Client, run_id: int, statuses: set[str], timeout: float = 120) -> dict[str, Any]:
+def wait_for_status(
+    client: httpx.Client, run_id: int, statuses: set[str], timeout: float = 120
+) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         run: dict[str, Any] = client.get(f"/api/v1/runs/{run_id}/").json()
         return run if run["status"] in statuses else None
@@ -177,5 +212,14 @@ def wait_for_status(client: httpx.Client, run_id: int, statuses: set[str], timeo
     return wait_for(check, timeout, interval=0.3, message=f"run {run_id} to reach {statuses}")  # type: ignore[no-any-return]
 
 
-TINY_TINYGPT = {"steps": 12, "batch_size": 4, "seq_len": 32, "d_model": 32, "n_layers": 1, "n_heads": 2,
-                "eval_every": 6, "checkpoint_every": 6, "warmup_steps": 2}
+TINY_TINYGPT = {
+    "steps": 12,
+    "batch_size": 4,
+    "seq_len": 32,
+    "d_model": 32,
+    "n_layers": 1,
+    "n_heads": 2,
+    "eval_every": 6,
+    "checkpoint_every": 6,
+    "warmup_steps": 2,
+}

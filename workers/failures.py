@@ -27,9 +27,13 @@ def classify_exit(exit_code: int, stderr_tail: Sequence[str]) -> Failure:
     text = "\n".join(stderr_tail)
     lowered = text.lower()
     if "out of memory" in lowered or "outofmemoryerror" in lowered:
-        return Failure(ErrorKind.OOM, "out_of_memory", f"the program ran out of memory:\n{_tail(stderr_tail)}")
+        return Failure(
+            ErrorKind.OOM, "out_of_memory", f"the program ran out of memory:\n{_tail(stderr_tail)}"
+        )
     if "cuda error" in lowered or "nccl" in lowered or "cudnn_status" in lowered:
-        return Failure(ErrorKind.DEVICE, "device_error", f"a GPU error ended the program:\n{_tail(stderr_tail)}")
+        return Failure(
+            ErrorKind.DEVICE, "device_error", f"a GPU error ended the program:\n{_tail(stderr_tail)}"
+        )
     if exit_code == CONFIG_EXIT_CODE and "config error" in lowered:
         lines = [line for line in stderr_tail if "config error" in line.lower()]
         return Failure(ErrorKind.CONFIG, "invalid_config", lines[-1] if lines else text[-500:])
@@ -43,4 +47,6 @@ def classify_exit(exit_code: int, stderr_tail: Sequence[str]) -> Failure:
         hint = " (the kernel's out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
         return Failure(ErrorKind.PROGRAM, f"killed_{name.lower()}", f"the program was killed by {name}{hint}")
     detail = _tail(stderr_tail) or "(no output on stderr)"
-    return Failure(ErrorKind.PROGRAM, f"exit_{exit_code}", f"the program exited with code {exit_code}:\n{detail}")
+    return Failure(
+        ErrorKind.PROGRAM, f"exit_{exit_code}", f"the program exited with code {exit_code}:\n{detail}"
+    )

@@ -9,6 +9,7 @@ the worker with it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import queue
@@ -192,10 +193,14 @@ class Supervisor:
         self._flush(claim)
         if not attempts.finish_attempt(self.run_id, claim.attempt, outcome):
             return "abandoned"
-        self.log.info("attempt_finished", status=outcome.status, exit_code=exit_code, error_kind=outcome.error_kind)
+        self.log.info(
+            "attempt_finished", status=outcome.status, exit_code=exit_code, error_kind=outcome.error_kind
+        )
         return str(outcome.status)
 
-    def _environment(self, claim: Claim, directory: Path, params_file: Path, events_fd: int) -> dict[str, str]:
+    def _environment(
+        self, claim: Claim, directory: Path, params_file: Path, events_fd: int
+    ) -> dict[str, str]:
         # A minimal environment: never the worker's own configuration (database URL, keys).
         env = {name: os.environ[name] for name in PASSED_THROUGH_ENV if name in os.environ}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -245,7 +250,9 @@ class Supervisor:
         ]
         for stream, source, size in readers:
             threading.Thread(
-                target=_read_lines, args=(stream, source, self._chunks, size), name=f"run-{self.run_id}-{source}",
+                target=_read_lines,
+                args=(stream, source, self._chunks, size),
+                name=f"run-{self.run_id}-{source}",
                 daemon=True,
             ).start()
         command = " ".join(program.command)
@@ -366,6 +373,7 @@ class Supervisor:
             values = event.get("values")
             if not _is_step(step) or not isinstance(values, dict) or not values:
                 return "metric needs an integer step >= 0 and a non-empty values object"
+            assert isinstance(step, int)
             now = timezone.now()
             for key, value in values.items():
                 if isinstance(key, str) and 0 < len(key) <= 200:
@@ -375,7 +383,8 @@ class Supervisor:
             total = event.get("total")
             if not _is_step(step) or not (total is None or _is_step(total)):
                 return "progress needs integer step and total"
-            self._batch.progress = (step, total)
+            assert isinstance(step, int)
+            self._batch.progress = (step, total if isinstance(total, int) else None)
             return None
         if kind == "status":
             phase = event.get("phase")
@@ -429,7 +438,11 @@ class Supervisor:
             if event["type"] == "checkpoint":
                 size, sha256 = hash_file(path)
                 attempts.register_checkpoint(
-                    self.run_id, claim.attempt, int(event["step"]), str(path.relative_to(directory.resolve())), size,
+                    self.run_id,
+                    claim.attempt,
+                    int(event["step"]),
+                    str(path.relative_to(directory.resolve())),
+                    size,
                     sha256,
                 )
                 return None
@@ -444,8 +457,14 @@ class Supervisor:
                 except HeaderError as error:
                     metadata = {"header_error": str(error)}
             attempts.register_artifact(
-                self.run_id, claim.attempt, name=name, kind=str(kind), size=size, sha256=sha256,
-                storage_key=storage_key, metadata=metadata,
+                self.run_id,
+                claim.attempt,
+                name=name,
+                kind=str(kind),
+                size=size,
+                sha256=sha256,
+                storage_key=storage_key,
+                metadata=metadata,
             )
             self._batch.lines.append(system_line(f"artifact {name} stored ({size} bytes, sha256 {sha256})"))
         except StaleAttempt:
@@ -460,10 +479,8 @@ class Supervisor:
     def _signal_group(self, signum: int) -> None:
         if self._process is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._process.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def _terminate(self, reason: str) -> None:
         if self._cancel_sent_at is not None or self._process is None:
@@ -475,7 +492,11 @@ class Supervisor:
 
     def _escalate_if_needed(self) -> None:
         grace = float(self.config["CANCEL_GRACE_SECONDS"])
-        if self._cancel_sent_at is not None and not self._killed and time.monotonic() - self._cancel_sent_at > grace:
+        if (
+            self._cancel_sent_at is not None
+            and not self._killed
+            and time.monotonic() - self._cancel_sent_at > grace
+        ):
             self._kill(f"still running {grace:g} s after SIGTERM")
 
     def _kill(self, reason: str) -> None:
@@ -495,10 +516,15 @@ class Supervisor:
 
     def _outcome(self, exit_code: int) -> Outcome:
         if self._cancel_sent_at is not None and not self._shutdown.is_set():
-            return Outcome(RunStatus.CANCELLED, exit_code, ErrorKind.CANCELLED, "cancelled", "cancelled by a user")
+            return Outcome(
+                RunStatus.CANCELLED, exit_code, ErrorKind.CANCELLED, "cancelled", "cancelled by a user"
+            )
         if self._shutdown.is_set():
             return Outcome(
-                RunStatus.FAILED, exit_code, ErrorKind.INFRASTRUCTURE, "worker_shutdown",
+                RunStatus.FAILED,
+                exit_code,
+                ErrorKind.INFRASTRUCTURE,
+                "worker_shutdown",
                 "the worker shut down while the run was running",
             )
         if exit_code == 0:

@@ -22,8 +22,14 @@ class TokenView(APIView):
     authentication_classes: list[Any] = []
 
     @extend_schema(
-        request=inline_serializer("TokenRequest", {"username": serializers.CharField(), "password": serializers.CharField()}),
-        responses={200: inline_serializer("TokenResponse", {"token": serializers.CharField(), "expires_at": serializers.DateTimeField()})},
+        request=inline_serializer(
+            "TokenRequest", {"username": serializers.CharField(), "password": serializers.CharField()}
+        ),
+        responses={
+            200: inline_serializer(
+                "TokenResponse", {"token": serializers.CharField(), "expires_at": serializers.DateTimeField()}
+            )
+        },
     )
     def post(self, request: Request) -> Response:
         body: Any = request.data

@@ -17,9 +17,27 @@ class RunSerializer(serializers.ModelSerializer[Run]):
     class Meta:
         model = Run
         fields = [
-            "id", "name", "status", "program", "params", "secrets", "owner", "attempt", "max_attempts",
-            "queue", "phase", "progress", "worker", "exit_code", "error", "created_at", "enqueued_at",
-            "started_at", "finished_at", "updated_at", "links",
+            "id",
+            "name",
+            "status",
+            "program",
+            "params",
+            "secrets",
+            "owner",
+            "attempt",
+            "max_attempts",
+            "queue",
+            "phase",
+            "progress",
+            "worker",
+            "exit_code",
+            "error",
+            "created_at",
+            "enqueued_at",
+            "started_at",
+            "finished_at",
+            "updated_at",
+            "links",
         ]
         read_only_fields = fields
 

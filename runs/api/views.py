@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -44,7 +45,9 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
             statuses = [s.strip() for s in wanted.split(",") if s.strip()]
             unknown = [s for s in statuses if s not in RunStatus.values]
             if unknown:
-                raise ValidationError({"status": [f"unknown status {unknown[0][:32]!r}; use {', '.join(RunStatus.values)}"]})
+                raise ValidationError(
+                    {"status": [f"unknown status {unknown[0][:32]!r}; use {', '.join(RunStatus.values)}"]}
+                )
             queryset = queryset.filter(status__in=statuses)
         return queryset
 
@@ -73,11 +76,14 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
             raise ValidationError({name: ["unknown field"] for name in unknown[:10]})
         try:
             launch = services.check_launch(
-                name=body.get("name"), program=body.get("program"), params=body.get("params"),
+                name=body.get("name"),
+                program=body.get("program"),
+                params=body.get("params"),
                 secrets=body.get("secrets"),
             )
         except services.LaunchError as error:
             raise ValidationError({field: [message] for field, message in error.errors.items()}) from None
+        assert isinstance(request.user, User)  # IsAuthenticated has run
         run = services.do_launch_run(request.user, launch, request_id=getattr(request, "request_id", ""))
         return Response(RunSerializer(run).data, status=status.HTTP_201_CREATED)
 
@@ -87,11 +93,14 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
         try:
             run = services.do_cancel_run(self.get_object())
         except services.CancelError as error:
-            return Response({"detail": str(error), "code": "not_cancellable"}, status=status.HTTP_409_CONFLICT)
+            return Response(
+                {"detail": str(error), "code": "not_cancellable"}, status=status.HTTP_409_CONFLICT
+            )
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
-        parameters=[OpenApiParameter("after", int), OpenApiParameter("limit", int)], responses={200: LogLineSerializer}
+        parameters=[OpenApiParameter("after", int), OpenApiParameter("limit", int)],
+        responses={200: LogLineSerializer},
     )
     @action(detail=True, methods=["get"])
     def logs(self, request: Request, pk: str) -> Response:
@@ -109,7 +118,9 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
             }
         )
 
-    @extend_schema(parameters=[OpenApiParameter("key", str, required=True), OpenApiParameter("max_points", int)])
+    @extend_schema(
+        parameters=[OpenApiParameter("key", str, required=True), OpenApiParameter("max_points", int)]
+    )
     @action(detail=True, methods=["get"])
     def metrics(self, request: Request, pk: str) -> Response:
         run = self.get_object()
@@ -125,5 +136,7 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
     @action(detail=True, methods=["get"])
     def artifacts(self, request: Request, pk: str) -> Response:
         run = self.get_object()
-        serializer = ArtifactSerializer(selectors.run_artifacts(run.pk), many=True, context={"request": request})
+        serializer = ArtifactSerializer(
+            selectors.run_artifacts(run.pk), many=True, context={"request": request}
+        )
         return Response(serializer.data)

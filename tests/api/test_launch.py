@@ -24,9 +24,23 @@ def test_launch_with_no_params_resolves_every_default(api: APIClient) -> None:
     assert run["status"] == "queued"
     assert run["attempt"] == 0
     assert run["params"]["steps"] > 0
-    assert set(run["params"]) >= {"steps", "batch_size", "seq_len", "d_model", "n_layers", "n_heads", "lr",
-                                  "warmup_steps", "weight_decay", "grad_clip", "seed", "eval_every",
-                                  "checkpoint_every", "device", "precision"}
+    assert set(run["params"]) >= {
+        "steps",
+        "batch_size",
+        "seq_len",
+        "d_model",
+        "n_layers",
+        "n_heads",
+        "lr",
+        "warmup_steps",
+        "weight_decay",
+        "grad_clip",
+        "seed",
+        "eval_every",
+        "checkpoint_every",
+        "device",
+        "precision",
+    }
     assert Run.objects.get(pk=run["id"]).params == run["params"]
 
 
@@ -59,12 +73,18 @@ def test_launch_keeps_given_params_and_fills_the_rest(api: APIClient) -> None:
         ({"name": "x", "program": "tinygpt", "params": {"stpes": 3}}, "params.stpes", "unknown param"),
         ({"name": "x", "program": "tinygpt", "params": [1, 2]}, "params", "JSON object"),
         ({"name": "x", "program": "tinygpt", "secrets": "API_KEY"}, "secrets", "list"),
-        ({"name": "x", "program": "tinygpt", "secrets": ["not valid!"]}, "secrets", "not a valid secret name"),
+        (
+            {"name": "x", "program": "tinygpt", "secrets": ["not valid!"]},
+            "secrets",
+            "not a valid secret name",
+        ),
         ({"name": "x", "program": "tinygpt", "colour": "red"}, "colour", "unknown field"),
         ({"name": "x", "program": "scripted", "params": {"mode": "dance"}}, "params.mode", "one of"),
     ],
 )
-def test_invalid_launch_is_refused_naming_the_field(api: APIClient, body: dict[str, Any], field: str, fragment: str) -> None:
+def test_invalid_launch_is_refused_naming_the_field(
+    api: APIClient, body: dict[str, Any], field: str, fragment: str
+) -> None:
     response = launch(api, body)
     assert response.status_code == 400, response.content
     errors = response.json()

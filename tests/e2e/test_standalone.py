@@ -23,10 +23,19 @@ TERMINAL = {"succeeded", "failed", "cancelled", "dead"}
 
 
 def standalone_env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE"}}
-    env.update({"CONTROLPLANE_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-                "CONTROLPLANE_PROGRAMS_FILE": str(ROOT / "tests" / "fixtures" / "programs.toml")})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE"}
+    }
+    env.update(
+        {
+            "CONTROLPLANE_DATA_DIR": str(data_dir),
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+            "CONTROLPLANE_PROGRAMS_FILE": str(ROOT / "tests" / "fixtures" / "programs.toml"),
+        }
+    )
     return env
 
 
@@ -35,20 +44,33 @@ def test_standalone_trains_a_model_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -
     output = tmp_path / "standalone.log"
     process = subprocess.Popen(
         [sys.executable, "manage.py", "standalone", "--port", str(port)],
-        cwd=ROOT, env=standalone_env(tmp_path / "data"), stdout=output.open("wb"), stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=standalone_env(tmp_path / "data"),
+        stdout=output.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     try:
-        password = wait_for(lambda: re.search(r"with password (\S+)", output.read_text()), 60, message="startup")
+        password = wait_for(
+            lambda: re.search(r"with password (\S+)", output.read_text()), 60, message="startup"
+        )
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: _up(base), 30, message="the server")
-        token = httpx.post(f"{base}/api/v1/auth/token/", json={"username": "admin", "password": password.group(1)})
-        api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token.json()['token']}"}, timeout=30)
+        token = httpx.post(
+            f"{base}/api/v1/auth/token/", json={"username": "admin", "password": password.group(1)}
+        )
+        api = httpx.Client(
+            base_url=base, headers={"Authorization": f"Bearer {token.json()['token']}"}, timeout=30
+        )
         assert (tmp_path / "data" / "controlplane.sqlite3").exists()
 
-        run = api.post("/api/v1/runs/", json={"name": "sa", "program": "tinygpt", "params": TINY_TINYGPT}).json()
-        with connect(f"ws://127.0.0.1:{port}/ws/runs/{run['id']}/",
-                     additional_headers={"Authorization": api.headers["Authorization"]}) as socket:
-            frames = []
+        run = api.post(
+            "/api/v1/runs/", json={"name": "sa", "program": "tinygpt", "params": TINY_TINYGPT}
+        ).json()
+        with connect(
+            f"ws://127.0.0.1:{port}/ws/runs/{run['id']}/",
+            additional_headers={"Authorization": api.headers["Authorization"]},
+        ) as socket:
+            frames: list[dict[str, object]] = []
             while not (frames and frames[-1]["type"] == "status" and frames[-1]["status"] in TERMINAL):
                 frames.append(json.loads(socket.recv(timeout=120)))
         assert frames[-1]["status"] == "succeeded"
@@ -59,8 +81,10 @@ def test_standalone_trains_a_model_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -
         assert hashlib.sha256(body).hexdigest() == artifact["sha256"]
 
         # A long run in flight when Ctrl-C arrives: its process must end with the server.
-        long_run = api.post("/api/v1/runs/", json={"name": "long", "program": "scripted",
-                                                   "params": {"mode": "sleep", "sleep": 600}}).json()
+        long_run = api.post(
+            "/api/v1/runs/",
+            json={"name": "long", "program": "scripted", "params": {"mode": "sleep", "sleep": 600}},
+        ).json()
         pid_file = tmp_path / "data" / "runs" / str(long_run["id"]) / "program.pid"
         wait_for(pid_file.exists, 30, message="the long program")
         wait_for(lambda: pid_file.read_text().strip(), 5, message="its pid")
@@ -79,11 +103,19 @@ def test_standalone_trains_a_model_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -
 
     # The run interrupted by the shutdown is recorded, not left "running".
     restarted = subprocess.run(
-        [sys.executable, "-c", (
-            "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='controlplane.settings'; django.setup();"
-            f"from runs.models import Run; r=Run.objects.get(pk={long_run['id']}); print(r.status, r.error_kind)"
-        )],
-        cwd=ROOT, env=standalone_env(tmp_path / "data"), capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            (
+                "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='controlplane.settings'; django.setup();"
+                f"from runs.models import Run; r=Run.objects.get(pk={long_run['id']}); print(r.status, r.error_kind)"
+            ),
+        ],
+        cwd=ROOT,
+        env=standalone_env(tmp_path / "data"),
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert restarted.stdout.split()[-2:] == ["failed", "infrastructure"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,9 @@ def all_logs(api: httpx.Client, run_id: int, page: int = 1000) -> list[dict[str,
         after = body["next_after"]
 
 
-def test_a_launched_tinygpt_run_trains_and_its_model_downloads_intact(stack: Stack, live_api: httpx.Client) -> None:
+def test_a_launched_tinygpt_run_trains_and_its_model_downloads_intact(
+    stack: Stack, live_api: httpx.Client
+) -> None:
     run = launch(live_api, "tinygpt", TINY_TINYGPT)
     done = wait_for_status(live_api, run["id"], TERMINAL)
     assert done["status"] == "succeeded", done
@@ -87,7 +88,10 @@ def test_a_launched_tinygpt_run_trains_and_its_model_downloads_intact(stack: Sta
     assert suffix.content == download.content[-10:]
     refused = live_api.get(model["download_url"], headers={"Range": f"bytes={model['size']}-"})
     assert refused.status_code == 416
-    assert live_api.get(model["download_url"], headers={"If-None-Match": download.headers["etag"]}).status_code == 304
+    assert (
+        live_api.get(model["download_url"], headers={"If-None-Match": download.headers["etag"]}).status_code
+        == 304
+    )
 
 
 def test_a_duplicated_task_delivery_runs_the_program_once(stack: Stack, live_api: httpx.Client) -> None:
@@ -108,7 +112,11 @@ def test_a_duplicated_task_delivery_runs_the_program_once(stack: Stack, live_api
 
 def test_cancel_stops_a_running_program_within_ten_seconds(stack: Stack, live_api: httpx.Client) -> None:
     run = launch(live_api, "scripted", {"mode": "ignore_sigterm", "sleep": 600})
-    wait_for(lambda: live_api.get(f"/api/v1/runs/{run['id']}/").json()["progress"], 30, message="the program to run")
+    wait_for(
+        lambda: live_api.get(f"/api/v1/runs/{run['id']}/").json()["progress"],
+        30,
+        message="the program to run",
+    )
     pid = int((stack.data_dir / "runs" / str(run["id"]) / "program.pid").read_text())
     started = time.monotonic()
     response = live_api.post(f"/api/v1/runs/{run['id']}/cancel/")
@@ -143,7 +151,9 @@ def _alive(pid: int) -> bool:
     return status.exists() and "zombie" not in status.read_text()
 
 
-def test_a_failing_program_fails_with_a_readable_error_and_keeps_its_logs(stack: Stack, live_api: httpx.Client) -> None:
+def test_a_failing_program_fails_with_a_readable_error_and_keeps_its_logs(
+    stack: Stack, live_api: httpx.Client
+) -> None:
     run = launch(live_api, "scripted", {"mode": "fail", "lines": 30, "exit_code": 7})
     done = wait_for_status(live_api, run["id"], TERMINAL)
     assert done["status"] == "failed"
@@ -162,7 +172,9 @@ def test_binary_garbage_and_malformed_events_never_break_a_run(stack: Stack, liv
     assert done["status"] == "succeeded", done
     lines = all_logs(live_api, run["id"])
     assert any("\ufffd" in line["line"] and "garbage" in line["line"] for line in lines)
-    skipped = [line for line in lines if line["stream"] == "system" and "skipped a malformed event" in line["line"]]
+    skipped = [
+        line for line in lines if line["stream"] == "system" and "skipped a malformed event" in line["line"]
+    ]
     assert len(skipped) == 4
     loss = live_api.get(f"/api/v1/runs/{run['id']}/metrics/?key=train/loss").json()["points"]
     assert {"step": 99, "value": 0.5} in loss
@@ -206,7 +218,8 @@ def test_tinygpt_config_errors_are_classified(stack: Stack, live_api: httpx.Clie
 
 def test_the_request_id_follows_a_launch_into_the_worker(stack: Stack, live_api: httpx.Client) -> None:
     response = live_api.post(
-        "/api/v1/runs/", json={"name": "traced", "program": "scripted", "params": {"lines": 1}},
+        "/api/v1/runs/",
+        json={"name": "traced", "program": "scripted", "params": {"lines": 1}},
         headers={"X-Request-ID": "trace-me-0123"},
     )
     assert response.headers["x-request-id"] == "trace-me-0123"
@@ -214,5 +227,3 @@ def test_the_request_id_follows_a_launch_into_the_worker(stack: Stack, live_api:
     worker_log = (stack.logs / "worker.log").read_text()
     assert '"request_id": "trace-me-0123"' in worker_log
     assert f'"run_id": {response.json()["id"]}' in worker_log
-
-

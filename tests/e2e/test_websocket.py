@@ -9,6 +9,7 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin
 
 from tests.conftest import Stack, wait_for_status
 
@@ -42,7 +43,8 @@ def test_a_socket_gets_the_backlog_then_live_lines_and_resumes_without_gap_or_du
 ) -> None:
     token = live_owner[1]
     run = live_api.post(
-        "/api/v1/runs/", json={"name": "ws", "program": "scripted", "params": {"mode": "drip", "lines": 120, "sleep": 6}}
+        "/api/v1/runs/",
+        json={"name": "ws", "program": "scripted", "params": {"mode": "drip", "lines": 120, "sleep": 6}},
     ).json()
     with open_socket(stack, token, run["id"]) as socket:
         first = read_frames(socket, lambda frame, frames: len(seqs(frames)) >= 30)
@@ -64,7 +66,7 @@ def test_a_socket_gets_the_backlog_then_live_lines_and_resumes_without_gap_or_du
     # Late lines (the exit notice) may follow the terminal status frame; fetch them as a client would.
     with open_socket(stack, token, run["id"], after=received[-1]) as socket:
         socket.recv(timeout=10)  # status
-        tail = []
+        tail: list[int] = []
         while len(received) + len(tail) < len(api_lines):
             tail += seqs([json.loads(socket.recv(timeout=10))])
     received += tail
@@ -77,7 +79,9 @@ def test_a_socket_gets_the_backlog_then_live_lines_and_resumes_without_gap_or_du
 def test_a_socket_opened_after_the_run_replays_the_whole_log(
     stack: Stack, live_api: httpx.Client, live_owner: Any
 ) -> None:
-    run = live_api.post("/api/v1/runs/", json={"name": "ws2", "program": "scripted", "params": {"lines": 2500}}).json()
+    run = live_api.post(
+        "/api/v1/runs/", json={"name": "ws2", "program": "scripted", "params": {"lines": 2500}}
+    ).json()
     wait_for_status(live_api, run["id"], TERMINAL)
     total = live_api.get(f"/api/v1/runs/{run['id']}/logs/?after=0&limit=5000").json()["results"][-1]["seq"]
     with open_socket(stack, live_owner[1], run["id"], after=100) as socket:
@@ -97,21 +101,38 @@ def test_sockets_without_credentials_or_for_unknown_runs_are_refused(
         open_socket(stack, live_owner[1], 99_999_999)
 
 
-def test_cookie_sockets_from_a_foreign_origin_are_refused(stack: Stack, live_api: httpx.Client, live_owner: Any) -> None:
+def test_cookie_sockets_from_a_foreign_origin_are_refused(
+    stack: Stack, live_api: httpx.Client, live_owner: Any
+) -> None:
     browser = httpx.Client(base_url=stack.base_url)
     login_page = browser.get("/login/")
     csrf = browser.cookies["csrftoken"]
     signed_in = browser.post(
-        "/login/", data={"username": "olivia", "password": "correct-horse-battery-staple-42", "csrfmiddlewaretoken": csrf},
+        "/login/",
+        data={
+            "username": "olivia",
+            "password": "correct-horse-battery-staple-42",
+            "csrfmiddlewaretoken": csrf,
+        },
         headers={"Referer": stack.base_url + "/login/"},
     )
     assert login_page.status_code == 200 and signed_in.status_code == 302
-    run = live_api.post("/api/v1/runs/", json={"name": "c", "program": "scripted", "params": {"lines": 1}}).json()
+    run = live_api.post(
+        "/api/v1/runs/", json={"name": "c", "program": "scripted", "params": {"lines": 1}}
+    ).json()
     cookie = f"sessionid={browser.cookies['sessionid']}"
-    with connect(stack.ws_url(f"/ws/runs/{run['id']}/"), additional_headers={"Cookie": cookie},
-                 origin="http://127.0.0.1", open_timeout=10) as socket:  # type: ignore[arg-type]
+    with connect(
+        stack.ws_url(f"/ws/runs/{run['id']}/"),
+        additional_headers={"Cookie": cookie},
+        origin=Origin("http://127.0.0.1"),
+        open_timeout=10,
+    ) as socket:
         assert json.loads(socket.recv(timeout=10))["type"] == "status"
     with pytest.raises(InvalidStatus):
-        connect(stack.ws_url(f"/ws/runs/{run['id']}/"), additional_headers={"Cookie": cookie},
-                origin="https://evil.example", open_timeout=10)  # type: ignore[arg-type]
+        connect(
+            stack.ws_url(f"/ws/runs/{run['id']}/"),
+            additional_headers={"Cookie": cookie},
+            origin=Origin("https://evil.example"),
+            open_timeout=10,
+        )
     wait_for_status(live_api, run["id"], TERMINAL)

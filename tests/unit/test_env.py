@@ -18,15 +18,35 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize(
     ("url", "engine", "name", "host", "port", "user"),
     [
-        ("postgres://u:p%40ss@db.internal:5433/cp", "django.db.backends.postgresql", "cp", "db.internal", "5433", "u"),
-        ("postgresql://postgres@127.0.0.1/controlplane", "django.db.backends.postgresql", "controlplane", "127.0.0.1", "", "postgres"),
+        (
+            "postgres://u:p%40ss@db.internal:5433/cp",
+            "django.db.backends.postgresql",
+            "cp",
+            "db.internal",
+            "5433",
+            "u",
+        ),
+        (
+            "postgresql://postgres@127.0.0.1/controlplane",
+            "django.db.backends.postgresql",
+            "controlplane",
+            "127.0.0.1",
+            "",
+            "postgres",
+        ),
         ("sqlite:////srv/cp/db.sqlite3", "django.db.backends.sqlite3", "/srv/cp/db.sqlite3", "", "", ""),
         ("sqlite:///var/db.sqlite3", "django.db.backends.sqlite3", "var/db.sqlite3", "", "", ""),
     ],
 )
 def test_database_urls_parse(url: str, engine: str, name: str, host: str, port: str, user: str) -> None:
     config = parse_database_url(url)
-    assert (config.engine, config.name, config.host, config.port, config.user) == (engine, name, host, port, user)
+    assert (config.engine, config.name, config.host, config.port, config.user) == (
+        engine,
+        name,
+        host,
+        port,
+        user,
+    )
 
 
 def test_database_url_password_is_unquoted_and_options_kept() -> None:
@@ -35,7 +55,9 @@ def test_database_url_password_is_unquoted_and_options_kept() -> None:
     assert config.options == {"sslmode": "require"}
 
 
-@pytest.mark.parametrize("url", ["mysql://x/y", "postgres://h:notaport/db", "postgres://h/", "sqlite://", "nonsense"])
+@pytest.mark.parametrize(
+    "url", ["mysql://x/y", "postgres://h:notaport/db", "postgres://h/", "sqlite://", "nonsense"]
+)
 def test_bad_database_urls_are_refused(url: str) -> None:
     with pytest.raises(ConfigError, match="DATABASE_URL"):
         parse_database_url(url)
@@ -54,10 +76,18 @@ def test_typed_helpers_reject_bad_values_with_the_variable_name() -> None:
 
 
 def _import_settings(**env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "SECRET_KEY", "DEBUG", "DJANGO"))}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_URL", "SECRET_KEY", "DEBUG", "DJANGO"))
+    }
     return subprocess.run(
         [sys.executable, "-c", "import controlplane.settings"],
-        cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 
@@ -68,8 +98,11 @@ def test_production_refuses_to_start_without_a_secret_key(tmp_path: Path) -> Non
 
 
 def test_production_refuses_a_weak_secret_key(tmp_path: Path) -> None:
-    result = _import_settings(DATABASE_URL="postgres://u@h/db", SECRET_KEY="django-insecure-abc",
-                              CONTROLPLANE_DATA_DIR=str(tmp_path))
+    result = _import_settings(
+        DATABASE_URL="postgres://u@h/db",
+        SECRET_KEY="django-insecure-abc",
+        CONTROLPLANE_DATA_DIR=str(tmp_path),
+    )
     assert result.returncode != 0
     assert "SECRET_KEY is too weak" in result.stderr
 
@@ -91,8 +124,15 @@ def test_a_bad_boolean_stops_the_process_naming_it(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("given", "kept"),
-    [("abc-123", True), ("x" * 64, True), ("x" * 65, False), ("bad\nid", False), ("", False), (None, False),
-     ("a b", False)],
+    [
+        ("abc-123", True),
+        ("x" * 64, True),
+        ("x" * 65, False),
+        ("bad\nid", False),
+        ("", False),
+        (None, False),
+        ("a b", False),
+    ],
 )
 def test_request_ids_are_kept_only_when_safe(given: str | None, kept: bool) -> None:
     result = clean_request_id(given)

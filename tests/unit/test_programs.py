@@ -44,29 +44,49 @@ def test_a_programs_file_registers_programs_with_their_schema(tmp_path: Path) ->
         ("[programs.x]\ncommand = 'python x.py'", "command must be a non-empty list"),
         ("[programs.X]\ncommand = ['a']", "must match"),
         ("[programs.x]\ncommand = ['a']\n[programs.x.params]\nn = { type = 'integer' }", "needs a default"),
-        ("[programs.x]\ncommand = ['a']\n[programs.x.params]\nn = { type = 'complex', default = 1 }", "type must be"),
-        ("[programs.x]\ncommand = ['a']\n[programs.x.params]\nn = { type = 'integer', default = 0, minimum = 1 }",
-         "default is invalid"),
-        ("[programs.x]\ncommand = ['a']\n[programs.x.params]\nn = { type = 'integer', default = 1, pattern = 'x' }",
-         "unsupported keywords"),
+        (
+            "[programs.x]\ncommand = ['a']\n[programs.x.params]\nn = { type = 'complex', default = 1 }",
+            "type must be",
+        ),
+        (
+            "[programs.x]\ncommand = ['a']\n[programs.x.params]\nn = { type = 'integer', default = 0, minimum = 1 }",
+            "default is invalid",
+        ),
+        (
+            "[programs.x]\ncommand = ['a']\n[programs.x.params]\nn = { type = 'integer', default = 1, pattern = 'x' }",
+            "unsupported keywords",
+        ),
         ("this is = not toml [", "CONTROLPLANE_PROGRAMS_FILE"),
     ],
 )
-def test_bad_programs_files_are_refused_with_the_offending_entry(tmp_path: Path, text: str, message: str) -> None:
+def test_bad_programs_files_are_refused_with_the_offending_entry(
+    tmp_path: Path, text: str, message: str
+) -> None:
     with pytest.raises(ConfigError, match=message):
         load_programs_file(write(tmp_path, text))
 
 
 def test_param_errors_name_every_bad_field() -> None:
-    program = Program(name="p", command=("x",), description="", params={
-        "n": {"type": "integer", "default": 1, "minimum": 1, "maximum": 10},
-        "flag": {"type": "boolean", "default": False},
-        "label": {"type": "string", "default": "", "maxLength": 5},
-        "rate": {"type": "number", "default": 0.5, "exclusiveMaximum": 1},
-    })
+    program = Program(
+        name="p",
+        command=("x",),
+        description="",
+        params={
+            "n": {"type": "integer", "default": 1, "minimum": 1, "maximum": 10},
+            "flag": {"type": "boolean", "default": False},
+            "label": {"type": "string", "default": "", "maxLength": 5},
+            "rate": {"type": "number", "default": 0.5, "exclusiveMaximum": 1},
+        },
+    )
     with pytest.raises(ParamsError) as caught:
         resolve_params(program, {"n": 11, "flag": "yes", "label": "toolong", "rate": 1, "extra": 1})
-    assert set(caught.value.errors) == {"params.n", "params.flag", "params.label", "params.rate", "params.extra"}
+    assert set(caught.value.errors) == {
+        "params.n",
+        "params.flag",
+        "params.label",
+        "params.rate",
+        "params.extra",
+    }
     with pytest.raises(ParamsError) as nan:
         resolve_params(program, {"rate": float("nan")})
     assert "finite" in nan.value.errors["params.rate"]

@@ -55,7 +55,9 @@ class Command(BaseCommand):
             )
         )
         url = f"http://{options['host']}:{options['port']}/"
-        self.stdout.write(f"Control plane (standalone) at {url}\n{login_hint}\nData in {settings.DATA_DIR}. Ctrl-C stops.")
+        self.stdout.write(
+            f"Control plane (standalone) at {url}\n{login_hint}\nData in {settings.DATA_DIR}. Ctrl-C stops."
+        )
         try:
             server.run()
         except KeyboardInterrupt:
