@@ -102,6 +102,8 @@ def stack_env(data_dir: Path) -> dict[str, str]:
             "CONTROLPLANE_HEARTBEAT_SECONDS": "2",
             "CONTROLPLANE_CANCEL_GRACE_SECONDS": "3",
             "LOG_FORMAT": "json",
+            # The test stack serves plain http on loopback, like a developer's machine.
+            "SECURE_COOKIES": "false",
             "PYTHONUNBUFFERED": "1",
             # Tiny models train faster with one thread on a 2-core machine running web + worker.
             "OMP_NUM_THREADS": "1",
