@@ -37,6 +37,13 @@ class CancelError(Exception):
     pass
 
 
+class RetryError(Exception):
+    pass
+
+
+RETRYABLE = (RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.DEAD)
+
+
 @dataclass(frozen=True)
 class LaunchRequest:
     name: str
@@ -134,4 +141,32 @@ def do_cancel_run(run: Run) -> Run:
             if current.status != RunStatus.CANCELLING:
                 raise CancelError(f"run {run.pk} is already {current.status}")
     log.info("run_cancel_requested", run_id=run.pk)
+    return Run.objects.get(pk=run.pk)
+
+
+def do_retry_run(run: Run, *, request_id: str = "") -> Run:
+    """Queue a finished-but-unsuccessful run again; its next attempt continues the same log."""
+    with transaction.atomic():
+        # Conditional: two retry clicks (or a retry racing a reconciler) queue the run once.
+        retried = Run.objects.filter(pk=run.pk, status__in=RETRYABLE).update(
+            status=RunStatus.QUEUED,
+            finished_at=None,
+            enqueued_at=None,
+            cancel_requested_at=None,
+            error_kind="",
+            error_code="",
+            error_message="",
+            exit_code=None,
+            phase="",
+            request_id=request_id[:64],
+        )
+        if not retried:
+            current = Run.objects.get(pk=run.pk)
+            raise RetryError(
+                f"run {run.pk} is {current.status}; only failed, cancelled or dead runs can be retried"
+            )
+        queue = run.queue
+        transaction.on_commit(lambda: enqueue_run(run.pk, queue, request_id))
+        broadcast_status_on_commit(run.pk)
+    log.info("run_retried", run_id=run.pk)
     return Run.objects.get(pk=run.pk)

@@ -58,6 +58,7 @@ class RunSerializer(serializers.ModelSerializer[Run]):
             "metrics": reverse("api:run-metrics", args=[run.pk]),
             "artifacts": reverse("api:run-artifacts", args=[run.pk]),
             "cancel": reverse("api:run-cancel", args=[run.pk]),
+            "retry": reverse("api:run-retry", args=[run.pk]),
             "websocket": f"/ws/runs/{run.pk}/",
         }
 

@@ -98,6 +98,15 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
             )
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
+    @extend_schema(request=None, responses={202: RunSerializer})
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str) -> Response:
+        try:
+            run = services.do_retry_run(self.get_object(), request_id=getattr(request, "request_id", ""))
+        except services.RetryError as error:
+            return Response({"detail": str(error), "code": "not_retryable"}, status=status.HTTP_409_CONFLICT)
+        return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
     @extend_schema(
         parameters=[OpenApiParameter("after", int), OpenApiParameter("limit", int)],
         responses={200: LogLineSerializer},

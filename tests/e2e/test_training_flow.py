@@ -227,3 +227,20 @@ def test_the_request_id_follows_a_launch_into_the_worker(stack: Stack, live_api:
     worker_log = (stack.logs / "worker.log").read_text()
     assert '"request_id": "trace-me-0123"' in worker_log
     assert f'"run_id": {response.json()["id"]}' in worker_log
+
+
+def test_a_failed_run_retried_runs_again_and_continues_its_log(stack: Stack, live_api: httpx.Client) -> None:
+    run = launch(live_api, "scripted", {"mode": "fail", "lines": 3})
+    assert wait_for_status(live_api, run["id"], TERMINAL)["status"] == "failed"
+    first_lines = all_logs(live_api, run["id"])
+    assert live_api.post(f"/api/v1/runs/{run['id']}/retry/").status_code == 202
+    again = wait_for_status(live_api, run["id"], TERMINAL)
+    assert again["attempt"] == 2
+    assert again["status"] == "failed"
+    lines = all_logs(live_api, run["id"])
+    assert [line["seq"] for line in lines] == list(range(1, len(lines) + 1))
+    assert len(lines) == 2 * len(first_lines)
+    running = launch(live_api, "scripted", {"mode": "sleep", "sleep": 30})
+    assert live_api.post(f"/api/v1/runs/{running['id']}/retry/").status_code == 409
+    live_api.post(f"/api/v1/runs/{running['id']}/cancel/")
+    wait_for_status(live_api, running["id"], TERMINAL)
