@@ -15,12 +15,13 @@ from typing import Any
 import structlog
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from runs import events
 from runs.ingest import PointRow, insert_log_lines, series_ids, upsert_metric_points
-from runs.models import Artifact, Checkpoint, LogStream, Run, RunStatus
+from runs.models import Artifact, Checkpoint, ErrorKind, LogStream, Run, RunAttempt, RunStatus
+from runs.reliability import after_failure
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +40,7 @@ class Claim:
     params: dict[str, Any]
     secrets: list[str]
     request_id: str
+    max_duration_seconds: int | None = None
 
 
 @dataclass
@@ -81,28 +83,34 @@ def broadcast_status_on_commit(run_id: int) -> None:
 
 
 def claim_run(run_id: int, worker: str) -> Claim | None:
-    """Take a queued run for a new attempt, or None when it is not queued (a duplicate delivery)."""
+    """Take a queued, due run for a new attempt, or None (a duplicate delivery, or not yet due)."""
     now = timezone.now()
     with transaction.atomic():
         # The status condition makes the claim atomic: of two deliveries of the same task, only
         # one UPDATE matches; the other sees zero rows and starts nothing.
-        claimed = Run.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
-            status=RunStatus.RUNNING,
-            attempt=F("attempt") + 1,
-            worker=worker[:255],
-            started_at=now,
-            heartbeat_at=now,
-            lease_expires_at=_lease_deadline(now),
-            finished_at=None,
-            exit_code=None,
-            error_kind="",
-            error_code="",
-            error_message="",
-            phase="starting",
+        claimed = (
+            Run.objects.filter(pk=run_id, status=RunStatus.QUEUED)
+            .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
+            .update(
+                status=RunStatus.RUNNING,
+                attempt=F("attempt") + 1,
+                worker=worker[:255],
+                started_at=now,
+                heartbeat_at=now,
+                lease_expires_at=_lease_deadline(now),
+                not_before=None,
+                finished_at=None,
+                exit_code=None,
+                error_kind="",
+                error_code="",
+                error_message="",
+                phase="starting",
+            )
         )
         if not claimed:
             return None
         run = Run.objects.get(pk=run_id)
+        RunAttempt.objects.create(run=run, number=run.attempt, worker=worker[:255], started_at=now)
         broadcast_status_on_commit(run_id)
     return Claim(
         run_id=run.pk,
@@ -111,7 +119,17 @@ def claim_run(run_id: int, worker: str) -> Claim | None:
         params=dict(run.params),
         secrets=list(run.secrets),
         request_id=run.request_id,
+        max_duration_seconds=run.max_duration_seconds,
     )
+
+
+def resume_candidates(run_id: int) -> list[Checkpoint]:
+    """The run's checkpoints, newest first: the supervisor verifies each before resuming."""
+    return list(Checkpoint.objects.filter(run_id=run_id).order_by("-step"))
+
+
+def note_resume(run_id: int, attempt: int, step: int) -> None:
+    RunAttempt.objects.filter(run_id=run_id, number=attempt).update(resumed_from_step=step)
 
 
 def renew_lease(run_id: int, attempt: int) -> str:
@@ -251,22 +269,87 @@ class Outcome:
     error_message: str = ""
 
 
-def finish_attempt(run_id: int, attempt: int, outcome: Outcome) -> bool:
-    """Record the end of an attempt; False when the attempt had already lost the run."""
+def finish_attempt(run_id: int, attempt: int, outcome: Outcome) -> RunStatus | None:
+    """Record the end of an attempt and what follows (a retry, a dead letter, or the end).
+
+    Returns the run's new status, or None when the attempt had already lost the run.
+    """
+    now = timezone.now()
     with transaction.atomic():
-        finished = Run.objects.filter(pk=run_id, attempt=attempt, status__in=_LIVE).update(
-            status=outcome.status,
-            finished_at=timezone.now(),
-            lease_expires_at=None,
-            exit_code=outcome.exit_code,
-            error_kind=outcome.error_kind,
-            error_code=outcome.error_code[:64],
-            error_message=outcome.error_message[:4000],
-            phase="",
+        run = Run.objects.select_for_update().filter(pk=run_id, attempt=attempt, status__in=_LIVE).first()
+        if run is None:
+            return None
+        status = _conclude(run, attempt, outcome, now)
+    return status
+
+
+def _conclude(run: Run, attempt: int, outcome: Outcome, now: datetime) -> RunStatus:
+    """Apply an attempt's outcome to a locked, live run."""
+    status = outcome.status
+    not_before = None
+    if status == RunStatus.FAILED:
+        step = after_failure(outcome.error_kind, attempt, run.max_attempts, now)
+        status, not_before = step.status, step.not_before
+    RunAttempt.objects.filter(run_id=run.pk, number=attempt).update(
+        finished_at=now,
+        status=outcome.status,
+        exit_code=outcome.exit_code,
+        error_kind=outcome.error_kind,
+        error_code=outcome.error_code[:64],
+        error_message=outcome.error_message[:4000],
+    )
+    requeued = status == RunStatus.QUEUED
+    Run.objects.filter(pk=run.pk, attempt=attempt).update(
+        status=status,
+        finished_at=None if requeued else now,
+        lease_expires_at=None,
+        not_before=not_before,
+        enqueued_at=None,
+        exit_code=outcome.exit_code,
+        error_kind=outcome.error_kind,
+        error_code=outcome.error_code[:64],
+        error_message=outcome.error_message[:4000],
+        phase="",
+    )
+    log.info(
+        "attempt_concluded",
+        run_id=run.pk,
+        attempt=attempt,
+        outcome=outcome.status,
+        next_status=status,
+        error_kind=outcome.error_kind,
+        retry_at=not_before.isoformat() if not_before else None,
+    )
+    broadcast_status_on_commit(run.pk)
+    return status
+
+
+def expire_lease(run_id: int, now: datetime) -> RunStatus | None:
+    """Conclude a live attempt whose lease ran out (its worker is gone or cut off)."""
+    with transaction.atomic():
+        run = (
+            Run.objects.select_for_update()
+            .filter(pk=run_id, status__in=_LIVE, lease_expires_at__lt=now)
+            .first()
         )
-        if finished:
-            broadcast_status_on_commit(run_id)
-    return bool(finished)
+        if run is None:
+            return None
+        if run.status == RunStatus.CANCELLING:
+            outcome = Outcome(
+                RunStatus.CANCELLED, None, ErrorKind.CANCELLED, "cancelled", "cancelled; its worker was lost"
+            )
+        else:
+            outcome = Outcome(
+                RunStatus.FAILED,
+                None,
+                ErrorKind.INFRASTRUCTURE,
+                "lease_expired",
+                f"worker {run.worker or '?'} stopped renewing its lease (last heartbeat {run.heartbeat_at})",
+            )
+        status = _conclude(run, run.attempt, outcome, now)
+        # The attempt itself was lost, whatever the run does next.
+        RunAttempt.objects.filter(run_id=run.pk, number=run.attempt).update(status=RunStatus.LOST)
+    return status
 
 
 def system_line(text: str) -> tuple[datetime, str, str]:

@@ -43,6 +43,14 @@ class Run(models.Model):
     # supervisor names the attempt it holds, so a stale supervisor's writes match no row.
     attempt = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveSmallIntegerField(default=3)
+    # Limits: a queued run older than its TTL fails as `timeout`; a running attempt past its
+    # maximum duration gets SIGTERM (a final checkpoint), then SIGKILL after the grace period.
+    queue_ttl_seconds = models.PositiveIntegerField(null=True, blank=True)
+    max_duration_seconds = models.PositiveIntegerField(null=True, blank=True)
+    # A transient failure is retried after a backoff: the reconciler dispatches it once due.
+    not_before = models.DateTimeField(null=True, blank=True)
+    dispatch_count = models.PositiveIntegerField(default=0)
+    discarded_at = models.DateTimeField(null=True, blank=True)
     request_id = models.CharField(max_length=64, blank=True)
 
     created_at = models.DateTimeField(default=timezone.now)
@@ -73,7 +81,14 @@ class Run(models.Model):
         indexes = [
             models.Index(fields=["status", "-id"], name="run_status_id"),
             models.Index(fields=["owner", "-id"], name="run_owner_id"),
-            models.Index(fields=["lease_expires_at"], name="run_lease", condition=models.Q(status="running")),
+            models.Index(
+                fields=["lease_expires_at"],
+                name="run_live_lease",
+                condition=models.Q(status__in=["running", "cancelling"]),
+            ),
+            models.Index(
+                fields=["created_at"], name="run_queued_created", condition=models.Q(status="queued")
+            ),
         ]
 
     def __str__(self) -> str:
@@ -82,6 +97,28 @@ class Run(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+
+class RunAttempt(models.Model):
+    """One attempt at a run: who ran it, from which checkpoint, and how it ended."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveIntegerField()
+    worker = models.CharField(max_length=255, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.RUNNING)
+    resumed_from_step = models.BigIntegerField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    error_kind = models.CharField(max_length=16, choices=ErrorKind.choices, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "number"], name="attempt_run_number")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}#{self.number}"
 
 
 class LogStream(models.TextChoices):

@@ -6,6 +6,7 @@ Redis and a temporary data directory, exactly as production runs them: nothing i
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -27,6 +28,7 @@ from rest_framework.test import APIClient
 from accounts.tokens import do_issue_token
 
 ROOT = Path(__file__).resolve().parent.parent
+logging.getLogger("httpx").setLevel(logging.WARNING)
 PASSWORD = "correct-horse-battery-staple-42"
 
 
@@ -44,6 +46,16 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.2, message: str
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def process_alive(pid: int) -> bool:
+    """Alive and not a zombie (a zombie holds nothing but its process-table entry)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "zombie" not in status.read_text()
 
 
 @pytest.fixture

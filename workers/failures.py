@@ -10,6 +10,7 @@ from runs.models import ErrorKind
 
 CONFIG_EXIT_CODE = 2
 DATA_EXIT_CODE = 3
+CANNOT_START_EXIT_CODE = 127  # the guardian's answer when the program's command cannot run
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ def classify_exit(exit_code: int, stderr_tail: Sequence[str]) -> Failure:
         return Failure(
             ErrorKind.DEVICE, "device_error", f"a GPU error ended the program:\n{_tail(stderr_tail)}"
         )
+    if exit_code == CANNOT_START_EXIT_CODE and "could not start" in lowered:
+        lines = [line for line in stderr_tail if "could not start" in line]
+        return Failure(ErrorKind.CONFIG, "cannot_start", lines[-1])
     if exit_code == CONFIG_EXIT_CODE and "config error" in lowered:
         lines = [line for line in stderr_tail if "config error" in line.lower()]
         return Failure(ErrorKind.CONFIG, "invalid_config", lines[-1] if lines else text[-500:])

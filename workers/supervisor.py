@@ -16,6 +16,7 @@ import queue
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -134,6 +135,11 @@ class Supervisor:
         self._cancel_sent_at: float | None = None
         self._killed = False
         self._lost_lease = False
+        self._timed_out = False
+        self._max_duration: int | None = None
+        self._lifeline: int | None = None
+        self._flush_failures = 0
+        self._dropped_lines = 0
         self.log = log.bind(run_id=run_id)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -171,8 +177,9 @@ class Supervisor:
         directory.mkdir(parents=True, exist_ok=True)
         params_file = directory / "params.json"
         params_file.write_text(json.dumps(claim.params, indent=2, sort_keys=True))
+        resume_from = self._choose_checkpoint(claim, directory) if claim.attempt > 1 else None
         try:
-            self._start(program, claim, directory, params_file)
+            self._start(program, claim, directory, params_file, resume_from)
         except OSError as error:
             outcome = Outcome(
                 RunStatus.FAILED,
@@ -189,14 +196,45 @@ class Supervisor:
             self.log.warning("attempt_abandoned", reason="lease lost or run taken by another attempt")
             return "abandoned"
         outcome = self._outcome(exit_code)
-        self._batch.lines.append(system_line(f"process exited with code {exit_code}; run {outcome.status}"))
-        self._flush(claim)
-        if not attempts.finish_attempt(self.run_id, claim.attempt, outcome):
+        self._batch.lines.append(system_line(f"process exited with code {exit_code}"))
+        if not self._final_flush(claim):
+            # The lease will expire and the reconciler will conclude the attempt.
+            return "abandoned"
+        status = attempts.finish_attempt(self.run_id, claim.attempt, outcome)
+        if status is None:
             return "abandoned"
         self.log.info(
-            "attempt_finished", status=outcome.status, exit_code=exit_code, error_kind=outcome.error_kind
+            "attempt_finished",
+            status=outcome.status,
+            next_status=status,
+            exit_code=exit_code,
+            error_kind=outcome.error_kind,
         )
-        return str(outcome.status)
+        return str(status)
+
+    def _choose_checkpoint(self, claim: Claim, directory: Path) -> str | None:
+        """The newest checkpoint whose bytes still match its sha256, as a run-relative path."""
+        for checkpoint in attempts.resume_candidates(self.run_id):
+            path = resolve_inside(directory, checkpoint.path)
+            problem = None
+            if path is None or not path.is_file():
+                problem = "is missing"
+            else:
+                size, sha256 = hash_file(path)
+                if (size, sha256) != (checkpoint.size, checkpoint.sha256):
+                    problem = "is damaged (sha256 mismatch)"
+            if problem is None:
+                attempts.note_resume(self.run_id, claim.attempt, checkpoint.step)
+                self._batch.lines.append(
+                    system_line(f"resuming from the checkpoint of step {checkpoint.step}")
+                )
+                self.log.info("resuming", step=checkpoint.step, path=checkpoint.path)
+                return checkpoint.path
+            self.log.warning("checkpoint_unusable", step=checkpoint.step, problem=problem)
+            self._batch.lines.append(
+                system_line(f"checkpoint of step {checkpoint.step} {problem}; trying an older one")
+            )
+        return None
 
     def _environment(
         self, claim: Claim, directory: Path, params_file: Path, events_fd: int
@@ -219,19 +257,26 @@ class Supervisor:
         )
         return env
 
-    def _start(self, program: Program, claim: Claim, directory: Path, params_file: Path) -> None:
+    def _start(
+        self, program: Program, claim: Claim, directory: Path, params_file: Path, resume_from: str | None
+    ) -> None:
         read_fd, write_fd = os.pipe()
+        # The lifeline: we keep its write end; when this process dies the guardian sees EOF and
+        # ends the program's whole process group.
+        lifeline_read, self._lifeline = os.pipe()
         try:
             env = self._environment(claim, directory, params_file, write_fd)
+            if resume_from is not None:
+                env["CONTROLPLANE_RESUME_FROM"] = resume_from
             env.update(program.env)
             self._process = subprocess.Popen(
-                list(program.command),
+                [sys.executable, "-m", "workers.guardian", str(lifeline_read), "--", *program.command],
                 cwd=directory,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                pass_fds=(write_fd,),
+                pass_fds=(write_fd, lifeline_read),
                 # Its own session and process group: cancel and shutdown signal the whole group,
                 # so children the program forks end with it.
                 start_new_session=True,
@@ -241,6 +286,7 @@ class Supervisor:
             raise
         finally:
             os.close(write_fd)
+            os.close(lifeline_read)
         limit = int(self.config["MAX_LOG_LINE_BYTES"])
         assert self._process.stdout is not None and self._process.stderr is not None
         readers = [
@@ -271,6 +317,8 @@ class Supervisor:
         next_heartbeat = time.monotonic() + heartbeat_every
         next_status_poll = time.monotonic() + 1.0
         last_renewal = time.monotonic()
+        started = time.monotonic()
+        self._max_duration = claim.max_duration_seconds
         exited_at: float | None = None
         while True:
             timeout = max(0.0, min(next_flush, next_status_poll) - time.monotonic())
@@ -289,10 +337,11 @@ class Supervisor:
             except queue.Empty:
                 pass
             now = time.monotonic()
-            if now >= next_flush or len(self._batch.lines) >= MAX_BATCH_LINES:
+            if now >= next_flush or (len(self._batch.lines) >= MAX_BATCH_LINES and not self._flush_failures):
                 self._flush(claim)
                 self._register_files(claim, directory)
-                next_flush = now + flush_every
+                # After a failed write, back off (up to 5 s) instead of hammering a sick database.
+                next_flush = now + min(5.0, flush_every * 2**self._flush_failures)
             if now >= next_heartbeat or now >= next_status_poll:
                 try:
                     if now >= next_heartbeat:
@@ -316,6 +365,9 @@ class Supervisor:
                 next_status_poll = now + 1.0
             if self._shutdown.is_set():
                 self._terminate("worker shutting down")
+            if self._max_duration and not self._timed_out and now - started > self._max_duration:
+                self._timed_out = True
+                self._terminate(f"maximum duration of {self._max_duration} s reached")
             self._escalate_if_needed()
             if exited_at is None and self._process.poll() is not None:
                 exited_at = now
@@ -400,9 +452,18 @@ class Supervisor:
             return None
         return f"unknown event type {str(kind)[:40]!r}"
 
-    def _flush(self, claim: Claim) -> None:
+    def _flush(self, claim: Claim) -> bool:
+        """Write the pending batch; on a database error keep it (bounded) for the next try."""
         if not self._batch:
-            return
+            return True
+        if self._dropped_lines and not self._flush_failures:
+            self._batch.lines.insert(
+                0,
+                system_line(
+                    f"{self._dropped_lines} log lines were dropped while the database was unreachable"
+                ),
+            )
+            self._dropped_lines = 0
         batch, self._batch = self._batch, Batch()
         try:
             attempts.write_batch(self.run_id, claim.attempt, batch, self._series_cache)
@@ -410,14 +471,46 @@ class Supervisor:
             self._lost_lease = True
             self._kill("another attempt owns the run")
         except DatabaseError as error:
-            # Keep the lines and retry at the next flush, in order.
-            self.log.warning("batch_write_failed", error=str(error)[:200], lines=len(batch.lines))
+            self._flush_failures += 1
+            self.log.warning(
+                "batch_write_failed",
+                error=str(error)[:200],
+                lines=len(batch.lines),
+                failures=self._flush_failures,
+            )
             close_old_connections()
             batch.lines.extend(self._batch.lines)
             batch.points.extend(self._batch.points)
             batch.progress = self._batch.progress or batch.progress
             batch.phase = self._batch.phase or batch.phase
+            limit = int(self.config["MAX_BUFFERED_LINES"])
+            if len(batch.lines) > limit:
+                # Keep the newest lines: memory stays bounded and the tail (the cause of trouble,
+                # usually) survives. The gap is reported once the database is back.
+                excess = len(batch.lines) - limit
+                del batch.lines[:excess]
+                self._dropped_lines += excess
+            if len(batch.points) > limit:
+                del batch.points[: len(batch.points) - limit]
             self._batch = batch
+            return False
+        if self._flush_failures:
+            self.log.info("batch_write_recovered", failures=self._flush_failures)
+        self._flush_failures = 0
+        return True
+
+    def _final_flush(self, claim: Claim) -> bool:
+        """Flush what is left, retrying with backoff for as long as the lease would last."""
+        deadline = time.monotonic() + float(self.config["LEASE_SECONDS"]) * 0.9
+        delay = float(self.config["FLUSH_INTERVAL_SECONDS"])
+        while True:
+            if self._flush(claim):
+                return not self._lost_lease
+            if self._lost_lease or time.monotonic() + delay > deadline:
+                self.log.error("final_flush_failed", lines=len(self._batch.lines))
+                return False
+            time.sleep(delay)
+            delay = min(5.0, delay * 2)
 
     def _register_files(self, claim: Claim, directory: Path) -> None:
         while self._pending_files:
@@ -508,6 +601,9 @@ class Supervisor:
 
     def _end_process_group(self) -> None:
         self._signal_group(signal.SIGKILL)
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
         if self._process is not None:
             try:
                 self._process.wait(timeout=10)
@@ -515,6 +611,15 @@ class Supervisor:
                 self.log.error("process_did_not_exit", pid=self._process.pid)
 
     def _outcome(self, exit_code: int) -> Outcome:
+        if self._timed_out:
+            limit = self._max_duration
+            return Outcome(
+                RunStatus.FAILED,
+                exit_code,
+                ErrorKind.TIMEOUT,
+                "max_duration",
+                f"the attempt ran past its maximum duration of {limit} s and was stopped",
+            )
         if self._cancel_sent_at is not None and not self._shutdown.is_set():
             return Outcome(
                 RunStatus.CANCELLED, exit_code, ErrorKind.CANCELLED, "cancelled", "cancelled by a user"

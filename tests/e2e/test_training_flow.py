@@ -4,16 +4,14 @@ torch training → artifact download. Nothing is mocked."""
 from __future__ import annotations
 
 import hashlib
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from safetensors import safe_open
 
-from tests.conftest import TINY_TINYGPT, Stack, wait_for, wait_for_status
+from tests.conftest import TINY_TINYGPT, Stack, process_alive, wait_for, wait_for_status
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 TERMINAL = {"succeeded", "failed", "cancelled", "dead"}
@@ -126,8 +124,7 @@ def test_cancel_stops_a_running_program_within_ten_seconds(stack: Stack, live_ap
     assert done["status"] == "cancelled"
     assert time.monotonic() - started < 10
     assert done["error"]["kind"] == "cancelled"
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
+    assert not process_alive(pid)
 
 
 def test_children_of_a_cancelled_program_end_with_it(stack: Stack, live_api: httpx.Client) -> None:
@@ -138,17 +135,7 @@ def test_children_of_a_cancelled_program_end_with_it(stack: Stack, live_api: htt
     child = int(child_pid_file.read_text())
     live_api.post(f"/api/v1/runs/{run['id']}/cancel/")
     assert wait_for_status(live_api, run["id"], TERMINAL, timeout=15)["status"] == "cancelled"
-    wait_for(lambda: not _alive(child), 5, message="the child to die")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes: it holds no resources but its table entry.
-    status = Path(f"/proc/{pid}/status")
-    return status.exists() and "zombie" not in status.read_text()
+    wait_for(lambda: not process_alive(child), 5, message="the child to die")
 
 
 def test_a_failing_program_fails_with_a_readable_error_and_keeps_its_logs(

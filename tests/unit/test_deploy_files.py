@@ -45,7 +45,7 @@ def test_compose_runs_the_production_topology_with_health_gated_starts() -> None
         env = services[name]["environment"]
         assert set(env) <= documented_variables(), set(env) - documented_variables()
         assert env["DATABASE_URL"].startswith("postgres://")
-    assert "uvicorn" in open(ROOT / "Dockerfile").read()
+    assert "uvicorn" in (ROOT / "Dockerfile").read_text()
     assert services["worker"]["command"][:3] == ["celery", "-A", "controlplane"]
     assert services["beat"]["command"][3] == "beat"
 
