@@ -187,7 +187,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_TASK_DEFAULT_QUEUE = env_str("CONTROLPLANE_DEFAULT_QUEUE", "training")
 CELERY_TASK_ROUTES = {"workers.tasks.housekeeping_*": {"queue": "housekeeping"}}
 
-CONTROLPLANE = {
+CONTROLPLANE: dict[str, float | int] = {
     "HEARTBEAT_SECONDS": env_float("CONTROLPLANE_HEARTBEAT_SECONDS", 10.0, minimum=0.1),
     "LEASE_SECONDS": env_float("CONTROLPLANE_LEASE_SECONDS", 60.0, minimum=1.0),
     "FLUSH_INTERVAL_SECONDS": env_float("CONTROLPLANE_FLUSH_INTERVAL_SECONDS", 0.25, minimum=0.01),
@@ -199,6 +199,15 @@ CONTROLPLANE = {
     "RECONCILE_SECONDS": env_float("CONTROLPLANE_RECONCILE_SECONDS", 10.0, minimum=0.5),
     "REDISPATCH_AFTER_SECONDS": env_float("CONTROLPLANE_REDISPATCH_AFTER_SECONDS", 20.0, minimum=1.0),
     "MAX_BUFFERED_LINES": env_int("CONTROLPLANE_MAX_BUFFERED_LINES", 200_000, minimum=1_000),
+}
+
+CELERY_BEAT_SCHEDULE = {
+    "reconcile": {
+        "task": "workers.tasks.housekeeping_reconcile",
+        "schedule": CONTROLPLANE["RECONCILE_SECONDS"],
+        # A reconcile that waited longer than one period is superseded by the next one.
+        "options": {"queue": "housekeeping", "expires": CONTROLPLANE["RECONCILE_SECONDS"]},
+    }
 }
 
 REST_FRAMEWORK = {

@@ -310,6 +310,7 @@ def _conclude(run: Run, attempt: int, outcome: Outcome, now: datetime) -> RunSta
         error_code=outcome.error_code[:64],
         error_message=outcome.error_message[:4000],
         phase="",
+        updated_at=now,
     )
     log.info(
         "attempt_concluded",

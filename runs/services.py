@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from controlplane.celery import app as celery_app
@@ -97,7 +98,9 @@ def enqueue_run(run_id: int, queue: str, request_id: str) -> None:
     except Exception as error:  # the broker client raises many kinds; none may fail the request
         log.error("run_enqueue_failed", run_id=run_id, error=repr(error)[:300])
         return
-    Run.objects.filter(pk=run_id, enqueued_at__isnull=True).update(enqueued_at=timezone.now())
+    Run.objects.filter(pk=run_id, enqueued_at__isnull=True).update(
+        enqueued_at=timezone.now(), dispatch_count=F("dispatch_count") + 1
+    )
     log.info("run_enqueued", run_id=run_id, queue=queue)
 
 
@@ -159,6 +162,7 @@ def do_retry_run(run: Run, *, request_id: str = "") -> Run:
             exit_code=None,
             phase="",
             request_id=request_id[:64],
+            updated_at=timezone.now(),
         )
         if not retried:
             current = Run.objects.get(pk=run.pk)

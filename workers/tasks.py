@@ -12,3 +12,10 @@ def supervise_run(run_id: int) -> str:
     # The claim inside makes a second delivery of this task a no-op, so acks_late (redelivery
     # after a lost worker) is safe.
     return Supervisor(run_id).run()
+
+
+@shared_task(name="workers.tasks.housekeeping_reconcile", acks_late=True, ignore_result=True)
+def housekeeping_reconcile() -> dict[str, int]:
+    from runs.reconciler import reconcile
+
+    return reconcile().as_dict()

@@ -19,8 +19,10 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import close_old_connections
 
 from controlplane.celery import app as celery_app
+from runs.reconciler import reconcile, recover_in_process_broker
 from workers.supervisor import active_supervisors
 
 log = structlog.get_logger(__name__)
@@ -43,6 +45,7 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         login_hint = self._ensure_admin()
         worker_thread = None if options["no_worker"] else self._start_worker(options["slots"])
+        reconciler = None if options["no_worker"] else self._start_reconciler()
         server = uvicorn.Server(
             uvicorn.Config(
                 "controlplane.asgi:application",
@@ -64,6 +67,8 @@ class Command(BaseCommand):
             # uvicorn re-raises the Ctrl-C it handled; the shutdown below is the clean exit.
             pass
         finally:
+            if reconciler is not None:
+                reconciler.set()
             self._stop(worker_thread)
 
     def _ensure_admin(self) -> str:
@@ -96,6 +101,26 @@ class Command(BaseCommand):
         thread = threading.Thread(target=worker.start, name="embedded-worker", daemon=True)
         thread.start()
         return thread
+
+    def _start_reconciler(self) -> threading.Event:
+        """Standalone's beat: reconcile every CONTROLPLANE_RECONCILE_SECONDS in a thread."""
+        stop = threading.Event()
+        in_process = str(settings.CELERY_BROKER_URL).startswith("memory://")
+
+        def loop() -> None:
+            if in_process:
+                recover_in_process_broker()
+            while not stop.is_set():
+                try:
+                    reconcile()
+                except Exception as error:  # one bad pass must not end the loop
+                    log.error("reconcile_failed", error=repr(error)[:300])
+                finally:
+                    close_old_connections()
+                stop.wait(float(settings.CONTROLPLANE["RECONCILE_SECONDS"]))
+
+        threading.Thread(target=loop, name="reconciler", daemon=True).start()
+        return stop
 
     def _stop(self, worker_thread: threading.Thread | None) -> None:
         stopped = active_supervisors.shutdown_all()

@@ -1,0 +1,121 @@
+"""The reconciler: makes the database and the fleet agree again after faults.
+
+Postgres, not the broker, keeps runs alive. Every few seconds (Celery beat in production, a
+thread in standalone) it:
+1. concludes live attempts whose lease expired (their worker died or was cut off): the run is
+   queued again to resume from its newest checkpoint, or dead-lettered once `max_attempts` is
+   spent;
+2. fails queued runs older than their queue time-to-live;
+3. dispatches queued runs that are due and have no message in the broker (never enqueued because
+   the broker was down at commit, a retry whose backoff has passed, or a message Redis lost).
+Each step is a set of conditional updates, so two reconcilers running at once do no harm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from runs.attempts import broadcast_status_on_commit, expire_lease
+from runs.broker import pending_run_ids
+from runs.models import ErrorKind, Run, RunStatus
+from runs.services import enqueue_run
+
+log = structlog.get_logger(__name__)
+BATCH = 200
+
+
+@dataclass
+class Report:
+    leases_expired: list[int] = field(default_factory=list)
+    requeued: list[int] = field(default_factory=list)
+    dead: list[int] = field(default_factory=list)
+    expired_in_queue: list[int] = field(default_factory=list)
+    dispatched: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: len(ids) for name, ids in self.__dict__.items()}
+
+
+def reconcile(now: datetime | None = None) -> Report:
+    now = now or timezone.now()
+    report = Report()
+    _expire_leases(now, report)
+    _expire_queue_ttl(now, report)
+    _dispatch(now, report)
+    if any(report.as_dict().values()):
+        log.info("reconciled", **report.as_dict())
+    return report
+
+
+def _expire_leases(now: datetime, report: Report) -> None:
+    expired = Run.objects.filter(
+        status__in=[RunStatus.RUNNING, RunStatus.CANCELLING], lease_expires_at__lt=now
+    ).values_list("pk", flat=True)[:BATCH]
+    for run_id in expired:
+        status = expire_lease(run_id, now)
+        if status is None:
+            continue
+        report.leases_expired.append(run_id)
+        if status == RunStatus.QUEUED:
+            report.requeued.append(run_id)
+        elif status == RunStatus.DEAD:
+            report.dead.append(run_id)
+
+
+def _expire_queue_ttl(now: datetime, report: Report) -> None:
+    candidates = Run.objects.filter(status=RunStatus.QUEUED, queue_ttl_seconds__isnull=False).values_list(
+        "pk", "created_at", "queue_ttl_seconds"
+    )[:BATCH]
+    for run_id, created_at, ttl in candidates:
+        if ttl is None or created_at + timedelta(seconds=ttl) > now:
+            continue
+        with transaction.atomic():
+            if Run.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
+                status=RunStatus.FAILED,
+                finished_at=now,
+                error_kind=ErrorKind.TIMEOUT,
+                error_code="queue_ttl",
+                error_message=f"waited in the queue longer than its time-to-live of {ttl} s",
+            ):
+                broadcast_status_on_commit(run_id)
+                report.expired_in_queue.append(run_id)
+
+
+def _dispatch(now: datetime, report: Report) -> None:
+    due = Run.objects.filter(status=RunStatus.QUEUED).filter(
+        Q(not_before__isnull=True) | Q(not_before__lte=now)
+    )
+    # A grace period lets the on-commit enqueue of a fresh launch or retry happen first.
+    settled = now - timedelta(seconds=5)
+    never_sent = list(
+        due.filter(enqueued_at__isnull=True, updated_at__lt=settled).values_list("pk", "queue")[:BATCH]
+    )
+    stale_before = now - timedelta(seconds=float(settings.CONTROLPLANE["REDISPATCH_AFTER_SECONDS"]))
+    waiting = list(due.filter(enqueued_at__lt=stale_before).values_list("pk", "queue")[:BATCH])
+    if waiting:
+        pending = pending_run_ids({queue for _, queue in waiting})
+        # When the broker cannot be inspected, a message that was sent is trusted to exist.
+        waiting = [] if pending is None else [(pk, queue) for pk, queue in waiting if pk not in pending]
+    for run_id, queue in never_sent + waiting:
+        Run.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(enqueued_at=None)
+        enqueue_run(run_id, queue, "")
+        report.dispatched.append(run_id)
+
+
+def recover_in_process_broker(now: datetime | None = None) -> None:
+    """At standalone start: the in-memory broker is empty and no other worker can exist, so runs
+    left running by a previous process are lost now, and queued runs need their message again."""
+    now = now or timezone.now()
+    Run.objects.filter(status__in=[RunStatus.RUNNING, RunStatus.CANCELLING]).update(
+        lease_expires_at=now - timedelta(seconds=1)
+    )
+    Run.objects.filter(status=RunStatus.QUEUED).update(
+        enqueued_at=None, updated_at=now - timedelta(minutes=1)
+    )
