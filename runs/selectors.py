@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.http import Http404
 
-from runs.models import Artifact, LogLine, MetricPoint, MetricSeries, Run
+from runs.models import Artifact, LogLine, MetricPoint, MetricSeries, Run, RunAttempt, RunStatus
 
 MAX_LOG_PAGE = 5_000
 MAX_RAW_POINTS = 100_000
@@ -35,6 +35,14 @@ def access_artifact(user: AbstractBaseUser | AnonymousUser, artifact_id: int) ->
     if artifact is None:
         raise Http404("No such artifact.")
     return artifact
+
+
+def dead_letters() -> QuerySet[Run]:
+    return (
+        Run.objects.filter(status=RunStatus.DEAD, discarded_at__isnull=True)
+        .select_related("owner")
+        .prefetch_related(Prefetch("attempts", queryset=RunAttempt.objects.order_by("number")))
+    )
 
 
 def log_lines_after(run_id: int, after: int, limit: int = 1_000) -> list[LogLine]:

@@ -174,3 +174,38 @@ def do_retry_run(run: Run, *, request_id: str = "") -> Run:
         broadcast_status_on_commit(run.pk)
     log.info("run_retried", run_id=run.pk)
     return Run.objects.get(pk=run.pk)
+
+
+class DeadLetterError(Exception):
+    pass
+
+
+def do_requeue_dead_run(run: Run, *, actor: User) -> Run:
+    """Give a dead-lettered run a fresh budget of attempts; it resumes from its newest checkpoint."""
+    with transaction.atomic():
+        # The attempt counter only grows (it is the fencing token), so the budget moves up.
+        requeued = Run.objects.filter(pk=run.pk, status=RunStatus.DEAD).update(
+            status=RunStatus.QUEUED,
+            max_attempts=F("attempt") + F("max_attempts"),
+            finished_at=None,
+            enqueued_at=None,
+            not_before=None,
+            discarded_at=None,
+            updated_at=timezone.now(),
+        )
+        if not requeued:
+            raise DeadLetterError(f"run {run.pk} is not dead-lettered")
+        queue = run.queue
+        transaction.on_commit(lambda: enqueue_run(run.pk, queue, ""))
+        broadcast_status_on_commit(run.pk)
+    log.info("dead_letter_requeued", run_id=run.pk, actor_id=actor.pk)
+    return Run.objects.get(pk=run.pk)
+
+
+def do_discard_dead_run(run: Run, *, actor: User) -> Run:
+    if not Run.objects.filter(pk=run.pk, status=RunStatus.DEAD, discarded_at__isnull=True).update(
+        discarded_at=timezone.now()
+    ):
+        raise DeadLetterError(f"run {run.pk} is not an open dead letter")
+    log.info("dead_letter_discarded", run_id=run.pk, actor_id=actor.pk)
+    return Run.objects.get(pk=run.pk)

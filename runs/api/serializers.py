@@ -5,7 +5,7 @@ from typing import Any
 from django.urls import reverse
 from rest_framework import serializers
 
-from runs.models import Artifact, LogLine, Run
+from runs.models import Artifact, LogLine, Run, RunAttempt
 
 
 class RunSerializer(serializers.ModelSerializer[Run]):
@@ -89,3 +89,28 @@ class LaunchSerializer(serializers.Serializer[Any]):
     program = serializers.CharField()
     params = serializers.DictField(required=False)
     secrets = serializers.ListField(child=serializers.CharField(), required=False)
+
+
+class RunAttemptSerializer(serializers.ModelSerializer[RunAttempt]):
+    class Meta:
+        model = RunAttempt
+        fields = [
+            "number",
+            "worker",
+            "started_at",
+            "finished_at",
+            "status",
+            "resumed_from_step",
+            "exit_code",
+            "error_kind",
+            "error_code",
+            "error_message",
+        ]
+
+
+class DeadLetterSerializer(RunSerializer):
+    attempts = RunAttemptSerializer(many=True, read_only=True)
+
+    class Meta(RunSerializer.Meta):
+        fields = [*RunSerializer.Meta.fields, "attempts", "discarded_at"]
+        read_only_fields = fields

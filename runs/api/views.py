@@ -15,7 +15,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from runs import selectors, services
-from runs.api.serializers import ArtifactSerializer, LaunchSerializer, LogLineSerializer, RunSerializer
+from runs.api.permissions import IsAdmin
+from runs.api.serializers import (
+    ArtifactSerializer,
+    DeadLetterSerializer,
+    LaunchSerializer,
+    LogLineSerializer,
+    RunSerializer,
+)
 from runs.models import Run, RunStatus
 
 LAUNCH_FIELDS = {"name", "program", "params", "secrets"}
@@ -149,3 +156,40 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
             selectors.run_artifacts(run.pk), many=True, context={"request": request}
         )
         return Response(serializer.data)
+
+
+class DeadLetterViewSet(viewsets.GenericViewSet[Run]):
+    """Runs that spent their attempts: an admin requeues (resume from the newest checkpoint) or
+    discards them."""
+
+    serializer_class = DeadLetterSerializer
+    permission_classes = [IsAdmin]
+    lookup_value_regex = "[0-9]+"
+
+    def get_queryset(self) -> QuerySet[Run]:
+        return selectors.dead_letters()
+
+    def list(self, request: Request) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(DeadLetterSerializer(page, many=True).data)
+
+    def _act(self, pk: str, action: Any) -> Response:
+        run = self.get_queryset().filter(pk=int(pk)).first()
+        if run is None:
+            raise Http404("No such dead letter.")
+        assert isinstance(self.request.user, User)
+        try:
+            run = action(run, actor=self.request.user)
+        except services.DeadLetterError as error:
+            return Response({"detail": str(error), "code": "not_dead"}, status=status.HTTP_409_CONFLICT)
+        return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: RunSerializer})
+    @action(detail=True, methods=["post"])
+    def requeue(self, request: Request, pk: str) -> Response:
+        return self._act(pk, services.do_requeue_dead_run)
+
+    @extend_schema(request=None, responses={202: RunSerializer})
+    @action(detail=True, methods=["post"])
+    def discard(self, request: Request, pk: str) -> Response:
+        return self._act(pk, services.do_discard_dead_run)

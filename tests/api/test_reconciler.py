@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import redis
@@ -38,9 +38,14 @@ def running_run(owner: User, **fields: object) -> Run:
     return Run.objects.get(pk=run.pk)
 
 
+def after_lease(run: Run) -> datetime:
+    assert run.lease_expires_at is not None
+    return run.lease_expires_at + timedelta(seconds=1)
+
+
 def test_a_run_whose_lease_expired_is_queued_again_with_a_backoff(owner: User) -> None:
     run = running_run(owner)
-    later = run.lease_expires_at + timedelta(seconds=1)
+    later = after_lease(run)
     report = reconcile(later)
     assert report.requeued == [run.pk]
     run.refresh_from_db()
@@ -53,7 +58,7 @@ def test_a_run_whose_lease_expired_is_queued_again_with_a_backoff(owner: User) -
 
 def test_a_run_that_spent_its_attempts_is_dead_lettered(owner: User) -> None:
     run = running_run(owner, max_attempts=1)
-    report = reconcile(run.lease_expires_at + timedelta(seconds=1))
+    report = reconcile(after_lease(run))
     assert report.dead == [run.pk]
     run.refresh_from_db()
     assert run.status == RunStatus.DEAD
@@ -63,7 +68,7 @@ def test_a_run_that_spent_its_attempts_is_dead_lettered(owner: User) -> None:
 def test_a_cancelling_run_whose_worker_vanished_ends_cancelled(owner: User) -> None:
     run = running_run(owner)
     Run.objects.filter(pk=run.pk).update(status=RunStatus.CANCELLING)
-    reconcile(run.lease_expires_at + timedelta(seconds=1))
+    reconcile(after_lease(run))
     assert Run.objects.get(pk=run.pk).status == RunStatus.CANCELLED
 
 
