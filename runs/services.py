@@ -45,16 +45,46 @@ class RetryError(Exception):
 RETRYABLE = (RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.DEAD)
 
 
+LIMIT_FIELDS = {
+    # name: (minimum, maximum); None means "no limit" for the duration and the queue TTL.
+    "max_attempts": (1, 20),
+    "max_duration_seconds": (1, 30 * 24 * 3600),
+    "queue_ttl_seconds": (1, 30 * 24 * 3600),
+}
+DEFAULT_MAX_ATTEMPTS = 3
+
+
 @dataclass(frozen=True)
 class LaunchRequest:
     name: str
     program: Program
     params: dict[str, Any]
     secrets: list[str]
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_duration_seconds: int | None = None
+    queue_ttl_seconds: int | None = None
 
 
-def check_launch(*, name: Any, program: Any, params: Any, secrets: Any = None) -> LaunchRequest:
+def _check_limits(limits: dict[str, Any], errors: dict[str, str]) -> dict[str, int]:
+    checked: dict[str, int] = {}
+    for name, value in limits.items():
+        low, high = LIMIT_FIELDS[name]
+        if value is None and name != "max_attempts":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors[name] = "must be an integer"
+        elif not low <= value <= high:
+            errors[name] = f"must be between {low} and {high}"
+        else:
+            checked[name] = value
+    return checked
+
+
+def check_launch(
+    *, name: Any, program: Any, params: Any, secrets: Any = None, limits: dict[str, Any] | None = None
+) -> LaunchRequest:
     errors: dict[str, str] = {}
+    checked_limits = _check_limits(limits or {}, errors)
     if not isinstance(name, str) or not name.strip():
         errors["name"] = "a non-empty string is required"
     elif len(name) > MAX_NAME_LENGTH:
@@ -87,7 +117,9 @@ def check_launch(*, name: Any, program: Any, params: Any, secrets: Any = None) -
     if errors:
         raise LaunchError(errors)
     assert found is not None
-    return LaunchRequest(name=name.strip(), program=found, params=resolved, secrets=secret_names)
+    return LaunchRequest(
+        name=name.strip(), program=found, params=resolved, secrets=secret_names, **checked_limits
+    )
 
 
 def enqueue_run(run_id: int, queue: str, request_id: str) -> None:
@@ -114,6 +146,9 @@ def do_launch_run(owner: User, launch: LaunchRequest, *, request_id: str = "") -
             params=launch.params,
             secrets=launch.secrets,
             queue=queue,
+            max_attempts=launch.max_attempts,
+            max_duration_seconds=launch.max_duration_seconds,
+            queue_ttl_seconds=launch.queue_ttl_seconds,
             request_id=request_id[:64],
         )
         run_id = run.pk

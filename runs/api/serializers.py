@@ -26,6 +26,8 @@ class RunSerializer(serializers.ModelSerializer[Run]):
             "owner",
             "attempt",
             "max_attempts",
+            "max_duration_seconds",
+            "queue_ttl_seconds",
             "queue",
             "phase",
             "progress",
@@ -89,6 +91,9 @@ class LaunchSerializer(serializers.Serializer[Any]):
     program = serializers.CharField()
     params = serializers.DictField(required=False)
     secrets = serializers.ListField(child=serializers.CharField(), required=False)
+    max_attempts = serializers.IntegerField(required=False, min_value=1, max_value=20)
+    max_duration_seconds = serializers.IntegerField(required=False, min_value=1)
+    queue_ttl_seconds = serializers.IntegerField(required=False, min_value=1)
 
 
 class RunAttemptSerializer(serializers.ModelSerializer[RunAttempt]):

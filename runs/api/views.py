@@ -25,7 +25,15 @@ from runs.api.serializers import (
 )
 from runs.models import Run, RunStatus
 
-LAUNCH_FIELDS = {"name", "program", "params", "secrets"}
+LAUNCH_FIELDS = {
+    "name",
+    "program",
+    "params",
+    "secrets",
+    "max_attempts",
+    "max_duration_seconds",
+    "queue_ttl_seconds",
+}
 
 
 def int_param(request: Request, name: str, default: int | None, *, minimum: int, maximum: int) -> int | None:
@@ -87,6 +95,7 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
                 program=body.get("program"),
                 params=body.get("params"),
                 secrets=body.get("secrets"),
+                limits={name: body[name] for name in services.LIMIT_FIELDS if name in body},
             )
         except services.LaunchError as error:
             raise ValidationError({field: [message] for field, message in error.errors.items()}) from None

@@ -80,6 +80,14 @@ def test_launch_keeps_given_params_and_fills_the_rest(api: APIClient) -> None:
         ),
         ({"name": "x", "program": "tinygpt", "colour": "red"}, "colour", "unknown field"),
         ({"name": "x", "program": "scripted", "params": {"mode": "dance"}}, "params.mode", "one of"),
+        ({"name": "x", "program": "tinygpt", "max_attempts": 0}, "max_attempts", "between 1 and 20"),
+        ({"name": "x", "program": "tinygpt", "max_attempts": None}, "max_attempts", "integer"),
+        (
+            {"name": "x", "program": "tinygpt", "max_duration_seconds": "1h"},
+            "max_duration_seconds",
+            "integer",
+        ),
+        ({"name": "x", "program": "tinygpt", "queue_ttl_seconds": -5}, "queue_ttl_seconds", "between"),
     ],
 )
 def test_invalid_launch_is_refused_naming_the_field(
@@ -91,6 +99,24 @@ def test_invalid_launch_is_refused_naming_the_field(
     assert field in errors, errors
     assert fragment in " ".join(errors[field])
     assert Run.objects.count() == 0
+
+
+def test_limits_are_stored_with_the_run(api: APIClient) -> None:
+    body = {
+        "name": "bounded",
+        "program": "tinygpt",
+        "max_attempts": 5,
+        "max_duration_seconds": 3600,
+        "queue_ttl_seconds": 600,
+    }
+    run = launch(api, body).json()
+    assert (run["max_attempts"], run["max_duration_seconds"], run["queue_ttl_seconds"]) == (5, 3600, 600)
+    default = launch(api, {"name": "plain", "program": "tinygpt"}).json()
+    assert (default["max_attempts"], default["max_duration_seconds"], default["queue_ttl_seconds"]) == (
+        3,
+        None,
+        None,
+    )
 
 
 def test_malformed_json_is_a_400_not_a_500(api: APIClient) -> None:
