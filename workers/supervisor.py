@@ -34,6 +34,7 @@ from runs.models import ErrorKind, LogStream, RunStatus
 from runs.programs import Program, get_program
 from runs.safetensors_header import HeaderError, read_header
 from runs.storage import hash_file, resolve_inside, run_dir, store_artifact
+from workers.datasets import DatasetError, StagedDataset, stage_dataset
 from workers.failures import classify_exit
 
 log = structlog.get_logger(__name__)
@@ -178,8 +179,13 @@ class Supervisor:
         params_file = directory / "params.json"
         params_file.write_text(json.dumps(claim.params, indent=2, sort_keys=True))
         resume_from = self._choose_checkpoint(claim, directory) if claim.attempt > 1 else None
+        dataset, failure = self._stage_dataset(claim, directory)
+        if failure is not None:
+            self._batch.lines.append(system_line(failure.error_message))
+            self._final_flush(claim)
+            return str(attempts.finish_attempt(self.run_id, claim.attempt, failure))
         try:
-            self._start(program, claim, directory, params_file, resume_from)
+            self._start(program, claim, directory, params_file, resume_from, dataset)
         except OSError as error:
             outcome = Outcome(
                 RunStatus.FAILED,
@@ -211,6 +217,52 @@ class Supervisor:
             error_kind=outcome.error_kind,
         )
         return str(status)
+
+    def _stage_dataset(self, claim: Claim, directory: Path) -> tuple[str | None, Outcome | None]:
+        """Fetch and validate the run's `dataset_url`, if it has one, keeping the lease meanwhile."""
+        url = claim.params.get("dataset_url")
+        if not isinstance(url, str) or not url:
+            return None, None
+        expected = str(claim.params.get("dataset_sha256") or "")
+        relative = "dataset/corpus.txt"
+        self._batch.lines.append(system_line(f"staging the dataset from {url[:200]}"))
+        self._flush(claim)
+        outcome: list[StagedDataset | Exception] = []
+        worker = threading.Thread(
+            target=lambda: outcome.append(_capture(stage_dataset, url, expected, directory / relative)),
+            name=f"run-{self.run_id}-dataset",
+            daemon=True,
+        )
+        worker.start()
+        heartbeat_every = float(self.config["HEARTBEAT_SECONDS"])
+        cancelled = False
+        while worker.is_alive():
+            worker.join(timeout=heartbeat_every)
+            try:
+                cancelled = (
+                    cancelled or attempts.renew_lease(self.run_id, claim.attempt) == RunStatus.CANCELLING
+                )
+            except (StaleAttempt, DatabaseError):
+                close_old_connections()
+        result = outcome[0]
+        if cancelled:
+            return None, Outcome(
+                RunStatus.CANCELLED,
+                None,
+                ErrorKind.CANCELLED,
+                "cancelled",
+                "cancelled while staging the dataset",
+            )
+        if isinstance(result, DatasetError):
+            return None, Outcome(
+                RunStatus.FAILED, None, ErrorKind.DATA, "invalid_dataset", f"dataset: {result}"
+            )
+        if isinstance(result, Exception):
+            return None, Outcome(
+                RunStatus.FAILED, None, ErrorKind.INFRASTRUCTURE, "dataset_unavailable", f"dataset: {result}"
+            )
+        self._batch.lines.append(system_line(f"dataset staged: {result.size} bytes, sha256 {result.sha256}"))
+        return relative, None
 
     def _choose_checkpoint(self, claim: Claim, directory: Path) -> str | None:
         """The newest checkpoint whose bytes still match its sha256, as a run-relative path."""
@@ -258,7 +310,13 @@ class Supervisor:
         return env
 
     def _start(
-        self, program: Program, claim: Claim, directory: Path, params_file: Path, resume_from: str | None
+        self,
+        program: Program,
+        claim: Claim,
+        directory: Path,
+        params_file: Path,
+        resume_from: str | None,
+        dataset: str | None,
     ) -> None:
         read_fd, write_fd = os.pipe()
         # The lifeline: we keep its write end; when this process dies the guardian sees EOF and
@@ -268,6 +326,8 @@ class Supervisor:
             env = self._environment(claim, directory, params_file, write_fd)
             if resume_from is not None:
                 env["CONTROLPLANE_RESUME_FROM"] = resume_from
+            if dataset is not None:
+                env["CONTROLPLANE_DATASET_PATH"] = dataset
             env.update(program.env)
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "workers.guardian", str(lifeline_read), "--", *program.command],
@@ -636,6 +696,14 @@ class Supervisor:
             return Outcome(RunStatus.SUCCEEDED, exit_code)
         failure = classify_exit(exit_code, list(self._stderr_tail))
         return Outcome(RunStatus.FAILED, exit_code, failure.kind, failure.code, failure.message)
+
+
+def _capture(function: Any, *args: Any) -> Any:
+    """Call `function`, returning its exception instead of raising it (for worker threads)."""
+    try:
+        return function(*args)
+    except Exception as error:  # handed back to the supervisor, which classifies it
+        return error
 
 
 def _is_step(value: Any) -> bool:

@@ -31,7 +31,11 @@ def dead_run(owner: User) -> Run:
     run = Run.objects.create(name="doomed", owner=owner, program="scripted", queue=QUEUE, max_attempts=2)
     for attempt in (1, 2):
         assert claim_run(run.pk, f"worker-{attempt}") is not None
-        finish_attempt(run.pk, attempt, Outcome(RunStatus.FAILED, None, ErrorKind.INFRASTRUCTURE, "lost", f"gone {attempt}"))
+        finish_attempt(
+            run.pk,
+            attempt,
+            Outcome(RunStatus.FAILED, None, ErrorKind.INFRASTRUCTURE, "lost", f"gone {attempt}"),
+        )
         Run.objects.filter(pk=run.pk).update(not_before=None)
     run.refresh_from_db()
     assert run.status == RunStatus.DEAD
