@@ -11,6 +11,8 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_safe
 
+from ops.breakers import breaker_states
+
 
 def _timed(check: Callable[[], None]) -> dict[str, Any]:
     started = time.perf_counter()
@@ -51,6 +53,10 @@ def readyz(request: HttpRequest) -> JsonResponse:
     if settings.REDIS_URL:
         checks["redis"] = _timed(_redis)
     ready = all(check["ok"] for check in checks.values())
-    return JsonResponse(
-        {"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503
-    )
+    body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "checks": checks}
+    if checks["database"]["ok"]:
+        # Informational: an open breaker means a dependency of runs is down, not this server.
+        body["breakers"] = {
+            name: {"state": state, "failures": failures} for name, state, failures in breaker_states()
+        }
+    return JsonResponse(body, status=200 if ready else 503)

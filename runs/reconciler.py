@@ -22,6 +22,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from ops.metrics import RECONCILER_ACTIONS
 from runs.attempts import broadcast_status_on_commit, expire_lease
 from runs.broker import pending_run_ids
 from runs.models import ErrorKind, Run, RunStatus
@@ -49,8 +50,12 @@ def reconcile(now: datetime | None = None) -> Report:
     _expire_leases(now, report)
     _expire_queue_ttl(now, report)
     _dispatch(now, report)
-    if any(report.as_dict().values()):
-        log.info("reconciled", **report.as_dict())
+    counts = report.as_dict()
+    for action, count in counts.items():
+        if count:
+            RECONCILER_ACTIONS.labels(action=action).inc(count)
+    if any(counts.values()):
+        log.info("reconciled", **counts)
     return report
 
 

@@ -135,3 +135,17 @@ def _config() -> dict[str, float | int]:
     from django.conf import settings
 
     return dict(settings.CONTROLPLANE)
+
+
+def test_breaker_state_is_on_metrics_and_readyz(client: object) -> None:
+    from django.test import Client
+
+    CircuitBreaker.objects.create(
+        name="dataset:example.org", state="open", consecutive_failures=5, opened_until="2999-01-01T00:00:00Z"
+    )
+    browser = Client()
+    metrics = browser.get("/metrics").content.decode()
+    assert 'controlplane_circuit_breaker_state{breaker="dataset:example.org"} 2.0' in metrics
+    assert 'controlplane_runs{status="queued"}' in metrics
+    ready = browser.get("/readyz").json()
+    assert ready["breakers"]["dataset:example.org"] == {"state": "open", "failures": 5}
