@@ -1,0 +1,1 @@
+"""Training programs the supervisor can run, one package each."""

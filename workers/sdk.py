@@ -1,0 +1,245 @@
+"""Reporting SDK for programs run by the control-plane supervisor.
+
+The supervisor starts a training program as a subprocess and tells it where
+things are through environment variables:
+
+``CONTROLPLANE_RUN_ID``
+    Identifier of the run (informational).
+``CONTROLPLANE_RUN_DIR``
+    The run's working directory (also the subprocess' cwd).
+``CONTROLPLANE_PARAMS``
+    Path of a JSON file holding the resolved parameters.
+``CONTROLPLANE_EVENTS_FD``
+    Integer file descriptor, opened for writing, that receives one JSON object
+    per line.  When it is unset the :class:`Reporter` discards every event, so
+    the same program runs unchanged outside the control plane.
+``CONTROLPLANE_RESUME_FROM``
+    Optional checkpoint path (relative to the run dir, or absolute but inside
+    it) to resume from.
+
+Event shapes (paths are always relative to the run dir, POSIX separators)::
+
+    {"type": "metric", "step": 10, "values": {"train/loss": 2.31}}
+    {"type": "progress", "step": 10, "total": 200}
+    {"type": "checkpoint", "step": 50, "path": "checkpoints/step-50.pt"}
+    {"type": "artifact", "path": "model.safetensors", "kind": "model"}
+    {"type": "status", "phase": "evaluating"}
+
+Non-finite metric values (NaN, +inf, -inf) are encoded as JSON ``null``: strict
+JSON has no spelling for them, and a diverged loss is better shown as "no
+value" than rejected by the consumer's parser.
+
+This module deliberately imports nothing heavy (no torch) so that it can be
+used by any program and imported by the web process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+__all__ = [
+    "ENV_EVENTS_FD",
+    "ENV_PARAMS",
+    "ENV_REQUEST_ID",
+    "ENV_RESUME_FROM",
+    "ENV_RUN_DIR",
+    "ENV_RUN_ID",
+    "Reporter",
+    "ResumePathError",
+    "load_params",
+    "resume_from",
+    "run_dir",
+]
+
+ENV_RUN_ID = "CONTROLPLANE_RUN_ID"
+ENV_RUN_DIR = "CONTROLPLANE_RUN_DIR"
+ENV_PARAMS = "CONTROLPLANE_PARAMS"
+ENV_EVENTS_FD = "CONTROLPLANE_EVENTS_FD"
+ENV_RESUME_FROM = "CONTROLPLANE_RESUME_FROM"
+ENV_REQUEST_ID = "CONTROLPLANE_REQUEST_ID"
+
+
+class ResumePathError(ValueError):
+    """The resume checkpoint path is unusable (outside the run dir, or missing)."""
+
+
+def run_dir() -> Path:
+    """The run directory: ``CONTROLPLANE_RUN_DIR``, else the current directory."""
+    value = os.environ.get(ENV_RUN_DIR)
+    return Path(value) if value else Path.cwd()
+
+
+def load_params() -> dict[str, Any]:
+    """Parameters from the ``CONTROLPLANE_PARAMS`` JSON file; ``{}`` when unset.
+
+    An empty dict lets a program fall back to its defaults when run by hand.
+    """
+    value = os.environ.get(ENV_PARAMS)
+    if not value:
+        return {}
+    path = Path(value)
+    if not path.is_absolute():
+        path = run_dir() / path
+    with path.open(encoding="utf-8") as fh:
+        data = json.load(fh)
+    if not isinstance(data, dict):
+        raise ValueError(f"{ENV_PARAMS} file {path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def resume_from() -> Path | None:
+    """Absolute path of the checkpoint to resume from, or ``None``.
+
+    The path must resolve (symlinks included) to an existing file inside the
+    run dir: the supervisor only ever hands out its own checkpoints, so anything
+    else is a mistake or an attempt to make the program read foreign files.
+    """
+    value = os.environ.get(ENV_RESUME_FROM)
+    if not value:
+        return None
+    base = run_dir().resolve()
+    candidate = Path(value)
+    if not candidate.is_absolute():
+        candidate = base / candidate
+    resolved = candidate.resolve()
+    if not resolved.is_relative_to(base):
+        raise ResumePathError(f"resume path {value!r} is outside the run directory {str(base)!r}")
+    if not resolved.is_file():
+        raise ResumePathError(f"resume checkpoint {value!r} does not exist")
+    return resolved
+
+
+def _finite_or_none(value: float) -> float | None:
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+class Reporter:
+    """Writes JSON-lines events to the supervisor's events file descriptor.
+
+    Each event is serialised up front and handed to the kernel with a single
+    ``os.write`` (retried only for the rare short write), so a line is never
+    interleaved with another and never sits in a user-space buffer.  Writes
+    block when the reader stops draining the pipe: losing events silently would
+    be worse than pausing training.  A lock makes the object safe to share
+    between threads.
+
+    If the reader goes away (``EPIPE``) the reporter disables itself and says so
+    once on stderr, so that training can still finish and write its artifacts.
+    """
+
+    def __init__(self, fd: int | None, *, run_dir: Path | None = None) -> None:
+        self._fd = fd
+        self._run_dir = run_dir
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls) -> Reporter:
+        """A reporter for ``CONTROLPLANE_EVENTS_FD``, or a silent one when it is unset."""
+        value = os.environ.get(ENV_EVENTS_FD, "").strip()
+        if not value:
+            return cls(None, run_dir=run_dir())
+        try:
+            fd = int(value)
+        except ValueError:
+            raise ValueError(f"{ENV_EVENTS_FD} must be an integer file descriptor, got {value!r}") from None
+        if fd < 0:
+            raise ValueError(f"{ENV_EVENTS_FD} must be a non-negative file descriptor, got {fd}")
+        try:
+            os.fstat(fd)
+        except OSError:
+            # Fail at start-up with a clear message rather than at the first event.
+            raise ValueError(f"{ENV_EVENTS_FD}={fd} is not an open file descriptor") from None
+        return cls(fd, run_dir=run_dir())
+
+    @property
+    def enabled(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> Reporter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- events -----------------------------------------------------------------
+
+    def metric(self, step: int, values: Mapping[str, float]) -> None:
+        if self._fd is None:
+            return
+        clean = {str(key): _finite_or_none(val) for key, val in values.items()}
+        self._emit({"type": "metric", "step": int(step), "values": clean})
+
+    def progress(self, step: int, total: int) -> None:
+        if self._fd is None:
+            return
+        self._emit({"type": "progress", "step": int(step), "total": int(total)})
+
+    def checkpoint(self, step: int, path: str | os.PathLike[str]) -> None:
+        if self._fd is None:
+            return
+        self._emit({"type": "checkpoint", "step": int(step), "path": self._relative(path)})
+
+    def artifact(self, path: str | os.PathLike[str], kind: str) -> None:
+        if self._fd is None:
+            return
+        self._emit({"type": "artifact", "path": self._relative(path), "kind": str(kind)})
+
+    def status(self, phase: str) -> None:
+        if self._fd is None:
+            return
+        self._emit({"type": "status", "phase": str(phase)})
+
+    def close(self) -> None:
+        with self._lock:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            # Already closed by someone else: nothing is lost at this point.
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # -- internals --------------------------------------------------------------
+
+    def _relative(self, path: str | os.PathLike[str]) -> str:
+        candidate = Path(path)
+        if candidate.is_absolute() and self._run_dir is not None:
+            # The protocol speaks run-dir-relative paths; callers may hold absolute ones.
+            base = self._run_dir.resolve()
+            resolved = candidate.resolve()
+            if resolved.is_relative_to(base):
+                candidate = resolved.relative_to(base)
+        return candidate.as_posix()
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        # allow_nan=False turns any stray non-finite float into an error here
+        # instead of an unparseable line on the supervisor's side.
+        data = (json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+        with self._lock:
+            fd = self._fd
+            if fd is None:
+                return
+            view = memoryview(data)
+            try:
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+            except BrokenPipeError:
+                self._fd = None
+                sys.stderr.write("controlplane sdk: events reader has gone away; reporting disabled\n")
+                sys.stderr.flush()
+                with contextlib.suppress(OSError):
+                    os.close(fd)
