@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -20,11 +22,14 @@ __all__ = [
     "CORPUS_SEED",
     "VAL_FRACTION",
     "Corpus",
+    "DataError",
     "bytes_to_tensor",
     "generate_text",
     "load_corpus",
 ]
 
+ENV_DATASET_PATH = "CONTROLPLANE_DATASET_PATH"
+MIN_DATASET_BYTES = 4096
 CORPUS_SEED = 0x7197
 CORPUS_BYTES = 320_000
 VAL_FRACTION = 0.1
@@ -141,10 +146,21 @@ class Corpus:
     sha256: str
 
 
+class DataError(ValueError):
+    """The dataset cannot be trained on; the message is meant for the user."""
+
+
+def load_corpus(path: str | None = None) -> Corpus:
+    """The train/val split of the dataset staged at ``path`` (default: CONTROLPLANE_DATASET_PATH),
+    or of the generated corpus when there is none; the last :data:`VAL_FRACTION` is validation."""
+    return _load_corpus(path if path is not None else os.environ.get(ENV_DATASET_PATH, ""))
+
+
 @functools.cache
-def load_corpus() -> Corpus:
-    """The fixed train/val split; the last :data:`VAL_FRACTION` of the text is validation."""
-    data = generate_text()
+def _load_corpus(path: str) -> Corpus:
+    data = Path(path).read_bytes() if path else generate_text()
+    if len(data) < MIN_DATASET_BYTES:
+        raise DataError(f"the dataset has {len(data)} bytes; tinygpt needs at least {MIN_DATASET_BYTES}")
     split = int(len(data) * (1 - VAL_FRACTION))
     return Corpus(train=data[:split], val=data[split:], sha256=hashlib.sha256(data).hexdigest())
 

@@ -126,6 +126,19 @@ PARAMS: dict[str, dict[str, Any]] = {
         "enum": ["fp32", "bf16"],
         "description": "fp32, or bf16 autocast (weights and optimizer state stay fp32).",
     },
+    "dataset_url": {
+        "type": "string",
+        "default": "",
+        "maxLength": 2000,
+        "description": "An http(s) URL of a UTF-8 text corpus (a presigned object-store URL works); "
+        "empty: the built-in generated corpus. The worker fetches and validates it before training.",
+    },
+    "dataset_sha256": {
+        "type": "string",
+        "default": "",
+        "maxLength": 64,
+        "description": "Expected sha256 of the dataset at dataset_url; the run fails if it differs.",
+    },
 }
 
 
@@ -150,6 +163,8 @@ def _check_value(name: str, spec: Mapping[str, Any], value: Any) -> Any:
     elif kind == "string":
         if not isinstance(value, str):
             raise ConfigError(f"{name} must be a string, got {value!r}")
+        if len(value) > spec.get("maxLength", 10_000):
+            raise ConfigError(f"{name} must be at most {spec.get('maxLength', 10_000)} characters")
     else:  # pragma: no cover - guards against a typo in PARAMS
         raise AssertionError(f"unknown schema type {kind!r} for {name}")
 

@@ -1,8 +1,9 @@
 """Training loop, checkpoints and the final model file of tinygpt.
 
 Exit codes of :func:`main`: 0 success, 2 configuration error (one line on
-stderr starting with ``config error:``); anything unexpected propagates as a
-traceback with exit code 1.
+stderr starting with ``config error:``), 3 dataset error (``data error:``);
+SIGTERM ends the run at the next step boundary after a final checkpoint, by
+SIGTERM; anything unexpected propagates as a traceback with exit code 1.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -26,7 +28,7 @@ from torch import Tensor
 
 from workers import sdk
 
-from .corpus import bytes_to_tensor, load_corpus
+from .corpus import DataError, bytes_to_tensor, load_corpus
 from .evaluate import MODEL_FORMAT, validation_loss
 from .model import GPT, VOCAB_SIZE, ModelConfig, export_state_dict
 from .schema import ConfigError, resolve_params
@@ -133,8 +135,16 @@ class Trainer:
         self.total_steps: int = params["steps"]
         self.step = 0
         self.last_train_loss = math.nan
+        # Set by SIGTERM (a cancel or the soft time limit): stop at the next step boundary
+        # after a final checkpoint, so a resumed attempt loses nothing.
+        self.stop_requested = False
 
         corpus = load_corpus()
+        if min(len(corpus.train), len(corpus.val)) <= params["seq_len"]:
+            raise DataError(
+                f"the dataset is too small for seq_len {params['seq_len']}: "
+                f"{len(corpus.train)} training and {len(corpus.val)} validation bytes"
+            )
         self.dataset_sha256 = corpus.sha256
         self.train_data = bytes_to_tensor(corpus.train)
 
@@ -283,6 +293,13 @@ class Trainer:
             if checkpoint_every and self.step % checkpoint_every == 0:
                 self.save_checkpoint()
                 self.reporter.status("training")
+            elif self.stop_requested:
+                self.save_checkpoint()
+            if self.stop_requested:
+                _say(f"stopping at step {self.step} (SIGTERM) after a final checkpoint")
+                sys.stdout.flush()
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
         loop_seconds = time.perf_counter() - loop_started
         steps_done = self.step - first_step + 1
 
@@ -310,6 +327,12 @@ class Trainer:
         save_safetensors_deterministic(self.run_dir / MODEL_FILE, export_state_dict(self.model), metadata)
         self.reporter.artifact(MODEL_FILE, "model")
         _say(f"saved {MODEL_FILE}")
+
+
+def _data_error(message: str) -> int:
+    sys.stderr.write(f"data error: {' '.join(message.split())}\n")
+    sys.stderr.flush()
+    return 3
 
 
 def _config_error(message: str) -> int:
@@ -342,7 +365,11 @@ def main() -> int:
             # Bitwise reproducibility is part of the contract on CPU; on CUDA it
             # would need CUBLAS_WORKSPACE_CONFIG and slower kernels.
             torch.use_deterministic_algorithms(True)
-        trainer = Trainer(params, runtime, run_dir, reporter)
+        try:
+            trainer = Trainer(params, runtime, run_dir, reporter)
+        except DataError as exc:
+            return _data_error(str(exc))
+        signal.signal(signal.SIGTERM, lambda signum, frame: setattr(trainer, "stop_requested", True))
         if resume is not None:
             try:
                 trainer.load_checkpoint(resume)
