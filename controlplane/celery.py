@@ -35,6 +35,16 @@ def _unbind_task_context(**_: Any) -> None:
     structlog.contextvars.clear_contextvars()
 
 
+@signals.worker_shutting_down.connect
+def _stop_training_on_shutdown(**_: Any) -> None:
+    # A warm shutdown (SIGTERM, a deploy) would otherwise wait for runs that last hours. The
+    # supervisors stop their programs (SIGTERM: a final checkpoint) and the runs are queued again
+    # to resume elsewhere. Needs the threads pool, where supervisors live in this process.
+    from workers.supervisor import active_supervisors
+
+    active_supervisors.shutdown_all()
+
+
 @signals.setup_logging.connect
 def _keep_our_logging(**_: Any) -> None:
     # Connecting this signal stops Celery from replacing the structlog configuration.

@@ -182,7 +182,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 6 * 3600, minimum=60),
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 6 * 3600, minimum=1),
 }
 CELERY_TASK_DEFAULT_QUEUE = env_str("CONTROLPLANE_DEFAULT_QUEUE", "training")
 CELERY_TASK_ROUTES = {"workers.tasks.housekeeping_*": {"queue": "housekeeping"}}

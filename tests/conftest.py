@@ -175,6 +175,8 @@ def stack(
             "worker",
             "-Q",
             "training,housekeeping",
+            "--pool",
+            "threads",
             "--concurrency",
             "2",
             "--without-mingle",

@@ -152,6 +152,9 @@ class Supervisor:
             self.log.info("run_not_claimed", reason="not queued (duplicate delivery or cancelled)")
             return "not_claimed"
         structlog.contextvars.bind_contextvars(run_id=self.run_id, attempt=claim.attempt)
+        if claim.request_id and not structlog.contextvars.get_contextvars().get("request_id"):
+            # A retry dispatched by the reconciler carries no request id: keep the launch's.
+            structlog.contextvars.bind_contextvars(request_id=claim.request_id)
         self.log = log.bind(run_id=self.run_id, attempt=claim.attempt)
         active_supervisors.add(self)
         try:
