@@ -38,7 +38,9 @@ def _end_group(grace: float) -> None:
 
 def _exit_like(returncode: int) -> None:
     if returncode < 0:
-        signal.signal(-returncode, signal.SIG_DFL)
+        # SIGKILL and SIGSTOP cannot have handlers; every other signal gets its default back.
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(-returncode, signal.SIG_DFL)
         os.kill(os.getpid(), -returncode)
         time.sleep(1)
     sys.exit(returncode if returncode >= 0 else 128 - returncode)

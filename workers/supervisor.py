@@ -206,11 +206,11 @@ class Supervisor:
             return "abandoned"
         outcome = self._outcome(exit_code)
         self._batch.lines.append(system_line(f"process exited with code {exit_code}"))
-        if not self._final_flush(claim):
+        if not self._final_flush(claim, directory):
             # The lease will expire and the reconciler will conclude the attempt.
             return "abandoned"
-        status = attempts.finish_attempt(self.run_id, claim.attempt, outcome)
-        if status is None:
+        status = self._finish(claim, outcome)
+        if status is None or status == "unreachable":
             return "abandoned"
         self.log.info(
             "attempt_finished",
@@ -440,7 +440,6 @@ class Supervisor:
                 if open_streams == 0 or now - exited_at > 5.0:
                     break
         self._drain(directory)
-        self._register_files(claim, directory)
         return self._process.returncode
 
     def _drain(self, directory: Path) -> None:
@@ -562,26 +561,53 @@ class Supervisor:
         self._flush_failures = 0
         return True
 
-    def _final_flush(self, claim: Claim) -> bool:
-        """Flush what is left, retrying with backoff for as long as the lease would last."""
+    def _final_flush(self, claim: Claim, directory: Path | None = None) -> bool:
+        """Flush what is left (lines, points, files), retrying with backoff while the lease lasts."""
         deadline = time.monotonic() + float(self.config["LEASE_SECONDS"]) * 0.9
         delay = float(self.config["FLUSH_INTERVAL_SECONDS"])
         while True:
-            if self._flush(claim):
+            files_done = directory is None or self._register_files(claim, directory)
+            if self._flush(claim) and files_done:
                 return not self._lost_lease
             if self._lost_lease or time.monotonic() + delay > deadline:
-                self.log.error("final_flush_failed", lines=len(self._batch.lines))
+                self.log.error(
+                    "final_flush_failed", lines=len(self._batch.lines), files=len(self._pending_files)
+                )
                 return False
             time.sleep(delay)
             delay = min(5.0, delay * 2)
 
-    def _register_files(self, claim: Claim, directory: Path) -> None:
+    def _finish(self, claim: Claim, outcome: Outcome) -> RunStatus | Literal["unreachable"] | None:
+        """finish_attempt, retried through a database outage for as long as the lease lasts."""
+        deadline = time.monotonic() + float(self.config["LEASE_SECONDS"]) * 0.9
+        delay = float(self.config["FLUSH_INTERVAL_SECONDS"])
+        while True:
+            try:
+                return attempts.finish_attempt(self.run_id, claim.attempt, outcome)
+            except DatabaseError as error:
+                close_old_connections()
+                if time.monotonic() + delay > deadline:
+                    self.log.error("finish_failed", error=str(error)[:200])
+                    return "unreachable"
+                time.sleep(delay)
+                delay = min(5.0, delay * 2)
+
+    def _register_files(self, claim: Claim, directory: Path) -> bool:
+        """Register pending checkpoints and artifacts; False when the database was unreachable."""
         while self._pending_files:
-            event = self._pending_files.pop(0)
-            problem = self._register_file(claim, directory, event)
+            event = self._pending_files[0]
+            try:
+                problem = self._register_file(claim, directory, event)
+            except DatabaseError as error:
+                # Keep the event, in order, for the next try.
+                self.log.warning("file_registration_failed", error=str(error)[:200])
+                close_old_connections()
+                return False
+            self._pending_files.pop(0)
             if problem:
                 self.log.warning("file_event_refused", problem=problem, path=str(event.get("path"))[:200])
                 self._batch.lines.append(system_line(f"refused {event.get('type')} event: {problem}"))
+        return True
 
     def _register_file(self, claim: Claim, directory: Path, event: dict[str, Any]) -> str | None:
         relative = str(event["path"])
