@@ -181,8 +181,17 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 6 * 3600, minimum=1)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 6 * 3600, minimum=1),
+    "visibility_timeout": _VISIBILITY_TIMEOUT,
+    # Sweep for messages past their visibility timeout every few seconds (kombu's default is one
+    # real sweep per ~100 s); a sweep is one small Redis query.
+    "unacked_restore_interval": max(1, min(10, _VISIBILITY_TIMEOUT // 5)),
+    "unacked_restore_throttle": 1,
+    # Without a socket timeout a publish waits forever on a broker that vanished without closing
+    # the connection (a failover, a NAT timeout).
+    "socket_connect_timeout": 5,
+    "socket_timeout": 30,
 }
 CELERY_TASK_DEFAULT_QUEUE = env_str("CONTROLPLANE_DEFAULT_QUEUE", "training")
 CELERY_TASK_ROUTES = {"workers.tasks.housekeeping_*": {"queue": "housekeeping"}}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from datetime import datetime
@@ -117,10 +118,30 @@ class _Publisher:
         return future
 
 
-def _log_failure(future: Future[Any]) -> None:
-    error = future.exception()
-    if error is not None:
-        log.warning("frame_publish_failed", error=repr(error)[:300])
+class _FailureLog:
+    """One warning per interval while the channel layer is down, with the count it stands for."""
+
+    interval = 10.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._suppressed = 0
+
+    def __call__(self, future: Future[Any]) -> None:
+        error = future.exception()
+        if error is None:
+            return
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self.interval:
+                self._suppressed += 1
+                return
+            suppressed, self._suppressed, self._last = self._suppressed, 0, now
+        log.warning("frame_publish_failed", error=repr(error)[:300], suppressed_since_last=suppressed)
+
+
+_log_failure = _FailureLog()
 
 
 publisher = _Publisher()

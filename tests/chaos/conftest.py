@@ -161,12 +161,32 @@ class ChaosStack:
     env: dict[str, str]
     base_url: str = ""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    commands: dict[str, list[str]] = field(default_factory=dict)
+    stopped_on_purpose: set[str] = field(default_factory=set)
+    restarts: dict[str, int] = field(default_factory=dict)
     token: str = ""
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        threading.Thread(target=self._restart_policy, daemon=True).start()
+
+    def _restart_policy(self) -> None:
+        """Like `restart: unless-stopped` (compose) or a Deployment (Kubernetes): a process that
+        exits by itself is started again. Celery workers do exit on some broker faults."""
+        while not self._closing.wait(0.5):
+            with self._lock:
+                for name, process in list(self.processes.items()):
+                    if process.poll() is not None and name not in self.stopped_on_purpose:
+                        self.restarts[name] = self.restarts.get(name, 0) + 1
+                        self._spawn(name, self.commands[name])
 
     def _spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
         log = (self.root / f"{name}.log").open("ab")
         process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.processes[name] = process
+        self.commands[name] = command
+        self.stopped_on_purpose.discard(name)
         return process
 
     def start_web(self) -> None:
@@ -245,6 +265,8 @@ class ChaosStack:
         )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        with self._lock:
+            self.stopped_on_purpose.add(name)
         process = self.processes[name]
         if process.poll() is None:
             process.send_signal(sig)
@@ -337,6 +359,7 @@ class ChaosStack:
         assert overlapping == [], "an attempt started while an earlier one was still live"
 
     def stop(self) -> None:
+        self._closing.set()
         for name in list(self.processes):
             self.kill(name, signal.SIGTERM)
 
