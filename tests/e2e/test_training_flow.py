@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -231,3 +232,72 @@ def test_a_failed_run_retried_runs_again_and_continues_its_log(stack: Stack, liv
     assert live_api.post(f"/api/v1/runs/{running['id']}/retry/").status_code == 409
     live_api.post(f"/api/v1/runs/{running['id']}/cancel/")
     wait_for_status(live_api, running["id"], TERMINAL)
+
+
+def test_a_program_that_forks_and_exits_leaves_no_child_behind(stack: Stack, live_api: httpx.Client) -> None:
+    run = launch(live_api, "scripted", {"mode": "fork_child", "sleep": 0, "lines": 1})
+    done = wait_for_status(live_api, run["id"], TERMINAL, timeout=60)
+    assert done["status"] == "succeeded"
+    child = int((stack.data_dir / "runs" / str(run["id"]) / "child.pid").read_text())
+    wait_for(lambda: not process_alive(child), 10, message="the forked child to be ended")
+
+
+def test_the_maximum_duration_stops_an_attempt_as_a_timeout(stack: Stack, live_api: httpx.Client) -> None:
+    response = live_api.post(
+        "/api/v1/runs/",
+        json={
+            "name": "bounded",
+            "program": "scripted",
+            "params": {"mode": "ignore_sigterm", "sleep": 600},
+            "max_duration_seconds": 2,
+        },
+    )
+    done = wait_for_status(live_api, response.json()["id"], TERMINAL, timeout=30)
+    assert (done["status"], done["error"]["kind"], done["error"]["code"]) == (
+        "failed",
+        "timeout",
+        "max_duration",
+    )
+    assert "maximum duration of 2 s" in done["error"]["message"]
+
+
+def test_a_run_trains_on_a_dataset_fetched_over_http_and_records_its_hash(
+    stack: Stack, live_api: httpx.Client, tmp_path: Path
+) -> None:
+    import http.server
+    import threading
+
+    corpus = ("Distributed training needs checkpoints that survive a lost worker.\n" * 300).encode()
+    (tmp_path / "corpus.txt").write_bytes(corpus)
+    (tmp_path / "binary.bin").write_bytes(b"\xff\xfe" * 5000)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        good = launch(live_api, "tinygpt", {**TINY_TINYGPT, "dataset_url": f"{base}/corpus.txt"})
+        bad = launch(live_api, "tinygpt", {**TINY_TINYGPT, "dataset_url": f"{base}/binary.bin"})
+        done = wait_for_status(live_api, good["id"], TERMINAL)
+        assert done["status"] == "succeeded", done
+        model = next(
+            a for a in live_api.get(f"/api/v1/runs/{good['id']}/artifacts/").json() if a["kind"] == "model"
+        )
+        assert model["metadata"]["safetensors"]["dataset_sha256"] == hashlib.sha256(corpus).hexdigest()
+        staged = [line["line"] for line in all_logs(live_api, good["id"]) if "dataset staged" in line["line"]]
+        assert staged == [f"dataset staged: {len(corpus)} bytes, sha256 {hashlib.sha256(corpus).hexdigest()}"]
+        failed = wait_for_status(live_api, bad["id"], TERMINAL)
+        assert (failed["status"], failed["error"]["kind"], failed["error"]["code"]) == (
+            "failed",
+            "data",
+            "invalid_dataset",
+        )
+        assert "not UTF-8" in failed["error"]["message"]
+    finally:
+        server.shutdown()

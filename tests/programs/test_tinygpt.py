@@ -477,3 +477,21 @@ def test_a_dataset_too_small_is_a_data_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 3
     assert result.stderr.strip().startswith("data error: the dataset has 9 bytes")
+
+
+def test_a_pickle_payload_posing_as_a_checkpoint_is_refused_without_running(tmp_path: Path) -> None:
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self) -> tuple[Any, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-5.pt").write_bytes(pickle.dumps(Payload()))
+    run = run_program(run_dir, {**SMALL, "steps": 10}, resume="checkpoints/step-5.pt", events=False)
+    assert run.returncode == 2
+    assert "config error: cannot read checkpoint step-5.pt: UnpicklingError" in run.stderr
+    assert not marker.exists()
