@@ -29,11 +29,14 @@ import pytest
 
 from tests.conftest import ROOT, free_port, wait_for
 
-PG_BIN = (
-    Path(sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1])
-    if Path("/usr/lib/postgresql").exists()
-    else None
-)
+
+def _postgres_bin() -> Path:
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda path: int(path.parent.name))
+    if not versions:
+        pytest.skip("the chaos suite needs the PostgreSQL server binaries (Debian: postgresql)")
+    return versions[-1]
+
+
 SUMMARY = ROOT / "test-output" / "chaos-summary.json"
 TERMINAL = {"succeeded", "failed", "cancelled", "dead"}
 
@@ -58,7 +61,7 @@ def _as_postgres(*command: str) -> list[str]:
 
 class PrivatePostgres:
     def __init__(self) -> None:
-        assert PG_BIN is not None, "PostgreSQL server binaries are needed for the chaos suite"
+        self.bin = _postgres_bin()
         # Outside pytest's private (0700, root) temp dirs: the server runs as the postgres user.
         self.root = Path(tempfile.mkdtemp(prefix="cp-chaos-pg-"))
         self.data = self.root / "pgdata"
@@ -70,7 +73,7 @@ class PrivatePostgres:
                 shutil.chown(path, "postgres", "postgres")
         subprocess.run(
             _as_postgres(
-                str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"
+                str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"
             ),
             check=True,
             capture_output=True,
@@ -85,7 +88,7 @@ class PrivatePostgres:
     def start(self) -> None:
         subprocess.run(
             _as_postgres(
-                str(PG_BIN / "pg_ctl"),
+                str(self.bin / "pg_ctl"),
                 "-D",
                 str(self.data),
                 "-w",
@@ -101,7 +104,7 @@ class PrivatePostgres:
 
     def stop(self) -> None:
         subprocess.run(
-            _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-m", "fast", "stop"),
+            _as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-m", "fast", "stop"),
             check=False,
             capture_output=True,
         )
@@ -283,7 +286,7 @@ class ChaosStack:
 
     def sql(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.postgres.dsn(), autocommit=True, connect_timeout=5) as connection:
-            return connection.execute(query, args).fetchall()  # type: ignore[arg-type]
+            return connection.execute(query, args).fetchall()
 
     def launch(self, params: dict[str, Any], program: str = "tinygpt", **fields: Any) -> int:
         with self.api() as api:
@@ -372,8 +375,9 @@ class ChaosStack:
 class ProgramWatch:
     """Samples /proc for the training programs of one run: the real "at most one live attempt"."""
 
-    def __init__(self, run_id: int) -> None:
-        self.marker = f"CONTROLPLANE_RUN_ID={run_id}".encode()
+    def __init__(self, stack: ChaosStack, run_id: int) -> None:
+        # The run directory, not just the id: other stacks on this machine have a run 1 too.
+        self.marker = f"CONTROLPLANE_RUN_DIR={stack.root / 'data' / 'runs' / str(run_id)}".encode()
         self.max_alive = 0
         self.samples = 0
         self._stop = threading.Event()

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
 def test_sigkill_of_the_worker_at_random_points_loses_no_run(chaos: ChaosStack, reference_model: str) -> None:
     rng = random.Random(int(os.environ.get("CHAOS_SEED", "0")))
     run_id = chaos.launch(CHAOS_TINYGPT, max_attempts=5)  # three kills need four attempts
-    watch = ProgramWatch(run_id)
+    watch = ProgramWatch(chaos, run_id)
     recoveries = []
     for kill in range(3):
         # Somewhere between one checkpoint and the next: work since the checkpoint is redone.
@@ -65,7 +65,7 @@ def test_sigkill_of_the_worker_at_random_points_loses_no_run(chaos: ChaosStack, 
 def test_sigkill_of_the_training_process_fails_the_run_readably(chaos: ChaosStack) -> None:
     run_id = chaos.launch(CHAOS_TINYGPT)
     chaos.wait_progress(run_id, 100)
-    watch = ProgramWatch(run_id)
+    watch = ProgramWatch(chaos, run_id)
     (pid,) = watch.alive()
     watch.stop()
     os.kill(pid, signal.SIGKILL)
@@ -85,7 +85,7 @@ def test_sigkill_of_the_training_process_fails_the_run_readably(chaos: ChaosStac
 
 def test_a_supervisor_killed_alone_takes_its_program_down_within_ten_seconds(chaos: ChaosStack) -> None:
     run_id = chaos.launch({"mode": "sleep", "sleep": 600}, program="scripted")
-    watch = ProgramWatch(run_id)
+    watch = ProgramWatch(chaos, run_id)
     wait_for(watch.alive, 30, message="the program")
     (program_pid,) = watch.alive()
     chaos.kill("worker", signal.SIGKILL)
@@ -197,7 +197,7 @@ def test_a_run_longer_than_the_visibility_timeout_runs_once(tmp_path: Path) -> N
         # Kombu restores unacknowledged messages older than the visibility timeout on about every
         # tenth idle poll (~10 s): 35 s of running sees it redeliver at least once.
         run_id = stack.launch({"mode": "sleep", "sleep": 35}, program="scripted")
-        watch = ProgramWatch(run_id)
+        watch = ProgramWatch(stack, run_id)
         done = stack.wait_status(run_id, {"succeeded", "failed", "dead"}, timeout=90)
         assert done["status"] == "succeeded"
         assert done["attempt"] == 1
