@@ -8,9 +8,10 @@ the process at start instead of surfacing hours later as odd behaviour.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 
@@ -40,6 +41,34 @@ def env_bool(name: str, default: bool, environ: Mapping[str, str] | None = None)
     raise ConfigError(f"{name} must be a boolean (true/false), got {raw!r}")
 
 
+N = TypeVar("N", int, float)
+
+
+def _env_number(
+    name: str,
+    default: N,
+    environ: Mapping[str, str] | None,
+    parse: Callable[[str], N],
+    kind: str,
+    minimum: N | None,
+    maximum: N | None,
+) -> N:
+    source = os.environ if environ is None else environ
+    raw = source.get(name)
+    if raw is None or raw.strip() == "":
+        value = default
+    else:
+        try:
+            value = parse(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be {kind}, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
 def env_int(
     name: str,
     default: int,
@@ -48,37 +77,18 @@ def env_int(
     minimum: int | None = None,
     maximum: int | None = None,
 ) -> int:
-    source = os.environ if environ is None else environ
-    raw = source.get(name)
-    if raw is None or raw.strip() == "":
-        value = default
-    else:
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(f"{name} must be <= {maximum}, got {value}")
-    return value
+    return _env_number(name, default, environ, int, "an integer", minimum, maximum)
 
 
 def env_float(
-    name: str, default: float, environ: Mapping[str, str] | None = None, *, minimum: float | None = None
+    name: str,
+    default: float,
+    environ: Mapping[str, str] | None = None,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
 ) -> float:
-    source = os.environ if environ is None else environ
-    raw = source.get(name)
-    if raw is None or raw.strip() == "":
-        value = default
-    else:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return value
+    return _env_number(name, default, environ, float, "a number", minimum, maximum)
 
 
 def env_list(name: str, default: list[str], environ: Mapping[str, str] | None = None) -> list[str]:

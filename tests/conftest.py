@@ -99,29 +99,37 @@ class Stack:
         return self.base_url.replace("http://", "ws://") + path
 
 
-def stack_env(data_dir: Path) -> dict[str, str]:
-    db = settings.DATABASES["default"]
+def process_env(data_dir: Path, **overrides: str) -> dict[str, str]:
+    """The environment of a product process started by a test (web, worker, standalone)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "DJANGO_SETTINGS"))}
     env.update(
         {
             "DJANGO_SETTINGS_MODULE": "controlplane.settings",
-            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
-            "REDIS_URL": settings.REDIS_URL,
-            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-            "SECRET_KEY": settings.SECRET_KEY,
             "CONTROLPLANE_DATA_DIR": str(data_dir),
-            "CONTROLPLANE_PROGRAMS_FILE": str(settings.PROGRAMS_FILE),
-            "CONTROLPLANE_HEARTBEAT_SECONDS": "2",
+            "CONTROLPLANE_PROGRAMS_FILE": str(ROOT / "tests" / "fixtures" / "programs.toml"),
             "CONTROLPLANE_CANCEL_GRACE_SECONDS": "3",
             "LOG_FORMAT": "json",
-            # The test stack serves plain http on loopback, like a developer's machine.
+            # Test stacks serve plain http on loopback, like a developer's machine.
             "SECURE_COOKIES": "false",
             "PYTHONUNBUFFERED": "1",
             # Tiny models train faster with one thread on a 2-core machine running web + worker.
             "OMP_NUM_THREADS": "1",
         }
     )
+    env.update(overrides)
     return env
+
+
+def stack_env(data_dir: Path) -> dict[str, str]:
+    db = settings.DATABASES["default"]
+    return process_env(
+        data_dir,
+        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        REDIS_URL=settings.REDIS_URL,
+        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
+        SECRET_KEY=settings.SECRET_KEY,
+        CONTROLPLANE_HEARTBEAT_SECONDS="2",
+    )
 
 
 def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:

@@ -27,7 +27,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import ROOT, free_port, wait_for
+from tests.conftest import ROOT, free_port, process_env, wait_for
 
 
 def _postgres_bin() -> Path:
@@ -461,29 +461,19 @@ def reference_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 def make_stack(tmp_path: Path, **overrides: str) -> ChaosStack:
     postgres = PrivatePostgres()
     redis = PrivateRedis(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "DJANGO_SETTINGS"))}
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "controlplane.settings",
-            "DATABASE_URL": postgres.dsn(),
-            "REDIS_URL": redis.url,
-            "CELERY_BROKER_URL": redis.url + "/1",
-            "SECRET_KEY": "chaos-secret-key-that-is-long-enough-0123456789",
-            "CONTROLPLANE_DATA_DIR": str(tmp_path / "data"),
-            "CONTROLPLANE_PROGRAMS_FILE": str(ROOT / "tests" / "fixtures" / "programs.toml"),
-            "CONTROLPLANE_HEARTBEAT_SECONDS": "1",
-            "CONTROLPLANE_LEASE_SECONDS": "6",
-            "CONTROLPLANE_RECONCILE_SECONDS": "1",
-            "CONTROLPLANE_REDISPATCH_AFTER_SECONDS": "3",
-            "CONTROLPLANE_RETRY_BASE_SECONDS": "0.5",
-            "CONTROLPLANE_RETRY_MAX_SECONDS": "2",
-            "CONTROLPLANE_CANCEL_GRACE_SECONDS": "3",
-            "DATABASE_POOL_TIMEOUT": "2",
-            "SECURE_COOKIES": "false",
-            "LOG_FORMAT": "json",
-            "OMP_NUM_THREADS": "1",
-            "PYTHONUNBUFFERED": "1",
-        }
+    env = process_env(
+        tmp_path / "data",
+        DATABASE_URL=postgres.dsn(),
+        REDIS_URL=redis.url,
+        CELERY_BROKER_URL=redis.url + "/1",
+        SECRET_KEY="chaos-secret-key-that-is-long-enough-0123456789",
+        CONTROLPLANE_HEARTBEAT_SECONDS="1",
+        CONTROLPLANE_LEASE_SECONDS="6",
+        CONTROLPLANE_RECONCILE_SECONDS="1",
+        CONTROLPLANE_REDISPATCH_AFTER_SECONDS="3",
+        CONTROLPLANE_RETRY_BASE_SECONDS="0.5",
+        CONTROLPLANE_RETRY_MAX_SECONDS="2",
+        DATABASE_POOL_TIMEOUT="2",
     )
     env.update(overrides)
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import signal
 import subprocess
@@ -16,26 +15,17 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.conftest import ROOT, TINY_TINYGPT, free_port, process_alive, wait_for
+from tests.conftest import ROOT, TINY_TINYGPT, free_port, process_alive, process_env, wait_for
 
 pytestmark = pytest.mark.slow
 TERMINAL = {"succeeded", "failed", "cancelled", "dead"}
 
 
 def standalone_env(data_dir: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE"}
-    }
-    env.update(
-        {
-            "CONTROLPLANE_DATA_DIR": str(data_dir),
-            "OMP_NUM_THREADS": "1",
-            "PYTHONUNBUFFERED": "1",
-            "CONTROLPLANE_PROGRAMS_FILE": str(ROOT / "tests" / "fixtures" / "programs.toml"),
-        }
-    )
+    """Embedded defaults: none of the production services' variables."""
+    env = process_env(data_dir)
+    for name in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE"):
+        env.pop(name, None)
     return env
 
 
