@@ -5,7 +5,6 @@ from drf_spectacular.views import SpectacularAPIView
 
 from accounts.api.views import TokenView
 from ops import health
-from runs import views as run_views
 from runs.downloads import download_artifact
 
 api_patterns: list[URLPattern | URLResolver] = [
@@ -15,7 +14,7 @@ api_patterns: list[URLPattern | URLResolver] = [
 ]
 
 urlpatterns = [
-    path("", run_views.run_list, name="run-list"),
+    path("", include("runs.web.urls")),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

@@ -1,10 +1,23 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
+from runs.api import dashboard
 from runs.api.views import DeadLetterViewSet, RunViewSet
 
 router = SimpleRouter()
 router.register("runs", RunViewSet, basename="run")
 router.register("dead-letters", DeadLetterViewSet, basename="dead-letter")
 
-urlpatterns = [path("", include(router.urls))]
+urlpatterns = [
+    path("", include(router.urls)),
+    # Dashboard reads (runs/api/dashboard.py); none collides with the router's numeric run ids.
+    path("runs/states/", dashboard.RunStatesView.as_view(), name="run-states"),
+    path("runs/<int:run_id>/logs/tail/", dashboard.LogTailView.as_view(), name="run-log-tail"),
+    path("runs/<int:run_id>/logs.txt", dashboard.log_text, name="run-log-text"),
+    path("runs/<int:run_id>/charts/", dashboard.ChartsView.as_view(), name="run-charts"),
+    path(
+        "artifacts/<int:artifact_id>/preview/",
+        dashboard.ArtifactPreviewView.as_view(),
+        name="artifact-preview",
+    ),
+]

@@ -64,7 +64,16 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
                     {"status": [f"unknown status {unknown[0][:32]!r}; use {', '.join(RunStatus.values)}"]}
                 )
             queryset = queryset.filter(status__in=statuses)
-        return queryset
+        # The dashboard's filters (same selector as the runs page): owner username, program, name text.
+        params = self.request.query_params
+        return selectors.filter_runs(
+            queryset,
+            selectors.RunFilters(
+                owner=params.get("owner", "")[:150],
+                program=params.get("program", "")[:64],
+                text=params.get("q", "")[:200],
+            ),
+        )
 
     def get_object(self) -> Run:
         try:
@@ -73,7 +82,14 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
             raise Http404("No such run.") from None
         return selectors.access_run(self.request.user, run_id)
 
-    @extend_schema(parameters=[OpenApiParameter("status", str, description="comma-separated statuses")])
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", str, description="comma-separated statuses"),
+            OpenApiParameter("owner", str, description="owner's username"),
+            OpenApiParameter("program", str),
+            OpenApiParameter("q", str, description="case-insensitive text in the name"),
+        ]
+    )
     def list(self, request: Request) -> Response:
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(RunSerializer(page, many=True).data)

@@ -1,0 +1,241 @@
+"""Read endpoints the dashboard needs beyond the public run API.
+
+They are ordinary API endpoints (bearer token or session, JSON errors) so scripts can use them
+too: the live state of a page of runs, a log page below a seq (opening a log at its tail), chart
+series with min/max bands and times, a safetensors header preview, and the whole log as text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.http import Http404, HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.utils import timezone
+from django.views.decorators.http import require_safe
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.authentication import bearer_from_header
+from accounts.tokens import access_token
+from runs import selectors
+from runs.api.serializers import LogLineSerializer
+from runs.api.views import int_param
+from runs.models import Run
+from runs.safetensors_header import HeaderError, read_header
+from runs.storage import artifact_path
+
+MAX_STATE_IDS = 200
+DEFAULT_CHART_POINTS = 2_000
+MAX_CHART_POINTS = 20_000
+MAX_PREVIEW_TENSORS = 5_000
+LOG_TEXT_PAGE = 10_000
+
+
+def run_state(run: Run) -> dict[str, Any]:
+    """The fields of a run that change while it lives (what the runs list and run page poll)."""
+    return {
+        "id": run.pk,
+        "status": run.status,
+        "attempt": run.attempt,
+        "phase": run.phase,
+        "progress": (
+            None if run.progress_step is None else {"step": run.progress_step, "total": run.progress_total}
+        ),
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+    }
+
+
+class RunStatesView(APIView):
+    """`GET /api/v1/runs/states/?ids=1,2,3`: the live fields of up to 200 runs in one query."""
+
+    @extend_schema(
+        parameters=[OpenApiParameter("ids", str, required=True, description="comma-separated run ids")],
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def get(self, request: Request) -> Response:
+        raw = request.query_params.get("ids", "")
+        try:
+            ids = sorted({int(part) for part in raw.split(",") if part.strip()})
+        except ValueError:
+            raise ValidationError({"ids": ["must be comma-separated run ids"]}) from None
+        if len(ids) > MAX_STATE_IDS:
+            raise ValidationError({"ids": [f"at most {MAX_STATE_IDS} ids"]})
+        runs = selectors.run_states(request.user, ids) if ids else []
+        return Response(
+            {
+                # The server's clock, so a client can tick durations without trusting its own.
+                "now": timezone.now(),
+                "latest_id": selectors.latest_run_id(request.user),
+                "runs": [run_state(run) for run in runs],
+            }
+        )
+
+
+class LogTailView(APIView):
+    """`GET /api/v1/runs/{id}/logs/tail/?before=N&limit=L`: the lines just below seq N.
+
+    Without `before` these are the newest lines: how a page opens a long log at its tail. Pages
+    further up follow with `before=<first seq of the page>`.
+    """
+
+    @extend_schema(
+        parameters=[OpenApiParameter("before", int), OpenApiParameter("limit", int)],
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def get(self, request: Request, run_id: int) -> Response:
+        run = selectors.access_run(request.user, run_id)
+        before = int_param(request, "before", None, minimum=1, maximum=2**62)
+        limit = int_param(request, "limit", 1_000, minimum=1, maximum=selectors.MAX_LOG_PAGE) or 1_000
+        lines = selectors.log_lines_before(run.pk, before, limit)
+        first = lines[0].seq if lines else before
+        return Response(
+            {
+                "results": LogLineSerializer(lines, many=True).data,
+                "has_older": bool(first and first > 1 and selectors.has_log_lines_before(run.pk, first)),
+                "last_seq": run.log_seq,
+                "run_status": run.status,
+            }
+        )
+
+
+class ChartsView(APIView):
+    """`GET /api/v1/runs/{id}/charts/?max_points=M[&key=K...]`: every series (or those named),
+    each at most M values: raw points, or per-bucket mean, min and max with the bucket's first
+    step and time. Ask for about twice the chart's width in pixels."""
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("max_points", int, description=f"2 to {MAX_CHART_POINTS}"),
+            OpenApiParameter("key", str, many=True, description="only these series"),
+        ],
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def get(self, request: Request, run_id: int) -> Response:
+        run = selectors.access_run(request.user, run_id)
+        max_points = (
+            int_param(request, "max_points", DEFAULT_CHART_POINTS, minimum=2, maximum=MAX_CHART_POINTS)
+            or DEFAULT_CHART_POINTS
+        )
+        keys = [key[:200] for key in request.query_params.getlist("key") if key] or None
+        series = selectors.chart_series(run, keys, max_points)
+        return Response(
+            {
+                "run_id": run.pk,
+                "max_points": max_points,
+                "series": [
+                    {
+                        "key": item.key,
+                        "bucket_steps": item.bucket_steps,
+                        "steps": item.steps,
+                        "ts": item.ts,
+                        "values": item.values,
+                        "low": item.low,
+                        "high": item.high,
+                    }
+                    for item in series
+                ],
+            }
+        )
+
+
+class ArtifactPreviewView(APIView):
+    """`GET /api/v1/artifacts/{id}/preview/`: a .safetensors file's header (tensor names,
+    dtypes, shapes, parameter count, metadata), read without loading any tensor."""
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request, artifact_id: int) -> Response:
+        artifact = selectors.access_artifact(request.user, artifact_id)
+        if not artifact.name.endswith(".safetensors"):
+            return Response({"detail": "Only .safetensors files have a preview.", "code": "no_preview"}, 404)
+        path = artifact_path(artifact.storage_key)
+        if not path.is_file():
+            return Response({"detail": "The artifact's file is missing from storage.", "code": "gone"}, 410)
+        try:
+            header = read_header(path)
+        except HeaderError as error:
+            return Response({"detail": f"Unreadable header: {error}", "code": "bad_header"}, 422)
+        return Response(
+            {
+                "id": artifact.pk,
+                "name": artifact.name,
+                "size": artifact.size,
+                "sha256": artifact.sha256,
+                "parameters": header.parameters,
+                "tensor_count": len(header.tensors),
+                "tensors": [
+                    {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "parameters": t.parameters}
+                    for t in header.tensors[:MAX_PREVIEW_TENSORS]
+                ],
+                "metadata": header.metadata,
+            }
+        )
+
+
+# -- the whole log as text ------------------------------------------------------------------------
+
+
+def _user(request: HttpRequest) -> AbstractBaseUser | AnonymousUser:
+    plaintext = bearer_from_header(request.headers.get("Authorization"))
+    if plaintext is not None:
+        token = access_token(plaintext)
+        return token.user if token is not None else AnonymousUser()
+    return request.user
+
+
+def _access(request: HttpRequest, run_id: int) -> Run | JsonResponse:
+    user = _user(request)
+    if not user.is_authenticated:
+        response = JsonResponse({"detail": "Authentication credentials were not provided."}, status=401)
+        response["WWW-Authenticate"] = 'Bearer realm="api"'
+        return response
+    try:
+        return selectors.access_run(user, run_id)
+    except Http404:
+        return JsonResponse({"detail": "Not found."}, status=404)
+
+
+def format_log_line(ts: datetime, stream: str, line: str) -> str:
+    stamp = ts.astimezone(UTC).isoformat(timespec="milliseconds")[:-6]  # without "+00:00"
+    return f"{stamp}Z {stream:<6} {line}\n"
+
+
+async def _log_pages(run_id: int, last_seq: int) -> AsyncIterator[bytes]:
+    after = 0
+    while after < last_seq:
+        rows = await sync_to_async(selectors.log_rows_after)(run_id, after, last_seq, LOG_TEXT_PAGE)
+        if not rows:
+            return
+        yield "".join([format_log_line(ts, stream, line) for _, ts, stream, line in rows]).encode()
+        after = rows[-1][0]
+
+
+@require_safe
+async def log_text(request: HttpRequest, run_id: int) -> HttpResponseBase:
+    """`GET /api/v1/runs/{id}/logs.txt`: every line up to now, `<ts> <stream> <line>` per line.
+
+    An async iterator of keyset pages: memory stays flat for a log of millions of lines (a sync
+    iterator would be buffered whole by Django under ASGI). A live run's download ends at the
+    last line committed when the request arrived.
+    """
+    found = await sync_to_async(_access)(request, run_id)
+    if isinstance(found, JsonResponse):
+        return found
+    body = _log_pages(found.pk, found.log_seq) if request.method == "GET" else _nothing()
+    response = StreamingHttpResponse(body, content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="run-{found.pk}-log.txt"'
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""
