@@ -18,6 +18,12 @@ COPY ops ops
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --extra-index-url "${TORCH_INDEX_URL}" .
 
+# Front-end libraries come from npm (pinned in package-lock.json), never from a CDN.
+FROM node:20-bookworm-slim AS assets
+WORKDIR /src
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
+
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -30,6 +36,8 @@ RUN groupadd --system --gid 10001 controlplane \
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY --chown=controlplane:controlplane . .
+COPY --from=assets /src/node_modules/uplot/dist/uPlot.esm.js /src/node_modules/uplot/dist/uPlot.min.css \
+    /src/node_modules/uplot/LICENSE /app/static/vendor/uplot/
 RUN DATABASE_URL=sqlite:////tmp/collect.sqlite3 SECRET_KEY=collectstatic-only-not-a-real-secret-key-000 \
     python manage.py collectstatic --noinput -v0 && rm -f /tmp/collect.sqlite3
 USER controlplane

@@ -56,6 +56,7 @@ def test_the_image_runs_as_a_non_root_user_with_a_healthcheck() -> None:
     assert re.search(r"^USER controlplane$", final_stage, flags=re.MULTILINE)
     assert "HEALTHCHECK" in final_stage
     assert "build-essential" not in final_stage
+    assert "node_modules/uplot/dist/uPlot.esm.js" in final_stage  # the dashboard's charts ship in the image
 
 
 def test_ci_workflow_runs_the_same_command_as_ci_run() -> None:
