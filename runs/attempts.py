@@ -51,9 +51,10 @@ class Batch:
     points: list[tuple[str, int, float | None, datetime]] = field(default_factory=list)
     progress: tuple[int, int | None] | None = None
     phase: str | None = None
+    device: str | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.lines or self.points or self.progress or self.phase)
+        return bool(self.lines or self.points or self.progress or self.phase or self.device)
 
 
 def _lease_deadline(now: datetime) -> datetime:
@@ -105,6 +106,7 @@ def claim_run(run_id: int, worker: str) -> Claim | None:
                 error_code="",
                 error_message="",
                 phase="starting",
+                device="",
             )
         )
         if not claimed:
@@ -160,6 +162,9 @@ def _reserve_seq(run_id: int, attempt: int, count: int, batch: Batch) -> int:
     if batch.phase is not None:
         assignments.append("phase = %s")
         values.append(batch.phase[:32])
+    if batch.device is not None:
+        assignments.append("device = %s")
+        values.append(batch.device[:64])
     table = Run._meta.db_table
     sql = (
         f"UPDATE {table} SET {', '.join(assignments)} "  # noqa: S608 - only our own column names
@@ -299,12 +304,14 @@ def _conclude(run: Run, attempt: int, outcome: Outcome, now: datetime) -> RunSta
         error_message=outcome.error_message[:4000],
     )
     requeued = status == RunStatus.QUEUED
+    # A run queued again waits for a new message; a finished one keeps its dispatch time.
+    requeue_fields = {"enqueued_at": None} if requeued else {}
     Run.objects.filter(pk=run.pk, attempt=attempt).update(
         status=status,
         finished_at=None if requeued else now,
         lease_expires_at=None,
         not_before=not_before,
-        enqueued_at=None,
+        **requeue_fields,
         exit_code=outcome.exit_code,
         error_kind=outcome.error_kind,
         error_code=outcome.error_code[:64],

@@ -199,10 +199,14 @@ class Reporter:
             return
         self._emit({"type": "artifact", "path": self._relative(path), "kind": str(kind)})
 
-    def status(self, phase: str) -> None:
+    def status(self, phase: str, *, device: str | None = None) -> None:
+        """A phase of the program; `device` (e.g. "cuda:0 bf16") is shown on the run page."""
         if self._fd is None:
             return
-        self._emit({"type": "status", "phase": str(phase)})
+        event: dict[str, Any] = {"type": "status", "phase": str(phase)}
+        if device is not None:
+            event["device"] = str(device)
+        self._emit(event)
 
     def close(self) -> None:
         with self._lock:

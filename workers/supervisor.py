@@ -505,6 +505,9 @@ class Supervisor:
             if not isinstance(phase, str) or not phase:
                 return "status needs a phase string"
             self._batch.phase = phase[:32]
+            device = event.get("device")
+            if isinstance(device, str) and device:
+                self._batch.device = device[:64]
             return None
         if kind in {"checkpoint", "artifact"}:
             path = event.get("path")

@@ -30,6 +30,7 @@ class RunSerializer(serializers.ModelSerializer[Run]):
             "queue_ttl_seconds",
             "queue",
             "phase",
+            "device",
             "progress",
             "worker",
             "exit_code",

@@ -44,6 +44,8 @@ def test_a_launched_tinygpt_run_trains_and_its_model_downloads_intact(
     assert done["attempt"] == 1
     assert done["exit_code"] == 0
     assert done["progress"] == {"step": TINY_TINYGPT["steps"], "total": TINY_TINYGPT["steps"]}
+    assert done["device"] == "cpu fp32"
+    assert done["enqueued_at"] is not None
 
     loss = live_api.get(f"/api/v1/runs/{run['id']}/metrics/?key=train/loss").json()["points"]
     assert [p["step"] for p in loss] == list(range(1, TINY_TINYGPT["steps"] + 1))

@@ -360,7 +360,7 @@ def main() -> int:
 
     run_dir = sdk.run_dir()
     with reporter:
-        reporter.status("loading")
+        reporter.status("loading", device=f"{runtime.device} {params['precision']}")
         if runtime.device.type == "cpu":
             # Bitwise reproducibility is part of the contract on CPU; on CUDA it
             # would need CUBLAS_WORKSPACE_CONFIG and slower kernels.
