@@ -12,6 +12,7 @@ import math
 import re
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ class Program:
     builtin: bool = False
     queue: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # Rules between params (a built-in program's own), by param name; run after each param passed.
+    cross_check: Callable[[dict[str, Any]], dict[str, str]] | None = None
 
 
 class ParamsError(Exception):
@@ -138,6 +141,8 @@ def resolve_params(program: Program, raw: Any) -> dict[str, Any]:
         elif spec["type"] == "number":
             value = float(value)
         resolved[name] = value
+    if not errors and program.cross_check is not None:
+        errors = {f"params.{name}": message for name, message in program.cross_check(resolved).items()}
     if errors:
         raise ParamsError(errors)
     return resolved
@@ -152,6 +157,7 @@ def _builtin_programs() -> dict[str, Program]:
         description=tinygpt_schema.DESCRIPTION,
         params=_check_schema("tinygpt", tinygpt_schema.PARAMS),
         builtin=True,
+        cross_check=tinygpt_schema.cross_field_errors,
     )
     return {tinygpt.name: tinygpt}
 

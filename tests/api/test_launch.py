@@ -70,6 +70,11 @@ def test_launch_keeps_given_params_and_fills_the_rest(api: APIClient) -> None:
         ({"name": "x", "program": "tinygpt", "params": {"device": "tpu"}}, "params.device", "one of"),
         ({"name": "x", "program": "tinygpt", "params": {"precision": "fp8"}}, "params.precision", "one of"),
         ({"name": "x", "program": "tinygpt", "params": {"d_model": 10**9}}, "params.d_model", "<="),
+        (
+            {"name": "x", "program": "tinygpt", "params": {"d_model": 30, "n_heads": 4}},
+            "params.n_heads",
+            "divisible",
+        ),
         ({"name": "x", "program": "tinygpt", "params": {"stpes": 3}}, "params.stpes", "unknown param"),
         ({"name": "x", "program": "tinygpt", "params": [1, 2]}, "params", "JSON object"),
         ({"name": "x", "program": "tinygpt", "secrets": "API_KEY"}, "secrets", "list"),

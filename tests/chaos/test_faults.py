@@ -212,7 +212,7 @@ def test_a_run_longer_than_the_visibility_timeout_runs_once(tmp_path: Path) -> N
 
 
 def test_a_poison_config_fails_once_and_a_device_fault_is_dead_lettered(chaos: ChaosStack) -> None:
-    poison = chaos.launch({**CHAOS_TINYGPT, "d_model": 30, "n_heads": 4})
+    poison = chaos.launch({"config_error": True}, program="scripted")
     done = chaos.wait_status(poison, {"failed", "dead"}, timeout=60)
     assert (done["status"], done["error_kind"], done["attempt"]) == ("failed", "config", 1)
     time.sleep(3)

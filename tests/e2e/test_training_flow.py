@@ -198,12 +198,13 @@ def test_a_program_that_cannot_start_fails_as_a_config_error(stack: Stack, live_
     assert "could not start" in done["error"]["message"]
 
 
-def test_tinygpt_config_errors_are_classified(stack: Stack, live_api: httpx.Client) -> None:
-    run = launch(live_api, "tinygpt", {**TINY_TINYGPT, "d_model": 30, "n_heads": 4})
+def test_config_errors_found_at_run_time_fail_once_as_config(stack: Stack, live_api: httpx.Client) -> None:
+    run = launch(live_api, "scripted", {"config_error": True})
     done = wait_for_status(live_api, run["id"], TERMINAL)
     assert done["status"] == "failed"
     assert done["error"]["kind"] == "config"
-    assert "config error" in done["error"]["message"]
+    assert done["error"]["message"] == "config error: this dataset needs at least 4 GPUs"
+    assert done["attempt"] == 1
 
 
 def test_the_request_id_follows_a_launch_into_the_worker(stack: Stack, live_api: httpx.Client) -> None:

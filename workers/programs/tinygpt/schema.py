@@ -193,8 +193,16 @@ def resolve_params(raw: Mapping[str, Any]) -> dict[str, Any]:
     resolved: dict[str, Any] = {}
     for name, spec in PARAMS.items():
         resolved[name] = _check_value(name, spec, raw.get(name, spec["default"]))
-    if resolved["d_model"] % resolved["n_heads"] != 0:
-        raise ConfigError(
-            f"d_model ({resolved['d_model']}) must be divisible by n_heads ({resolved['n_heads']})"
-        )
+    for message in cross_field_errors(resolved).values():
+        raise ConfigError(message)
     return resolved
+
+
+def cross_field_errors(params: Mapping[str, Any]) -> dict[str, str]:
+    """Rules between params, by the param to blame; the control plane checks them at launch too."""
+    errors: dict[str, str] = {}
+    if params["d_model"] % params["n_heads"] != 0:
+        errors["n_heads"] = (
+            f"d_model ({params['d_model']}) must be divisible by n_heads ({params['n_heads']})"
+        )
+    return errors
