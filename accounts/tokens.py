@@ -13,9 +13,11 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApiToken
+from audit import chain as audit
 
 TOKEN_PREFIX = "cp_"  # noqa: S105 - a public marker, not a secret
 MAX_TOKEN_LENGTH = 200
@@ -36,14 +38,16 @@ def do_issue_token(user: User, *, name: str = "", ttl: timedelta | None = None) 
     prefix = secrets.token_hex(4)
     plaintext = f"{TOKEN_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
     ttl = ttl or timedelta(days=settings.CONTROLPLANE["TOKEN_TTL_DAYS"])
-    token = ApiToken.objects.create(
-        user=user,
-        name=name,
-        prefix=prefix,
-        digest=_digest(plaintext),
-        scopes=["read", "launch"],
-        expires_at=timezone.now() + ttl,
-    )
+    with transaction.atomic():
+        token = ApiToken.objects.create(
+            user=user,
+            name=name,
+            prefix=prefix,
+            digest=_digest(plaintext),
+            scopes=["read", "launch"],
+            expires_at=timezone.now() + ttl,
+        )
+        audit.record("token.issue", actor=user, target=token, details={"prefix": prefix, "name": name})
     return IssuedToken(token=token, plaintext=plaintext)
 
 

@@ -11,6 +11,7 @@ api_patterns: list[URLPattern | URLResolver] = [
     path("auth/token/", TokenView.as_view(), name="auth-token"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("", include("runs.api.urls")),
+    path("", include("audit.api.urls")),
 ]
 
 urlpatterns = [

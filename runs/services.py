@@ -16,6 +16,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from audit import chain as audit
 from controlplane.celery import app as celery_app
 from runs.attempts import broadcast_status_on_commit
 from runs.models import Run, RunStatus
@@ -152,6 +153,12 @@ def do_launch_run(owner: User, launch: LaunchRequest, *, request_id: str = "") -
             request_id=request_id[:64],
         )
         run_id = run.pk
+        audit.record(
+            "run.launch",
+            actor=owner,
+            target=run,
+            details={"program": run.program, "params": run.params, "secrets": run.secrets},
+        )
         # Enqueue only once the row is committed: a worker must never see a run that may roll back.
         transaction.on_commit(lambda: enqueue_run(run_id, queue, request_id))
         broadcast_status_on_commit(run_id)
@@ -159,10 +166,11 @@ def do_launch_run(owner: User, launch: LaunchRequest, *, request_id: str = "") -
     return run
 
 
-def do_cancel_run(run: Run) -> Run:
+def do_cancel_run(run: Run, *, actor: User | None = None) -> Run:
     """Cancel a queued run at once; ask the supervisor of a running one to stop it."""
     now = timezone.now()
     with transaction.atomic():
+        audit.record("run.cancel", actor=actor, target=run, details={"status_before": run.status})
         # Conditional updates: a run that starts or ends while we decide is not overwritten.
         if Run.objects.filter(pk=run.pk, status__in=[RunStatus.QUEUED, RunStatus.LOST]).update(
             status=RunStatus.CANCELLED,
@@ -182,9 +190,10 @@ def do_cancel_run(run: Run) -> Run:
     return Run.objects.get(pk=run.pk)
 
 
-def do_retry_run(run: Run, *, request_id: str = "") -> Run:
+def do_retry_run(run: Run, *, request_id: str = "", actor: User | None = None) -> Run:
     """Queue a finished-but-unsuccessful run again; its next attempt continues the same log."""
     with transaction.atomic():
+        audit.record("run.retry", actor=actor, target=run, details={"status_before": run.status})
         # Conditional: two retry clicks (or a retry racing a reconciler) queue the run once.
         retried = Run.objects.filter(pk=run.pk, status__in=RETRYABLE).update(
             status=RunStatus.QUEUED,
@@ -230,6 +239,7 @@ def do_requeue_dead_run(run: Run, *, actor: User) -> Run:
         )
         if not requeued:
             raise DeadLetterError(f"run {run.pk} is not dead-lettered")
+        audit.record("dead_letter.requeue", actor=actor, target=run, details={"attempts_spent": run.attempt})
         queue = run.queue
         transaction.on_commit(lambda: enqueue_run(run.pk, queue, ""))
         broadcast_status_on_commit(run.pk)
@@ -238,9 +248,11 @@ def do_requeue_dead_run(run: Run, *, actor: User) -> Run:
 
 
 def do_discard_dead_run(run: Run, *, actor: User) -> Run:
-    if not Run.objects.filter(pk=run.pk, status=RunStatus.DEAD, discarded_at__isnull=True).update(
-        discarded_at=timezone.now()
-    ):
-        raise DeadLetterError(f"run {run.pk} is not an open dead letter")
+    with transaction.atomic():
+        if not Run.objects.filter(pk=run.pk, status=RunStatus.DEAD, discarded_at__isnull=True).update(
+            discarded_at=timezone.now()
+        ):
+            raise DeadLetterError(f"run {run.pk} is not an open dead letter")
+        audit.record("dead_letter.discard", actor=actor, target=run, details={"attempts_spent": run.attempt})
     log.info("dead_letter_discarded", run_id=run.pk, actor_id=actor.pk)
     return Run.objects.get(pk=run.pk)

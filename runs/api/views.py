@@ -49,6 +49,10 @@ def int_param(request: Request, name: str, default: int | None, *, minimum: int,
     return value
 
 
+def _user(request: Request) -> User | None:
+    return request.user if isinstance(request.user, User) else None
+
+
 class RunViewSet(viewsets.GenericViewSet[Run]):
     serializer_class = RunSerializer
     lookup_value_regex = "[0-9]+"
@@ -123,7 +127,7 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str) -> Response:
         try:
-            run = services.do_cancel_run(self.get_object())
+            run = services.do_cancel_run(self.get_object(), actor=_user(request))
         except services.CancelError as error:
             return Response(
                 {"detail": str(error), "code": "not_cancellable"}, status=status.HTTP_409_CONFLICT
@@ -134,7 +138,9 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str) -> Response:
         try:
-            run = services.do_retry_run(self.get_object(), request_id=getattr(request, "request_id", ""))
+            run = services.do_retry_run(
+                self.get_object(), request_id=getattr(request, "request_id", ""), actor=_user(request)
+            )
         except services.RetryError as error:
             return Response({"detail": str(error), "code": "not_retryable"}, status=status.HTTP_409_CONFLICT)
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)

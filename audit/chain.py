@@ -1,0 +1,115 @@
+"""Writing and verifying the audit chain.
+
+Each record's hash covers its own fields and the previous record's hash, so editing, deleting,
+reordering or truncating records behind the application's back breaks the chain at the first
+record touched; `verify_chain` reports it. Appends are serialized (an advisory lock on Postgres;
+SQLite serializes writers itself) so two concurrent records cannot both claim the same parent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import connection, transaction
+from django.utils import timezone
+
+from audit.context import current
+from audit.models import AuditRecord
+
+GENESIS = "0" * 64
+_LOCK_KEY = 0x0A0D17  # the advisory lock that serializes appends
+
+
+def _digest(record: AuditRecord) -> str:
+    body = {
+        "id": record.pk,
+        "created_at": record.created_at.isoformat(),
+        "actor_id": record.actor_id,
+        "actor": record.actor,
+        "actor_role": record.actor_role,
+        "action": record.action,
+        "target_type": record.target_type,
+        "target_id": record.target_id,
+        "outcome": record.outcome,
+        "ip": record.ip,
+        "user_agent": record.user_agent,
+        "request_id": record.request_id,
+        "details": record.details,
+        "prev_hash": record.prev_hash,
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def role_of(user: Any) -> str:
+    if user is None or not getattr(user, "is_authenticated", False):
+        return "anonymous"
+    return "admin" if (user.is_superuser or user.is_staff) else "user"
+
+
+def record(
+    action: str,
+    *,
+    actor: AbstractBaseUser | AnonymousUser | None,
+    target: Any = None,
+    outcome: str = "success",
+    details: dict[str, Any] | None = None,
+) -> AuditRecord:
+    """Append a record in the caller's transaction: it commits (or rolls back) with the change."""
+    context = current()
+    authenticated = actor is not None and actor.is_authenticated
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
+        last = AuditRecord.objects.order_by("-id").values_list("pk", "hash").first()
+        entry = AuditRecord(
+            pk=(last[0] + 1) if last else 1,
+            created_at=timezone.now(),
+            actor_id=actor.pk if authenticated and actor is not None else None,
+            actor=actor.get_username() if authenticated and actor is not None else "",
+            actor_role=role_of(actor),
+            action=action,
+            target_type=type(target).__name__.lower() if target is not None else "",
+            target_id=str(getattr(target, "pk", "")) if target is not None else "",
+            outcome=outcome,
+            ip=context.ip,
+            user_agent=context.user_agent,
+            request_id=context.request_id,
+            details=details or {},
+            prev_hash=last[1] if last else GENESIS,
+        )
+        entry.hash = _digest(entry)
+        entry.save(force_insert=True)
+    return entry
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    checked: int
+    first_broken_id: int | None = None
+    reason: str = ""
+
+
+def verify_chain() -> Verification:
+    """Walk the chain in id order; the first record whose hash or link is wrong breaks it."""
+    previous_hash = GENESIS
+    expected_id = 1
+    checked = 0
+    for entry in AuditRecord.objects.order_by("id").iterator(chunk_size=2_000):
+        if entry.pk != expected_id:
+            return Verification(
+                False, checked, entry.pk, f"record {expected_id} is missing (deleted or reordered)"
+            )
+        if entry.prev_hash != previous_hash:
+            return Verification(False, checked, entry.pk, "its link to the previous record does not match")
+        if _digest(entry) != entry.hash:
+            return Verification(False, checked, entry.pk, "its contents do not match its hash (edited)")
+        previous_hash = entry.hash
+        expected_id += 1
+        checked += 1
+    return Verification(True, checked)

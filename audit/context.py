@@ -1,0 +1,45 @@
+"""Who is asking, from where: set once per request by the middleware, read by `audit.record`."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.http import HttpRequest, HttpResponse
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    ip: str = ""
+    user_agent: str = ""
+    request_id: str = ""
+
+
+_current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar(
+    "audit_request",
+    default=RequestContext(),  # noqa: B039 - a frozen dataclass, never mutated
+)
+
+
+def current() -> RequestContext:
+    return _current.get()
+
+
+class AuditContextMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        token = _current.set(
+            RequestContext(
+                # REMOTE_ADDR is the peer; behind a proxy, uvicorn --proxy-headers puts the client there.
+                ip=str(request.META.get("REMOTE_ADDR", ""))[:64],
+                user_agent=request.headers.get("User-Agent", "")[:300],
+                request_id=str(getattr(request, "request_id", ""))[:64],
+            )
+        )
+        try:
+            return self.get_response(request)
+        finally:
+            _current.reset(token)
