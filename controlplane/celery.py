@@ -40,7 +40,7 @@ def _stop_training_on_shutdown(**_: Any) -> None:
     # A warm shutdown (SIGTERM, a deploy) would otherwise wait for runs that last hours. The
     # supervisors stop their programs (SIGTERM: a final checkpoint) and the runs are queued again
     # to resume elsewhere. Needs the threads pool, where supervisors live in this process.
-    from workers.supervisor import active_supervisors
+    from workers.registry import active_supervisors
 
     active_supervisors.shutdown_all()
 

@@ -19,9 +19,9 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import structlog
 from django.conf import settings
@@ -29,96 +29,27 @@ from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
 from runs import attempts
-from runs.attempts import Batch, Claim, Outcome, StaleAttempt, finite_or_none, system_line
+from runs.attempts import Batch, Claim, Outcome, StaleAttempt, system_line
 from runs.models import ErrorKind, LogStream, RunStatus
 from runs.programs import Program, get_program
 from runs.safetensors_header import HeaderError, read_header
 from runs.storage import hash_file, resolve_inside, run_dir, store_artifact
-from workers.datasets import DatasetError, StagedDataset, stage_dataset
 from workers.failures import classify_exit
+from workers.preparation import choose_checkpoint, stage_run_dataset
+from workers.protocol import MAX_EVENT_LINE_BYTES, apply_event
+from workers.registry import active_supervisors
+from workers.streams import Chunk, decode_line, read_lines
 
 log = structlog.get_logger(__name__)
 
-MAX_EVENT_LINE_BYTES = 1024 * 1024
 MAX_BATCH_LINES = 5_000
 STDERR_TAIL_LINES = 50
 PASSED_THROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
-Source = Literal["stdout", "stderr", "events"]
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    source: Source
-    data: bytes | None  # None: the stream reached end of file
-    truncated: int = 0
-
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _read_lines(stream: IO[bytes], source: Source, sink: queue.Queue[_Chunk], limit: int) -> None:
-    """Read one pipe line by line; a line longer than `limit` keeps its head and counts the rest."""
-    try:
-        while True:
-            line = stream.readline(limit + 1)
-            if not line:
-                break
-            if len(line) > limit and not line.endswith(b"\n"):
-                dropped = 0
-                while True:
-                    rest = stream.readline(1024 * 1024)
-                    dropped += len(rest)
-                    if not rest or rest.endswith(b"\n"):
-                        break
-                sink.put(_Chunk(source, line[:limit], truncated=dropped + len(line) - limit))
-            else:
-                sink.put(_Chunk(source, line))
-    except (OSError, ValueError):
-        pass
-    finally:
-        sink.put(_Chunk(source, None))
-
-
-def decode_line(data: bytes, truncated: int = 0) -> str:
-    # Invalid UTF-8 becomes U+FFFD and NUL (which Postgres text refuses) is dropped, so binary
-    # garbage is shown, never fatal.
-    text = data.decode("utf-8", errors="replace").rstrip("\r\n").replace("\x00", "")
-    if truncated:
-        text += f" … [{truncated} more bytes truncated]"
-    return text
-
-
-class _ActiveSupervisors:
-    """The supervisors of this process, so a shutdown can end their training processes."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items: set[Supervisor] = set()
-
-    def add(self, supervisor: Supervisor) -> None:
-        with self._lock:
-            self._items.add(supervisor)
-
-    def discard(self, supervisor: Supervisor) -> None:
-        with self._lock:
-            self._items.discard(supervisor)
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self._items)
-
-    def shutdown_all(self) -> int:
-        with self._lock:
-            items = list(self._items)
-        for supervisor in items:
-            supervisor.request_shutdown()
-        return len(items)
-
-
-active_supervisors = _ActiveSupervisors()
 
 
 class Supervisor:
@@ -126,7 +57,7 @@ class Supervisor:
         self.run_id = run_id
         self.worker = worker or worker_name()
         self.config = settings.CONTROLPLANE
-        self._chunks: queue.Queue[_Chunk] = queue.Queue(maxsize=50_000)
+        self._chunks: queue.Queue[Chunk] = queue.Queue(maxsize=50_000)
         self._batch = Batch()
         self._series_cache: dict[str, int] = {}
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
@@ -163,6 +94,10 @@ class Supervisor:
             active_supervisors.discard(self)
             self._end_process_group()
 
+    def _say(self, line: tuple[datetime, str, str]) -> None:
+        """Add a line to the batch being built (the batch object changes at every flush)."""
+        self._batch.lines.append(line)
+
     def request_shutdown(self) -> None:
         self._shutdown.set()
 
@@ -181,8 +116,16 @@ class Supervisor:
         directory.mkdir(parents=True, exist_ok=True)
         params_file = directory / "params.json"
         params_file.write_text(json.dumps(claim.params, indent=2, sort_keys=True))
-        resume_from = self._choose_checkpoint(claim, directory) if claim.attempt > 1 else None
-        dataset, failure = self._stage_dataset(claim, directory)
+        resume_from = None
+        if claim.attempt > 1:
+            resume_from = choose_checkpoint(self.run_id, claim.attempt, directory, self._say, self.log)
+        if isinstance(claim.params.get("dataset_url"), str) and claim.params["dataset_url"]:
+            # Shown (flushed) before a download that may take a while.
+            self._say(system_line(f"staging the dataset from {str(claim.params['dataset_url'])[:200]}"))
+            self._flush(claim)
+        dataset, failure = stage_run_dataset(
+            self.run_id, claim, directory, float(self.config["HEARTBEAT_SECONDS"]), self._say
+        )
         if failure is not None:
             self._batch.lines.append(system_line(failure.error_message))
             self._final_flush(claim)
@@ -220,76 +163,6 @@ class Supervisor:
             error_kind=outcome.error_kind,
         )
         return str(status)
-
-    def _stage_dataset(self, claim: Claim, directory: Path) -> tuple[str | None, Outcome | None]:
-        """Fetch and validate the run's `dataset_url`, if it has one, keeping the lease meanwhile."""
-        url = claim.params.get("dataset_url")
-        if not isinstance(url, str) or not url:
-            return None, None
-        expected = str(claim.params.get("dataset_sha256") or "")
-        relative = "dataset/corpus.txt"
-        self._batch.lines.append(system_line(f"staging the dataset from {url[:200]}"))
-        self._flush(claim)
-        outcome: list[StagedDataset | Exception] = []
-        worker = threading.Thread(
-            target=lambda: outcome.append(_capture(stage_dataset, url, expected, directory / relative)),
-            name=f"run-{self.run_id}-dataset",
-            daemon=True,
-        )
-        worker.start()
-        heartbeat_every = float(self.config["HEARTBEAT_SECONDS"])
-        cancelled = False
-        while worker.is_alive():
-            worker.join(timeout=heartbeat_every)
-            try:
-                cancelled = (
-                    cancelled or attempts.renew_lease(self.run_id, claim.attempt) == RunStatus.CANCELLING
-                )
-            except (StaleAttempt, DatabaseError):
-                close_old_connections()
-        result = outcome[0]
-        if cancelled:
-            return None, Outcome(
-                RunStatus.CANCELLED,
-                None,
-                ErrorKind.CANCELLED,
-                "cancelled",
-                "cancelled while staging the dataset",
-            )
-        if isinstance(result, DatasetError):
-            return None, Outcome(
-                RunStatus.FAILED, None, ErrorKind.DATA, "invalid_dataset", f"dataset: {result}"
-            )
-        if isinstance(result, Exception):
-            return None, Outcome(
-                RunStatus.FAILED, None, ErrorKind.INFRASTRUCTURE, "dataset_unavailable", f"dataset: {result}"
-            )
-        self._batch.lines.append(system_line(f"dataset staged: {result.size} bytes, sha256 {result.sha256}"))
-        return relative, None
-
-    def _choose_checkpoint(self, claim: Claim, directory: Path) -> str | None:
-        """The newest checkpoint whose bytes still match its sha256, as a run-relative path."""
-        for checkpoint in attempts.resume_candidates(self.run_id):
-            path = resolve_inside(directory, checkpoint.path)
-            problem = None
-            if path is None or not path.is_file():
-                problem = "is missing"
-            else:
-                size, sha256 = hash_file(path)
-                if (size, sha256) != (checkpoint.size, checkpoint.sha256):
-                    problem = "is damaged (sha256 mismatch)"
-            if problem is None:
-                attempts.note_resume(self.run_id, claim.attempt, checkpoint.step)
-                self._batch.lines.append(
-                    system_line(f"resuming from the checkpoint of step {checkpoint.step}")
-                )
-                self.log.info("resuming", step=checkpoint.step, path=checkpoint.path)
-                return checkpoint.path
-            self.log.warning("checkpoint_unusable", step=checkpoint.step, problem=problem)
-            self._batch.lines.append(
-                system_line(f"checkpoint of step {checkpoint.step} {problem}; trying an older one")
-            )
-        return None
 
     def _environment(
         self, claim: Claim, directory: Path, params_file: Path, events_fd: int
@@ -359,7 +232,7 @@ class Supervisor:
         ]
         for stream, source, size in readers:
             threading.Thread(
-                target=_read_lines,
+                target=read_lines,
                 args=(stream, source, self._chunks, size),
                 name=f"run-{self.run_id}-{source}",
                 daemon=True,
@@ -451,7 +324,7 @@ class Supervisor:
             if chunk.data is not None:
                 self._take(chunk, directory)
 
-    def _take(self, chunk: _Chunk, directory: Path) -> None:
+    def _take(self, chunk: Chunk, directory: Path) -> None:
         assert chunk.data is not None
         if chunk.source == "events":
             self._take_event(chunk.data, chunk.truncated)
@@ -472,50 +345,11 @@ class Supervisor:
             except (UnicodeDecodeError, json.JSONDecodeError) as error:
                 problem = f"not JSON ({error.__class__.__name__})"
         if problem is None:
-            problem = self._apply_event(event)
+            problem = apply_event(event, self._batch, self._pending_files)
         if problem is not None:
             preview = decode_line(data[:200])
             self.log.warning("malformed_event_skipped", problem=problem, preview=preview)
             self._batch.lines.append(system_line(f"skipped a malformed event ({problem}): {preview}"))
-
-    def _apply_event(self, event: Any) -> str | None:
-        if not isinstance(event, dict):
-            return "an event must be a JSON object"
-        kind = event.get("type")
-        step = event.get("step")
-        if kind == "metric":
-            values = event.get("values")
-            if not _is_step(step) or not isinstance(values, dict) or not values:
-                return "metric needs an integer step >= 0 and a non-empty values object"
-            assert isinstance(step, int)
-            now = timezone.now()
-            for key, value in values.items():
-                if isinstance(key, str) and 0 < len(key) <= 200:
-                    self._batch.points.append((key, step, finite_or_none(value), now))
-            return None
-        if kind == "progress":
-            total = event.get("total")
-            if not _is_step(step) or not (total is None or _is_step(total)):
-                return "progress needs integer step and total"
-            assert isinstance(step, int)
-            self._batch.progress = (step, total if isinstance(total, int) else None)
-            return None
-        if kind == "status":
-            phase = event.get("phase")
-            if not isinstance(phase, str) or not phase:
-                return "status needs a phase string"
-            self._batch.phase = phase[:32]
-            device = event.get("device")
-            if isinstance(device, str) and device:
-                self._batch.device = device[:64]
-            return None
-        if kind in {"checkpoint", "artifact"}:
-            path = event.get("path")
-            if not isinstance(path, str) or (kind == "checkpoint" and not _is_step(step)):
-                return f"{kind} needs a path" + (" and an integer step" if kind == "checkpoint" else "")
-            self._pending_files.append(event)
-            return None
-        return f"unknown event type {str(kind)[:40]!r}"
 
     def _flush(self, claim: Claim) -> bool:
         """Write the pending batch; on a database error keep it (bounded) for the next try."""
@@ -728,15 +562,3 @@ class Supervisor:
             return Outcome(RunStatus.SUCCEEDED, exit_code)
         failure = classify_exit(exit_code, list(self._stderr_tail))
         return Outcome(RunStatus.FAILED, exit_code, failure.kind, failure.code, failure.message)
-
-
-def _capture(function: Any, *args: Any) -> Any:
-    """Call `function`, returning its exception instead of raising it (for worker threads)."""
-    try:
-        return function(*args)
-    except Exception as error:  # handed back to the supervisor, which classifies it
-        return error
-
-
-def _is_step(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

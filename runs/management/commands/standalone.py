@@ -23,7 +23,7 @@ from django.db import close_old_connections
 
 from controlplane.celery import app as celery_app
 from runs.reconciler import reconcile, recover_in_process_broker
-from workers.supervisor import active_supervisors
+from workers.registry import active_supervisors
 
 log = structlog.get_logger(__name__)
 

@@ -1,0 +1,85 @@
+"""What a supervisor does before it starts a program: pick the checkpoint to resume from, and
+stage the run's dataset while keeping the lease."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from django.db import DatabaseError, close_old_connections
+
+from runs import attempts
+from runs.attempts import Claim, Outcome, StaleAttempt, system_line
+from runs.models import ErrorKind, RunStatus
+from runs.storage import hash_file, resolve_inside
+from workers.datasets import DatasetError, StagedDataset, stage_dataset
+
+Say = Callable[[tuple[datetime, str, str]], None]
+DATASET_PATH = "dataset/corpus.txt"
+
+
+def choose_checkpoint(run_id: int, attempt: int, directory: Path, say: Say, log: Any) -> str | None:
+    """The newest checkpoint whose bytes still match its sha256, as a run-relative path."""
+    for checkpoint in attempts.resume_candidates(run_id):
+        path = resolve_inside(directory, checkpoint.path)
+        problem = None
+        if path is None or not path.is_file():
+            problem = "is missing"
+        else:
+            size, sha256 = hash_file(path)
+            if (size, sha256) != (checkpoint.size, checkpoint.sha256):
+                problem = "is damaged (sha256 mismatch)"
+        if problem is None:
+            attempts.note_resume(run_id, attempt, checkpoint.step)
+            say(system_line(f"resuming from the checkpoint of step {checkpoint.step}"))
+            log.info("resuming", step=checkpoint.step, path=checkpoint.path)
+            return checkpoint.path
+        log.warning("checkpoint_unusable", step=checkpoint.step, problem=problem)
+        say(system_line(f"checkpoint of step {checkpoint.step} {problem}; trying an older one"))
+    return None
+
+
+def stage_run_dataset(
+    run_id: int, claim: Claim, directory: Path, heartbeat_every: float, say: Say
+) -> tuple[str | None, Outcome | None]:
+    """Fetch and validate the run's `dataset_url`, if any, renewing the lease meanwhile.
+
+    Returns the run-relative path of the staged file, or the outcome that ends the attempt.
+    """
+    url = claim.params.get("dataset_url")
+    if not isinstance(url, str) or not url:
+        return None, None
+    expected = str(claim.params.get("dataset_sha256") or "")
+    outcome: list[StagedDataset | Exception] = []
+
+    def fetch() -> None:
+        try:
+            outcome.append(stage_dataset(url, expected, directory / DATASET_PATH))
+        except Exception as error:  # handed back to the supervisor, which classifies it
+            outcome.append(error)
+
+    worker = threading.Thread(target=fetch, name=f"run-{run_id}-dataset", daemon=True)
+    worker.start()
+    cancelled = False
+    while worker.is_alive():
+        worker.join(timeout=heartbeat_every)
+        try:
+            cancelled = cancelled or attempts.renew_lease(run_id, claim.attempt) == RunStatus.CANCELLING
+        except (StaleAttempt, DatabaseError):
+            close_old_connections()
+    result = outcome[0]
+    if cancelled:
+        return None, Outcome(
+            RunStatus.CANCELLED, None, ErrorKind.CANCELLED, "cancelled", "cancelled while staging the dataset"
+        )
+    if isinstance(result, DatasetError):
+        return None, Outcome(RunStatus.FAILED, None, ErrorKind.DATA, "invalid_dataset", f"dataset: {result}")
+    if isinstance(result, Exception):
+        return None, Outcome(
+            RunStatus.FAILED, None, ErrorKind.INFRASTRUCTURE, "dataset_unavailable", f"dataset: {result}"
+        )
+    say(system_line(f"dataset staged: {result.size} bytes, sha256 {result.sha256}"))
+    return DATASET_PATH, None

@@ -1,0 +1,59 @@
+"""The event protocol of training programs: one JSON object per line, applied to a batch.
+
+Pure functions, so the rules of what an event may say are tested without a process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils import timezone
+
+from runs.attempts import Batch, finite_or_none
+
+MAX_EVENT_LINE_BYTES = 1024 * 1024
+
+
+def apply_event(event: Any, batch: Batch, pending_files: list[dict[str, Any]]) -> str | None:
+    """Apply one parsed event line to the batch; a message when the event is malformed."""
+    if not isinstance(event, dict):
+        return "an event must be a JSON object"
+    kind = event.get("type")
+    step = event.get("step")
+    if kind == "metric":
+        values = event.get("values")
+        if not _is_step(step) or not isinstance(values, dict) or not values:
+            return "metric needs an integer step >= 0 and a non-empty values object"
+        assert isinstance(step, int)
+        now = timezone.now()
+        for key, value in values.items():
+            if isinstance(key, str) and 0 < len(key) <= 200:
+                batch.points.append((key, step, finite_or_none(value), now))
+        return None
+    if kind == "progress":
+        total = event.get("total")
+        if not _is_step(step) or not (total is None or _is_step(total)):
+            return "progress needs integer step and total"
+        assert isinstance(step, int)
+        batch.progress = (step, total if isinstance(total, int) else None)
+        return None
+    if kind == "status":
+        phase = event.get("phase")
+        if not isinstance(phase, str) or not phase:
+            return "status needs a phase string"
+        batch.phase = phase[:32]
+        device = event.get("device")
+        if isinstance(device, str) and device:
+            batch.device = device[:64]
+        return None
+    if kind in {"checkpoint", "artifact"}:
+        path = event.get("path")
+        if not isinstance(path, str) or (kind == "checkpoint" and not _is_step(step)):
+            return f"{kind} needs a path" + (" and an integer step" if kind == "checkpoint" else "")
+        pending_files.append(event)
+        return None
+    return f"unknown event type {str(kind)[:40]!r}"
+
+
+def _is_step(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
