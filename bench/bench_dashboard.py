@@ -38,7 +38,10 @@ import httpx
 import psycopg
 
 REPO = Path(__file__).resolve().parents[1]
-PG: dict[str, Any] = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+sys.path.insert(0, str(REPO))
+
+from bench.throwaway import PG, create_database, drop_database  # noqa: E402
+
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 SPIKE_STEP = 777_777
 SPIKE_VALUE = 1_000.0
@@ -46,16 +49,6 @@ TARGET_P95_MS = 100.0
 
 
 # -- a throwaway database and a real server (shared with bench_dashboard_browser.py) --------
-
-
-def create_database(name: str) -> None:
-    with psycopg.connect(dbname="postgres", autocommit=True, **PG) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def drop_database(name: str) -> None:
-    with psycopg.connect(dbname="postgres", autocommit=True, **PG) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def bench_env(db_name: str, data_dir: Path) -> dict[str, str]:

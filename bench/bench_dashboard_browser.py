@@ -39,15 +39,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.bench_dashboard import (  # noqa: E402 - the repository root must be importable first
-    PG,
     bench_env,
     copy_points,
-    create_database,
-    drop_database,
     setup_django,
     start_server,
     stop_server,
 )
+from bench.throwaway import PG, create_database, drop_database  # noqa: E402 - needs the root on sys.path
 
 CHROMIUM = os.environ.get("CONTROLPLANE_TEST_BROWSER", "/usr/bin/chromium")
 ARGS = [

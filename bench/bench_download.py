@@ -31,55 +31,20 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
-import psycopg
 
 REPO = Path(__file__).resolve().parents[1]
-PG: dict[str, Any] = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+sys.path.insert(0, str(REPO))
+
+from bench.throwaway import create_database, drop_database, setup_django  # noqa: E402
+
 MIB = 1024 * 1024
 TARGET_GROWTH_MIB = 64.0
 SAMPLE_EVERY = 0.05
 
 
 # -- throwaway database -----------------------------------------------------------------------
-
-
-def create_database(name: str) -> None:
-    with psycopg.connect(dbname="postgres", autocommit=True, **PG) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def drop_database(name: str) -> None:
-    with psycopg.connect(dbname="postgres", autocommit=True, **PG) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def setup_django(db_name: str, data_dir: Path, redis: bool) -> None:
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "controlplane.settings",
-            "DATABASE_URL": f"postgres://{PG['user']}@{PG['host']}:{PG['port']}/{db_name}",
-            "SECRET_KEY": secrets.token_urlsafe(48),
-            "CONTROLPLANE_DATA_DIR": str(data_dir),
-            "CONTROLPLANE_ARTIFACTS_DIR": str(data_dir / "artifacts"),
-            "STATIC_ROOT": str(data_dir / "static"),
-            "LOG_LEVEL": "WARNING",
-            "DEBUG": "false",
-        }
-    )
-    if redis:
-        os.environ["REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-    else:
-        os.environ.pop("REDIS_URL", None)
-    sys.path.insert(0, str(REPO))
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0, interactive=False)
 
 
 # -- the file ---------------------------------------------------------------------------------
