@@ -1,0 +1,125 @@
+"""Secret redaction: the one place that turns secret values into `***`.
+
+A value is matched in the forms it commonly leaks in: as is, base64 (standard and URL-safe, with
+and without padding), hex (lower and upper case) and URL-encoded. Secrets shorter than
+`MIN_SECRET_LENGTH` are refused when they are stored, so redaction never eats ordinary words.
+
+The process-wide `registry` holds the values of the secrets in use in this process (a worker
+registers a run's secrets for as long as it supervises the run), so every structlog line is
+redacted too, whatever code path produced it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import threading
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+MIN_SECRET_LENGTH = 8
+MASK = "***"
+
+
+def leak_forms(value: str) -> set[str]:
+    """The strings a secret value may appear as in output."""
+    raw = value.encode()
+    forms = {
+        value,
+        base64.b64encode(raw).decode(),
+        base64.urlsafe_b64encode(raw).decode(),
+        binascii.hexlify(raw).decode(),
+        quote(value, safe=""),
+        quote_plus(value, safe=""),
+    }
+    forms |= {form.rstrip("=") for form in forms}
+    forms.add(binascii.hexlify(raw).decode().upper())
+    return {form for form in forms if len(form) >= MIN_SECRET_LENGTH}
+
+
+class Redactor:
+    """Replaces every leak form of a fixed set of values."""
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        forms: set[str] = set()
+        for value in values:
+            if value:
+                forms |= leak_forms(value)
+        # Longest first, so a value's base64 is masked whole rather than around a shorter form.
+        ordered = sorted(forms, key=len, reverse=True)
+        self._pattern = re.compile("|".join(re.escape(form) for form in ordered)) if ordered else None
+
+    def __bool__(self) -> bool:
+        return self._pattern is not None
+
+    def text(self, text: str) -> str:
+        if self._pattern is None or not text:
+            return text
+        return self._pattern.sub(MASK, text)
+
+    def value(self, value: Any) -> Any:
+        """`value` with every string inside it (dict keys and values, list items) redacted."""
+        if self._pattern is None:
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.value(key): self.value(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self.value(item) for item in value)
+        return value
+
+
+class RedactionRegistry:
+    """The secret values in use in this process, each set registered under a handle."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sets: dict[int, tuple[str, ...]] = {}
+        self._next = 0
+        self._redactor = Redactor()
+
+    def add(self, values: Iterable[str]) -> int:
+        with self._lock:
+            self._next += 1
+            self._sets[self._next] = tuple(v for v in values if v)
+            self._rebuild()
+            return self._next
+
+    def discard(self, handle: int) -> None:
+        with self._lock:
+            if self._sets.pop(handle, None) is not None:
+                self._rebuild()
+
+    def _rebuild(self) -> None:
+        self._redactor = Redactor(value for values in self._sets.values() for value in values)
+
+    @property
+    def redactor(self) -> Redactor:
+        return self._redactor
+
+
+registry = RedactionRegistry()
+
+
+def redact(text: str) -> str:
+    """`text` with every secret in use in this process masked."""
+    return registry.redactor.text(text)
+
+
+def redact_value(value: Any) -> Any:
+    return registry.redactor.value(value)
+
+
+def redact_event(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """structlog processor: masks secrets in every field of a log line, tracebacks included."""
+    redactor = registry.redactor
+    if not redactor:
+        return event_dict
+    for key, item in list(event_dict.items()):
+        if key == "exc_info" and item:
+            continue  # rendered to text by format_exc_info; redacted once it is a string
+        event_dict[key] = redactor.value(item) if isinstance(item, str | dict | list | tuple) else item
+    return event_dict
