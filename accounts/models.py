@@ -28,3 +28,29 @@ class ApiToken(models.Model):
         if self.revoked_at is not None:
             return False
         return self.expires_at is None or self.expires_at > now
+
+
+class Role(models.TextChoices):
+    """Ordered: each role may do everything the one before it may."""
+
+    VIEWER = "viewer", "Viewer"
+    OPERATOR = "operator", "Operator"
+    ADMIN = "admin", "Admin"
+
+
+class UserRole(models.Model):
+    """A user's role: the one source of truth for what the user may do.
+
+    Django's `is_staff`/`is_superuser` flags follow the role (`accounts.users.do_set_role` keeps
+    them in step) only so that Django's own admin site opens for admins; nothing in the product
+    reads them.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="role_record"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.VIEWER)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.role}"

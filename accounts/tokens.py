@@ -10,6 +10,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -17,6 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApiToken
+from accounts.roles import SCOPES, role_of, scopes_of_role
 from audit import chain as audit
 
 TOKEN_PREFIX = "cp_"  # noqa: S105 - a public marker, not a secret
@@ -34,21 +36,98 @@ def _digest(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
 
 
-def do_issue_token(user: User, *, name: str = "", ttl: timedelta | None = None) -> IssuedToken:
+class TokenError(Exception):
+    """A refused token request, with messages by field."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{field}: {message}" for field, message in errors.items()))
+        self.errors = errors
+
+
+def check_token_request(
+    user: User,
+    *,
+    scopes: Any = None,
+    ttl_days: Any = None,
+    name: Any = "",
+    caller_scopes: frozenset[str] | None = None,
+) -> tuple[list[str], timedelta, str]:
+    """Validated (scopes, ttl, name). A token never carries more than its user's role grants, nor
+    more than the token that asks for it (a `read` token cannot mint a `launch` one)."""
+    errors: dict[str, str] = {}
+    allowed = scopes_of_role(role_of(user))
+    if caller_scopes is not None:
+        allowed &= caller_scopes
+    if scopes is None:
+        wanted = sorted(allowed)
+    elif not isinstance(scopes, list) or not scopes or not all(isinstance(s, str) for s in scopes):
+        errors["scopes"] = f"a non-empty list of scopes from {', '.join(SCOPES)}"
+        wanted = []
+    else:
+        unknown = sorted(set(scopes) - set(SCOPES))
+        beyond = sorted(set(scopes) - allowed - set(unknown))
+        if unknown:
+            errors["scopes"] = f"unknown scope {unknown[0][:32]!r}; use {', '.join(SCOPES)}"
+        elif beyond:
+            errors["scopes"] = (
+                f"'{beyond[0]}' is more than you may grant (yours: {', '.join(sorted(allowed))})"
+            )
+        wanted = sorted(set(scopes))
+    max_days = settings.CONTROLPLANE["TOKEN_MAX_TTL_DAYS"]
+    if ttl_days is None:
+        days = settings.CONTROLPLANE["TOKEN_TTL_DAYS"]
+    elif isinstance(ttl_days, bool) or not isinstance(ttl_days, int) or not 1 <= ttl_days <= max_days:
+        errors["expires_in_days"] = f"an integer from 1 to {max_days}"
+        days = 0
+    else:
+        days = ttl_days
+    if not isinstance(name, str) or len(name) > 100:
+        errors["name"] = "a string of at most 100 characters"
+    if errors:
+        raise TokenError(errors)
+    return wanted, timedelta(days=days), str(name)
+
+
+def do_issue_token(
+    user: User,
+    *,
+    name: str = "",
+    ttl: timedelta | None = None,
+    scopes: list[str] | None = None,
+    actor: User | None = None,
+) -> IssuedToken:
     prefix = secrets.token_hex(4)
     plaintext = f"{TOKEN_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
     ttl = ttl or timedelta(days=settings.CONTROLPLANE["TOKEN_TTL_DAYS"])
+    granted = sorted(scopes if scopes is not None else scopes_of_role(role_of(user)))
     with transaction.atomic():
         token = ApiToken.objects.create(
             user=user,
             name=name,
             prefix=prefix,
             digest=_digest(plaintext),
-            scopes=["read", "launch"],
+            scopes=granted,
             expires_at=timezone.now() + ttl,
         )
-        audit.record("token.issue", actor=user, target=token, details={"prefix": prefix, "name": name})
+        audit.record(
+            "token.issue",
+            actor=actor or user,
+            target=token,
+            details={"prefix": prefix, "name": name, "scopes": granted, "owner": user.get_username()},
+        )
     return IssuedToken(token=token, plaintext=plaintext)
+
+
+def do_revoke_token(actor: User, token: ApiToken) -> ApiToken:
+    """Revoked at once: the next request with it is refused. Revoking twice changes nothing."""
+    with transaction.atomic():
+        updated = ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        )
+        token.refresh_from_db()
+        if updated:
+            audit.record("token.revoke", actor=actor, target=token, details={"prefix": token.prefix})
+    return token
 
 
 def access_token(plaintext: str) -> ApiToken | None:

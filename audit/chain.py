@@ -17,6 +17,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection, transaction
 from django.utils import timezone
 
+from accounts.roles import role_of
 from audit.context import current
 from audit.models import AuditRecord
 
@@ -44,10 +45,11 @@ def _digest(record: AuditRecord) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def role_of(user: Any) -> str:
+def _role_label(user: Any) -> str:
     if user is None or not getattr(user, "is_authenticated", False):
         return "anonymous"
-    return "admin" if (user.is_superuser or user.is_staff) else "user"
+    role = role_of(user)
+    return str(role) if role is not None else "deactivated"
 
 
 def record(
@@ -71,7 +73,7 @@ def record(
             created_at=timezone.now(),
             actor_id=actor.pk if authenticated and actor is not None else None,
             actor=actor.get_username() if authenticated and actor is not None else "",
-            actor_role=role_of(actor),
+            actor_role=_role_label(actor),
             action=action,
             target_type=type(target).__name__.lower() if target is not None else "",
             target_id=str(getattr(target, "pk", "")) if target is not None else "",

@@ -14,7 +14,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 from asgiref.sync import sync_to_async
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.http import (
     Http404,
     HttpRequest,
@@ -25,8 +24,8 @@ from django.http import (
 )
 from django.views.decorators.http import require_safe
 
-from accounts.authentication import bearer_from_header
-from accounts.tokens import access_token
+from accounts.http import http_principal, refusal
+from accounts.policy import Action
 from runs.models import Artifact
 from runs.selectors import access_artifact
 from runs.storage import artifact_path
@@ -75,22 +74,13 @@ async def _read_file(path: Path, start: int, length: int) -> AsyncIterator[bytes
         await asyncio.to_thread(handle.close)
 
 
-def _authenticate(request: HttpRequest) -> AbstractBaseUser | AnonymousUser:
-    plaintext = bearer_from_header(request.headers.get("Authorization"))
-    if plaintext is not None:
-        token = access_token(plaintext)
-        return token.user if token is not None else AnonymousUser()
-    return request.user
-
-
 def _find(request: HttpRequest, artifact_id: int) -> tuple[Artifact, Path] | HttpResponse:
-    user = _authenticate(request)
-    if not user.is_authenticated:
-        response = JsonResponse({"detail": "Authentication credentials were not provided."}, status=401)
-        response["WWW-Authenticate"] = 'Bearer realm="api"'
-        return response
+    principal = http_principal(request)
+    refused = refusal(principal, Action.RUN_READ)
+    if refused is not None:
+        return refused
     try:
-        artifact = access_artifact(user, artifact_id)
+        artifact = access_artifact(principal.user, artifact_id)
     except Http404:
         return JsonResponse({"detail": "Not found."}, status=404)
     path = artifact_path(artifact.storage_key)

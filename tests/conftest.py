@@ -25,6 +25,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
+from accounts.models import UserRole
 from accounts.tokens import do_issue_token
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,14 +59,24 @@ def process_alive(pid: int) -> bool:
     return status.exists() and "zombie" not in status.read_text()
 
 
+def make_user(username: str, role: str = "operator") -> User:
+    """A user with a role, the way the product makes them (Django flags follow the role)."""
+    user = get_user_model().objects.create_user(username, f"{username}@example.com", PASSWORD)
+    UserRole.objects.update_or_create(user=user, defaults={"role": role})
+    if role == "admin":
+        user.is_staff = user.is_superuser = True
+        user.save(update_fields=["is_staff", "is_superuser"])
+    return user
+
+
 @pytest.fixture
 def owner(db: Any) -> User:
-    return get_user_model().objects.create_user("olivia", "olivia@example.com", PASSWORD)
+    return make_user("olivia", "operator")
 
 
 @pytest.fixture
 def teammate(db: Any) -> User:
-    return get_user_model().objects.create_user("tomas", "tomas@example.com", PASSWORD)
+    return make_user("tomas", "operator")
 
 
 @pytest.fixture
@@ -216,7 +227,7 @@ def _healthy(base_url: str) -> bool:
 
 @pytest.fixture
 def live_owner(stack: Stack, transactional_db: Any) -> tuple[User, str]:
-    user = get_user_model().objects.create_user("olivia", "olivia@example.com", PASSWORD)
+    user = make_user("olivia", "operator")
     return user, do_issue_token(user).plaintext
 
 

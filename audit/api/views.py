@@ -6,9 +6,9 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.policy import Action
 from audit.chain import verify_chain
 from audit.models import AuditRecord
-from runs.api.permissions import IsAdmin
 
 
 class AuditRecordSerializer(serializers.ModelSerializer[AuditRecord]):
@@ -37,7 +37,7 @@ class AuditViewSet(viewsets.ReadOnlyModelViewSet[AuditRecord]):
     """The audit log (admins only), newest first; filter by `action`."""
 
     serializer_class = AuditRecordSerializer
-    permission_classes = [IsAdmin]
+    policy_actions = dict.fromkeys(("list", "retrieve", "verify"), Action.AUDIT_READ)
 
     def get_queryset(self) -> QuerySet[AuditRecord]:
         queryset = AuditRecord.objects.all()

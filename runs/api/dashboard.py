@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.http import Http404, HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.http import require_safe
@@ -23,8 +22,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import bearer_from_header
-from accounts.tokens import access_token
+from accounts.http import http_principal, refusal
+from accounts.policy import Action
 from runs import selectors
 from runs.api.serializers import LogLineSerializer
 from runs.api.views import int_param
@@ -57,6 +56,8 @@ def run_state(run: Run) -> dict[str, Any]:
 class RunStatesView(APIView):
     """`GET /api/v1/runs/states/?ids=1,2,3`: the live fields of up to 200 runs in one query."""
 
+    policy_actions = {"get": Action.RUN_READ}
+
     @extend_schema(
         parameters=[OpenApiParameter("ids", str, required=True, description="comma-separated run ids")],
         responses={200: OpenApiTypes.OBJECT},
@@ -87,6 +88,8 @@ class LogTailView(APIView):
     further up follow with `before=<first seq of the page>`.
     """
 
+    policy_actions = {"get": Action.RUN_READ}
+
     @extend_schema(
         parameters=[OpenApiParameter("before", int), OpenApiParameter("limit", int)],
         responses={200: OpenApiTypes.OBJECT},
@@ -111,6 +114,8 @@ class ChartsView(APIView):
     """`GET /api/v1/runs/{id}/charts/?max_points=M[&key=K...]`: every series (or those named),
     each at most M values: raw points, or per-bucket mean, min and max with the bucket's first
     step and time. Ask for about twice the chart's width in pixels."""
+
+    policy_actions = {"get": Action.RUN_READ}
 
     @extend_schema(
         parameters=[
@@ -151,6 +156,8 @@ class ArtifactPreviewView(APIView):
     """`GET /api/v1/artifacts/{id}/preview/`: a .safetensors file's header (tensor names,
     dtypes, shapes, parameter count, metadata), read without loading any tensor."""
 
+    policy_actions = {"get": Action.RUN_READ}
+
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
     def get(self, request: Request, artifact_id: int) -> Response:
         artifact = selectors.access_artifact(request.user, artifact_id)
@@ -183,22 +190,13 @@ class ArtifactPreviewView(APIView):
 # -- the whole log as text ------------------------------------------------------------------------
 
 
-def _user(request: HttpRequest) -> AbstractBaseUser | AnonymousUser:
-    plaintext = bearer_from_header(request.headers.get("Authorization"))
-    if plaintext is not None:
-        token = access_token(plaintext)
-        return token.user if token is not None else AnonymousUser()
-    return request.user
-
-
 def _access(request: HttpRequest, run_id: int) -> Run | JsonResponse:
-    user = _user(request)
-    if not user.is_authenticated:
-        response = JsonResponse({"detail": "Authentication credentials were not provided."}, status=401)
-        response["WWW-Authenticate"] = 'Bearer realm="api"'
-        return response
+    principal = http_principal(request)
+    refused = refusal(principal, Action.RUN_READ)
+    if refused is not None:
+        return refused
     try:
-        return selectors.access_run(user, run_id)
+        return selectors.access_run(principal.user, run_id)
     except Http404:
         return JsonResponse({"detail": "Not found."}, status=404)
 

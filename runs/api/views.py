@@ -14,8 +14,8 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.policy import Action
 from runs import selectors, services
-from runs.api.permissions import IsAdmin
 from runs.api.serializers import (
     ArtifactSerializer,
     DeadLetterSerializer,
@@ -56,6 +56,16 @@ def _user(request: Request) -> User | None:
 class RunViewSet(viewsets.GenericViewSet[Run]):
     serializer_class = RunSerializer
     lookup_value_regex = "[0-9]+"
+    policy_actions = {
+        "list": Action.RUN_READ,
+        "retrieve": Action.RUN_READ,
+        "logs": Action.RUN_READ,
+        "metrics": Action.RUN_READ,
+        "artifacts": Action.RUN_READ,
+        "create": Action.RUN_LAUNCH,
+        "cancel": Action.RUN_CANCEL,
+        "retry": Action.RUN_RETRY,
+    }
 
     def get_queryset(self) -> QuerySet[Run]:
         queryset = selectors.visible_runs(self.request.user).select_related("owner")
@@ -84,7 +94,9 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
             run_id = int(self.kwargs["pk"])
         except (TypeError, ValueError):
             raise Http404("No such run.") from None
-        return selectors.access_run(self.request.user, run_id)
+        run = selectors.access_run(self.request.user, run_id)
+        self.check_object_permissions(self.request, run)
+        return run
 
     @extend_schema(
         parameters=[
@@ -194,7 +206,7 @@ class DeadLetterViewSet(viewsets.GenericViewSet[Run]):
     discards them."""
 
     serializer_class = DeadLetterSerializer
-    permission_classes = [IsAdmin]
+    policy_actions = dict.fromkeys(("list", "requeue", "discard"), Action.DEAD_LETTER_MANAGE)
     lookup_value_regex = "[0-9]+"
 
     def get_queryset(self) -> QuerySet[Run]:

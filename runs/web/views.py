@@ -10,7 +10,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
@@ -18,6 +17,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
+from accounts.pages import page_principal, requires
+from accounts.policy import Action, can
 from runs import selectors, services
 from runs.models import TERMINAL_STATUSES, Artifact, Run, RunStatus
 from runs.programs import Program, all_programs, get_program
@@ -88,7 +89,7 @@ def _with(params: QueryDict, **changes: str | None) -> str:
 
 
 @require_GET
-@login_required
+@requires(Action.RUN_READ)
 def run_list(request: HttpRequest) -> HttpResponse:
     query = parse_list_query(request.GET)
     runs = selectors.filter_runs(selectors.visible_runs(request.user).select_related("owner"), query.filters)
@@ -177,8 +178,9 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         "params": _param_rows(run, program),
         "config": json.dumps(run.params, indent=2, sort_keys=True),
         "terminal": run.status in TERMINAL_STATUSES,
-        "cancellable": run.status in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.LOST),
-        "retryable": run.status in services.RETRYABLE,
+        "cancellable": run.status in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.LOST)
+        and can(page_principal(request), Action.RUN_CANCEL, run),
+        "retryable": run.status in services.RETRYABLE and can(page_principal(request), Action.RUN_RETRY, run),
         "elapsed": display.duration_seconds(run, now),
         "now": now,
         "preload": module_graph("js/pages/run.js"),
@@ -186,14 +188,14 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
 
 
 @require_GET
-@login_required
+@requires(Action.RUN_READ)
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     run = selectors.access_run(request.user, run_id)
     return render(request, "runs/detail.html", _run_context(request, run))
 
 
 @require_GET
-@login_required
+@requires(Action.RUN_READ)
 def run_fragments(request: HttpRequest, run_id: int) -> HttpResponse:
     """The run page's server-rendered parts that change with its status (summary, timeline,
     artifacts), for the page to swap in when a status frame arrives."""
@@ -234,7 +236,7 @@ def _launch_page(
 
 
 @require_http_methods(["GET", "POST"])
-@login_required
+@requires(Action.RUN_LAUNCH)
 def launch_run(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         return _post_launch(request)
@@ -276,7 +278,7 @@ def _post_launch(request: HttpRequest) -> HttpResponse:
         return _launch_page(
             request, program=program, name=name, values=shown, errors=by_field, general=general
         )
-    assert isinstance(request.user, User)  # login_required has run
+    assert isinstance(request.user, User)  # `requires` has run
     run = services.do_launch_run(request.user, checked, request_id=getattr(request, "request_id", ""))
     return redirect("run-detail", run_id=run.pk)
 
@@ -302,7 +304,7 @@ def _compare_ids(params: QueryDict) -> list[int]:
 
 
 @require_GET
-@login_required
+@requires(Action.RUN_READ)
 def compare(request: HttpRequest) -> HttpResponse:
     ids = _compare_ids(request.GET)
     problems: list[str] = []

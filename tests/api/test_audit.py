@@ -44,7 +44,7 @@ def test_launch_cancel_and_retry_are_recorded_with_actor_ip_and_request_id(
     records = list(AuditRecord.objects.filter(target_type="run").order_by("id"))
     assert [r.action for r in records] == ["run.launch", "run.cancel", "run.retry"]
     launch = records[0]
-    assert (launch.actor, launch.actor_role, launch.target_id) == ("olivia", "user", str(run["id"]))
+    assert (launch.actor, launch.actor_role, launch.target_id) == ("olivia", "operator", str(run["id"]))
     assert (launch.ip, launch.user_agent, launch.request_id) == ("127.0.0.1", "pytest-agent", "audit-me-1")
     assert launch.details["program"] == "scripted"
     assert records[1].details == {"status_before": "queued"}
