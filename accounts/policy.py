@@ -17,6 +17,7 @@ from accounts.roles import ROLE_RANK, role_of, scopes_of_role
 
 
 class Action(enum.StrEnum):
+    ACCOUNT_READ = "account.read"  # one's own profile: username, role, scopes
     RUN_READ = "run.read"
     RUN_LAUNCH = "run.launch"
     RUN_CANCEL = "run.cancel"
@@ -37,6 +38,7 @@ class Rule:
 
 
 RULES: dict[Action, Rule] = {
+    Action.ACCOUNT_READ: Rule(Role.VIEWER, "read", verb="read your account"),
     Action.RUN_READ: Rule(Role.VIEWER, "read", verb="read runs"),
     Action.RUN_LAUNCH: Rule(Role.OPERATOR, "launch", verb="launch runs"),
     Action.RUN_CANCEL: Rule(Role.OPERATOR, "launch", own_runs_only=True, verb="cancel runs"),

@@ -88,6 +88,15 @@ def check_token_request(
     return wanted, timedelta(days=days), str(name)
 
 
+def record_refused_request(user: User, error: TokenError, token: ApiToken | None = None) -> None:
+    """A token request beyond what its user (or the asking token) may grant is an escalation
+    attempt: it is refused with a 400 and audited."""
+    details: dict[str, Any] = {"errors": error.errors}
+    if token is not None:
+        details["token_prefix"] = token.prefix
+    audit.record("token.issue", actor=user, outcome="denied", details=details)
+
+
 def do_issue_token(
     user: User,
     *,

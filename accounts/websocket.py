@@ -37,9 +37,9 @@ def origin_allowed(origin: str | None) -> bool:
 
 
 @database_sync_to_async  # type: ignore[untyped-decorator]
-def _token_user(plaintext: str) -> Any:
+def _token_and_user(plaintext: str) -> tuple[Any, Any]:
     token = access_token(plaintext)
-    return token.user if token is not None else AnonymousUser()
+    return (token, token.user) if token is not None else (None, AnonymousUser())
 
 
 class TokenOrSessionAuthMiddleware:
@@ -50,7 +50,8 @@ class TokenOrSessionAuthMiddleware:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> Any:
         plaintext = bearer_from_header(_header(scope, b"authorization"))
         if plaintext is not None:
-            scope = {**scope, "user": await _token_user(plaintext), "auth": "token"}
+            token, user = await _token_and_user(plaintext)
+            scope = {**scope, "user": user, "token": token, "auth": "token"}
             return await self.app(scope, receive, send)
         if not origin_allowed(_header(scope, b"origin")):
             scope = {**scope, "user": AnonymousUser(), "auth": "refused_origin"}

@@ -1,15 +1,14 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import URLPattern, URLResolver, include, path
-from drf_spectacular.views import SpectacularAPIView
 
-from accounts.api.views import TokenView
+from accounts.api.views import SchemaView
 from ops import health
 from runs.downloads import download_artifact
 
 api_patterns: list[URLPattern | URLResolver] = [
-    path("auth/token/", TokenView.as_view(), name="auth-token"),
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("schema/", SchemaView.as_view(), name="schema"),
+    path("", include("accounts.api.urls")),
     path("", include("runs.api.urls")),
     path("", include("audit.api.urls")),
 ]

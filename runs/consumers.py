@@ -16,12 +16,14 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.http import Http404
 
+from accounts.policy import Action, decide, principal_for, record_denial
 from runs import events, selectors
 from runs.attempts import status_frame
 from runs.models import LogLine
 
 BACKLOG_PAGE = 2_000
 CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 
 
@@ -34,10 +36,16 @@ class RunConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels shi
     last_seq: int
 
     async def connect(self) -> None:
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+        principal = await database_sync_to_async(principal_for)(
+            self.scope.get("user"), self.scope.get("token")
+        )
+        decision = decide(principal, Action.RUN_READ)
+        if not decision.allowed:
+            if decision.status == 403:
+                await database_sync_to_async(record_denial)(principal, Action.RUN_READ, decision)
+            await self.close(code=CLOSE_UNAUTHENTICATED if decision.status == 401 else CLOSE_FORBIDDEN)
             return
+        user = principal.user
         self.run_id = int(self.scope["url_route"]["kwargs"]["run_id"])
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         try:
