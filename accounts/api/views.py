@@ -31,9 +31,11 @@ from accounts.api.serializers import (
     UserSerializer,
     UserUpdateSerializer,
 )
-from accounts.drf import request_principal
+from accounts.drf import PolicyPermission, request_principal
 from accounts.models import ApiToken
 from accounts.policy import Action
+from accounts.throttles import TokenRequestThrottle
+from audit import signins
 
 MAX_CREDENTIAL_LENGTH = 256
 
@@ -65,6 +67,7 @@ class TokenView(APIView):
 
     permission_classes = [AllowAny]
     authentication_classes: list[Any] = []
+    throttle_classes = [TokenRequestThrottle]
 
     @extend_schema(
         request=inline_serializer(
@@ -90,6 +93,7 @@ class TokenView(APIView):
             elif len(value) > MAX_CREDENTIAL_LENGTH:
                 errors[field] = [f"must be at most {MAX_CREDENTIAL_LENGTH} characters"]
         if errors:
+            signins.record_sign_in_failed(body.get("username"), method="token", reason="malformed")
             return Response(errors, status=status.HTTP_400_BAD_REQUEST)
         user = authenticate(request._request, username=body["username"], password=body["password"])
         if not isinstance(user, User):
@@ -109,6 +113,7 @@ class TokenView(APIView):
             tokens.record_refused_request(user, error)
             raise ValidationError({field: [message] for field, message in error.errors.items()}) from None
         issued = tokens.do_issue_token(user, name=name, ttl=ttl, scopes=scopes)
+        signins.record_token_sign_in(user, issued.token.prefix)
         return Response(_issued(issued))
 
 
@@ -276,4 +281,5 @@ def _field_errors() -> Iterator[None]:
 class SchemaView(SpectacularAPIView):
     """The OpenAPI schema, for signed-in callers."""
 
+    permission_classes = [PolicyPermission]  # drf-spectacular serves to anyone by default
     policy_actions = {"get": Action.ACCOUNT_READ}

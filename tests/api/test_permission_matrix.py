@@ -1,0 +1,381 @@
+"""The permission matrix: every URL × method × role, with the answer each must get.
+
+Deny by default: a URL (REST, page, download, websocket) that has no row here fails
+`test_every_url_has_a_row`, so a new endpoint cannot ship without a decision about who may use it.
+Each row runs every role inside one test transaction, rolled back to a savepoint between roles, so
+a cancel by one role does not change what the next one sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.routing import URLRouter
+from asgiref.testing import ApplicationCommunicator
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from safetensors.numpy import save_file
+
+from accounts.models import ApiToken, UserRole
+from accounts.policy import RULES, Action
+from accounts.tokens import do_issue_token
+from accounts.websocket import TokenOrSessionAuthMiddleware
+from audit import chain
+from controlplane.routing import websocket_urlpatterns
+from runs.models import Artifact, Run, RunStatus
+from runs.storage import artifact_path
+
+ROLES = ("anonymous", "viewer", "operator_owning", "operator_not_owning", "admin")
+STRONG = "plum-orbit-candle-47-river"
+
+
+Expected = int | frozenset[int]
+# Readiness depends on the services, never on who asks: up or down, but never 401/403.
+PROBE = frozenset({200, 503})
+
+
+def matches(answers: dict[str, int], expect: tuple[Expected, ...]) -> bool:
+    return all(
+        answers[role] in wanted if isinstance(wanted, frozenset) else answers[role] == wanted
+        for role, wanted in zip(ROLES, expect, strict=True)
+    )
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str  # the URL's name, namespaced (`api:run-cancel`)
+    method: str
+    expect: tuple[Expected, Expected, Expected, Expected, Expected]  # in ROLES order
+    target: str = ""  # which fixture object fills the URL's id
+    query: str = ""
+    body: dict[str, Any] = field(default_factory=dict)
+    form: bool = False  # send the body as a form (pages) rather than JSON
+
+
+def r(name: str, method: str, *expect: Expected, **options: Any) -> Row:
+    assert len(expect) == len(ROLES), name
+    return Row(name, method, (expect[0], expect[1], expect[2], expect[3], expect[4]), **options)
+
+
+READ = (401, 200, 200, 200, 200)
+PAGE_READ = (302, 200, 200, 200, 200)
+ADMIN_ONLY = (401, 403, 403, 403, 200)
+
+MATRIX: list[Row] = [
+    # -- pages ---------------------------------------------------------------------------------
+    r("run-list", "GET", *PAGE_READ),
+    r("run-launch", "GET", 302, 403, 200, 200, 200),
+    r("run-launch", "POST", 302, 403, 302, 302, 302, body={"program": "scripted", "name": "m"}, form=True),
+    r("run-detail", "GET", *PAGE_READ, target="run"),
+    r("run-fragments", "GET", *PAGE_READ, target="run"),
+    r("run-compare", "GET", *PAGE_READ, query="ids={run}"),
+    r("login", "GET", 200, 200, 200, 200, 200),
+    r("login", "POST", 200, 200, 200, 200, 200, body={"username": "nobody", "password": "wrong"}, form=True),
+    r("logout", "POST", 302, 302, 302, 302, 302, form=True),
+    r("admin:index", "GET", 302, 302, 302, 302, 200),
+    # -- public probes -------------------------------------------------------------------------
+    r("healthz", "GET", 200, 200, 200, 200, 200),
+    r("readyz", "GET", PROBE, PROBE, PROBE, PROBE, PROBE),
+    r("prometheus-django-metrics", "GET", 200, 200, 200, 200, 200),
+    # -- accounts ------------------------------------------------------------------------------
+    r("api:schema", "GET", *READ),
+    r("api:auth-token", "POST", 401, 401, 401, 401, 401, body={"username": "nobody", "password": "wrong"}),
+    r("api:auth-whoami", "GET", *READ),
+    r("api:token-list", "GET", *READ),
+    r("api:token-list", "POST", 401, 201, 201, 201, 201, body={"name": "matrix"}),
+    r("api:token-detail", "DELETE", 401, 404, 200, 404, 200, target="token"),
+    r("api:user-list", "GET", *ADMIN_ONLY),
+    r(
+        "api:user-list",
+        "POST",
+        401,
+        403,
+        403,
+        403,
+        201,
+        body={"username": "newbie", "password": STRONG, "role": "viewer"},
+    ),
+    r("api:user-detail", "GET", *ADMIN_ONLY, target="user"),
+    r("api:user-detail", "PATCH", *ADMIN_ONLY, target="user", body={"role": "viewer"}),
+    r("api:user-password", "POST", *ADMIN_ONLY, target="user", body={"password": STRONG}),
+    # -- runs ----------------------------------------------------------------------------------
+    r("api:run-list", "GET", *READ),
+    r("api:run-list", "POST", 401, 403, 201, 201, 201, body={"name": "m", "program": "scripted"}),
+    r("api:run-detail", "GET", *READ, target="run"),
+    r("api:run-logs", "GET", *READ, target="run"),
+    r("api:run-metrics", "GET", *READ, target="run", query="key=train/loss"),
+    r("api:run-artifacts", "GET", *READ, target="run"),
+    r("api:run-cancel", "POST", 401, 403, 202, 403, 202, target="run"),
+    r("api:run-retry", "POST", 401, 403, 202, 403, 202, target="failed_run"),
+    r("api:run-states", "GET", *READ, query="ids={run}"),
+    r("api:run-log-tail", "GET", *READ, target="run"),
+    r("api:run-log-text", "GET", *READ, target="run"),
+    r("api:run-charts", "GET", *READ, target="run"),
+    r("api:artifact-preview", "GET", *READ, target="artifact"),
+    r("artifact-download", "GET", *READ, target="artifact"),
+    # -- admin ---------------------------------------------------------------------------------
+    r("api:dead-letter-list", "GET", *ADMIN_ONLY),
+    r("api:dead-letter-requeue", "POST", 401, 403, 403, 403, 202, target="dead_run"),
+    r("api:dead-letter-discard", "POST", 401, 403, 403, 403, 202, target="dead_run"),
+    r("api:audit-list", "GET", *ADMIN_ONLY),
+    r("api:audit-verify", "GET", *ADMIN_ONLY),
+    r("api:audit-detail", "GET", *ADMIN_ONLY, target="audit"),
+]
+
+# Websocket routes, by path pattern: the close code a refused handshake gets, or "accept".
+WEBSOCKET_MATRIX: dict[str, tuple[int | str, ...]] = {
+    "ws/runs/<int:run_id>/": (4401, "accept", "accept", "accept", "accept"),
+}
+
+# The URL keyword each fixture object fills, per URL name (the rest use `pk`/`run_id` of a run).
+KWARG_NAMES = ("pk", "run_id", "artifact_id")
+
+
+# -- the world every row runs against -------------------------------------------------------------
+
+
+@dataclass
+class World:
+    users: dict[str, User | None]
+    tokens: dict[str, str]
+    ids: dict[str, int]
+
+
+def _user(username: str, role: str) -> User:
+    user = User.objects.create(username=username, is_staff=role == "admin", is_superuser=role == "admin")
+    user.set_unusable_password()  # no hashing: sessions come from force_login, tokens from do_issue_token
+    user.save()
+    UserRole.objects.update_or_create(user=user, defaults={"role": role})
+    return user
+
+
+def build_world() -> World:
+    owner = _user("olivia", "operator")
+    users: dict[str, User | None] = {
+        "anonymous": None,
+        "viewer": _user("vera", "viewer"),
+        "operator_owning": owner,
+        "operator_not_owning": _user("tomas", "operator"),
+        "admin": _user("ada", "admin"),
+    }
+    run = Run.objects.create(name="m", owner=owner, program="scripted", queue="matrix")
+    failed = Run.objects.create(
+        name="f", owner=owner, program="scripted", queue="matrix", status=RunStatus.FAILED
+    )
+    dead = Run.objects.create(
+        name="d", owner=owner, program="scripted", queue="matrix", status=RunStatus.DEAD, attempt=1
+    )
+    key = f"{run.pk}/1/model.safetensors"
+    path = artifact_path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import numpy as np
+
+    save_file({"w": np.zeros((2, 2), dtype=np.float32)}, str(path))
+    artifact = Artifact.objects.create(
+        run=run,
+        attempt=1,
+        name="model.safetensors",
+        kind="model",
+        size=path.stat().st_size,
+        sha256="0" * 64,
+        storage_key=key,
+    )
+    token = ApiToken.objects.get(pk=do_issue_token(owner, name="owned").token.pk)
+    record = chain.record("matrix.seed", actor=owner)
+    tokens = {role: do_issue_token(user).plaintext for role, user in users.items() if user is not None}
+    ids = {
+        "run": run.pk,
+        "failed_run": failed.pk,
+        "dead_run": dead.pk,
+        "artifact": artifact.pk,
+        "token": token.pk,
+        "user": owner.pk,
+        "audit": record.pk,
+    }
+    return World(users, tokens, ids)
+
+
+def url_for(row: Row, world: World) -> str:
+    kwargs: dict[str, int] = {}
+    if row.target:
+        pattern = _patterns()[row.name]
+        kwargs = {
+            name: world.ids[row.target]
+            for name in KWARG_NAMES
+            if f"<{name}>" in pattern or f"<int:{name}>" in pattern
+        }
+    url = reverse(row.name, kwargs=kwargs)
+    return f"{url}?{row.query.format(**world.ids)}" if row.query else url
+
+
+def call(client: Client, row: Row, url: str) -> int:
+    method = getattr(client, row.method.lower())
+    if row.method == "GET":
+        return int(method(url).status_code)
+    if row.form:
+        return int(method(url, row.body).status_code)
+    return int(method(url, row.body, content_type="application/json").status_code)
+
+
+@pytest.mark.parametrize("row", MATRIX, ids=lambda row: f"{row.method} {row.name}")
+def test_each_role_gets_the_expected_answer(db: Any, row: Row) -> None:
+    world = build_world()
+    url = url_for(row, world)
+    answers: dict[str, int] = {}
+    for role in ROLES:
+        client = Client()
+        user = world.users[role]
+        if user is not None:
+            client.force_login(user)
+        savepoint = transaction.savepoint()
+        try:
+            answers[role] = call(client, row, url)
+        finally:
+            transaction.savepoint_rollback(savepoint)
+    assert matches(answers, row.expect), (url, answers, row.expect)
+
+
+REST_ROWS = [row for row in MATRIX if row.name.startswith("api:") and row.name != "api:auth-token"]
+
+
+@pytest.mark.parametrize("row", REST_ROWS, ids=lambda row: f"{row.method} {row.name}")
+def test_tokens_get_the_same_answers_as_sessions(db: Any, row: Row) -> None:
+    world = build_world()
+    url = url_for(row, world)
+    answers: dict[str, int] = {}
+    for role in ROLES:
+        client = Client()
+        headers = {"HTTP_AUTHORIZATION": f"Bearer {world.tokens[role]}"} if role in world.tokens else {}
+        savepoint = transaction.savepoint()
+        try:
+            method = getattr(client, row.method.lower())
+            if row.method == "GET":
+                answers[role] = method(url, **headers).status_code
+            else:
+                answers[role] = method(url, row.body, content_type="application/json", **headers).status_code
+        finally:
+            transaction.savepoint_rollback(savepoint)
+    assert matches(answers, row.expect), (url, answers, row.expect)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_run_websocket_follows_the_matrix() -> None:
+    world = build_world()
+    app = TokenOrSessionAuthMiddleware(URLRouter(websocket_urlpatterns))
+    expected = WEBSOCKET_MATRIX["ws/runs/<int:run_id>/"]
+
+    async def handshake(role: str) -> int | str:
+        # channels.testing needs daphne; a bare ASGI handshake is all this needs.
+        headers = (
+            [(b"authorization", f"Bearer {world.tokens[role]}".encode())] if role in world.tokens else []
+        )
+        scope = {
+            "type": "websocket",
+            "path": f"/ws/runs/{world.ids['run']}/",
+            "query_string": b"after=0",
+            "headers": headers,
+            "subprotocols": [],
+        }
+        communicator = ApplicationCommunicator(app, scope)
+        await communicator.send_input({"type": "websocket.connect"})
+        message = await communicator.receive_output(timeout=5)
+        await communicator.send_input({"type": "websocket.disconnect", "code": 1000})
+        await communicator.wait(timeout=5)
+        return "accept" if message["type"] == "websocket.accept" else int(message["code"])
+
+    answers = {role: async_to_sync(handshake)(role) for role in ROLES}
+    assert answers == dict(zip(ROLES, expected, strict=True))
+
+
+# -- completeness: deny by default ------------------------------------------------------------
+
+
+def _walk(patterns: list[Any], prefix: str = "", namespace: str = "") -> dict[str, str]:
+    found: dict[str, str] = {}
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            if pattern.namespace == "admin":
+                found["admin:index"] = "admin/"  # Django's admin site: staff only, staff follows the role
+                continue
+            inner = f"{namespace}{pattern.namespace}:" if pattern.namespace else namespace
+            found.update(_walk(pattern.url_patterns, prefix + str(pattern.pattern), inner))
+        elif isinstance(pattern, URLPattern) and pattern.name:
+            found[f"{namespace}{pattern.name}"] = prefix + str(pattern.pattern)
+        elif isinstance(pattern, URLPattern):
+            raise AssertionError(f"unnamed URL {prefix}{pattern.pattern}: name it and give it a matrix row")
+    return found
+
+
+def _patterns() -> dict[str, str]:
+    return _walk(get_resolver().url_patterns)
+
+
+def _viewset_methods() -> dict[str, set[str]]:
+    """For router URLs, the HTTP methods the route answers (from the viewset's action map)."""
+    methods: dict[str, set[str]] = {}
+
+    def walk(patterns: list[Any], namespace: str = "") -> None:
+        for pattern in patterns:
+            if isinstance(pattern, URLResolver):
+                if pattern.namespace != "admin":
+                    walk(
+                        pattern.url_patterns,
+                        f"{namespace}{pattern.namespace}:" if pattern.namespace else namespace,
+                    )
+            elif getattr(pattern.callback, "actions", None):
+                # HEAD answers as GET does (DRF routes it to the same action).
+                methods[f"{namespace}{pattern.name}"] = {m.upper() for m in pattern.callback.actions} - {
+                    "HEAD"
+                }
+
+    walk(get_resolver().url_patterns)
+    return methods
+
+
+def test_every_url_has_a_row() -> None:
+    named = set(_patterns())
+    covered = {row.name for row in MATRIX}
+    assert named - covered == set(), f"URLs without a permission-matrix row: {sorted(named - covered)}"
+    assert covered - named == set(), f"rows for URLs that no longer exist: {sorted(covered - named)}"
+
+
+def test_every_method_of_every_api_route_has_a_row() -> None:
+    rows = {(row.name, row.method) for row in MATRIX}
+    missing = sorted(
+        (name, method)
+        for name, methods in _viewset_methods().items()
+        for method in methods
+        if (name, method) not in rows
+    )
+    assert missing == [], f"methods without a permission-matrix row: {missing}"
+
+
+def test_every_websocket_route_has_a_row() -> None:
+    routes = {str(pattern.pattern) for pattern in websocket_urlpatterns}
+    assert routes == set(WEBSOCKET_MATRIX)
+
+
+def test_every_action_has_a_rule() -> None:
+    assert set(RULES) == set(Action)
+
+
+def test_a_view_that_names_no_action_is_refused_even_to_admins(db: Any) -> None:
+    from rest_framework.response import Response
+    from rest_framework.test import APIRequestFactory, force_authenticate
+    from rest_framework.views import APIView
+
+    class Forgotten(APIView):
+        def get(self, request: Any) -> Response:
+            return Response({"secret": "data"})
+
+    admin = _user("ada", "admin")
+    request = APIRequestFactory().get("/forgotten/")
+    force_authenticate(request, user=admin)
+    response = Forgotten.as_view()(request)
+    assert response.status_code == 403
+    assert "secret" not in response.data
