@@ -1,4 +1,4 @@
-"""The permission matrix: every URL × method × role, with the answer each must get.
+"""The permission matrix: every URL, method and role, with the answer each must get.
 
 Deny by default: a URL (REST, page, download, websocket) that has no row here fails
 `test_every_url_has_a_row`, so a new endpoint cannot ship without a decision about who may use it.
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
-from channels.routing import URLRouter
 from asgiref.testing import ApplicationCommunicator
+from channels.routing import URLRouter
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.test import Client
