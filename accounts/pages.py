@@ -20,7 +20,7 @@ def page_principal(request: HttpRequest) -> Principal:
     if cached is None:
         cached = principal_for(request.user)
         request._principal = cached  # type: ignore[attr-defined]
-    return cached  # type: ignore[no-any-return]
+    return cached
 
 
 def requires(action: Action) -> Callable[[View], View]:

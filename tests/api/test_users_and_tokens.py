@@ -158,6 +158,7 @@ def test_a_token_is_shown_once_stored_hashed_and_listed_by_prefix(owner: User, a
     stored = ApiToken.objects.get(pk=body["id"])
     assert plaintext not in {stored.digest, stored.prefix, stored.name}
     assert stored.scopes == ["read"]
+    assert stored.expires_at is not None
     assert timedelta(days=6, hours=23) < stored.expires_at - timezone.now() <= timedelta(days=7)
     listed = api.get("/api/v1/tokens/").json()["results"]
     assert {t["prefix"] for t in listed} >= {body["prefix"]}
