@@ -15,6 +15,10 @@ from accounts.policy import Action, Principal, can, decide, principal_for, recor
 View = TypeVar("View", bound=Callable[..., HttpResponse])
 
 
+class PolicyDenied(PermissionDenied):
+    """A page refused by the policy; its message (the policy's reason) is shown on the 403 page."""
+
+
 def page_principal(request: HttpRequest) -> Principal:
     cached = getattr(request, "_principal", None)
     if cached is None:
@@ -35,7 +39,7 @@ def requires(action: Action) -> Callable[[View], View]:
                 return redirect_to_login(request.get_full_path())
             if not decision.allowed:
                 record_denial(principal, action, decision)
-                raise PermissionDenied(decision.reason)
+                raise PolicyDenied(decision.reason)
             return view(request, *args, **kwargs)
 
         return guarded  # type: ignore[return-value]

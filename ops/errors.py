@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
+from accounts.pages import PolicyDenied
+
 
 def _wants_json(request: HttpRequest) -> bool:
     return request.path.startswith("/api/")
@@ -19,7 +21,9 @@ def page_not_found(request: HttpRequest, exception: Exception | None = None) -> 
 def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if _wants_json(request):
         return JsonResponse({"detail": "You do not have permission to perform this action."}, status=403)
-    return render(request, "errors/403.html", status=403)
+    # The policy's reasons are our own sentences ("Your role (viewer) may not launch runs."), safe to show.
+    reason = str(exception) if isinstance(exception, PolicyDenied) else ""
+    return render(request, "errors/403.html", {"reason": reason}, status=403)
 
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

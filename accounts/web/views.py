@@ -69,7 +69,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
         )
     except tokens.TokenError as error:
         tokens.record_refused_request(principal.user, error)
-        return _tokens_page(request, errors=error.errors, status=400)
+        return _tokens_page(request, errors=error.errors)  # 200, like every form shown again
     issued = tokens.do_issue_token(principal.user, name=name, ttl=ttl, scopes=scopes)
     return _tokens_page(request, issued=issued, status=201)
 
@@ -127,7 +127,7 @@ def user_list(request: HttpRequest) -> HttpResponse:
             email=values["email"],
         )
     except users.UserError as error:
-        return _users_page(request, errors=error.errors, values=values, status=400)
+        return _users_page(request, errors=error.errors, values=values)
     messages.success(request, f"User {user.username} is created as {values['role']}.")
     return redirect("user-detail", user_id=user.pk)
 
@@ -183,7 +183,7 @@ def user_change(request: HttpRequest, user_id: int) -> HttpResponse:
             users.do_reset_password(actor, user, request.POST.get("password", ""))
             messages.success(request, f"{user.username}'s password is reset.")
         else:
-            return _user_page(request, user, {"change": "unknown change"}, status=400)
+            return _user_page(request, user, {"change": "unknown change"})
     except users.UserError as error:
-        return _user_page(request, _user(user_id), error.errors, status=400)
+        return _user_page(request, _user(user_id), error.errors)
     return redirect("user-detail", user_id=user.pk)
