@@ -25,7 +25,10 @@ COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
+# PYTHONPATH: every process imports the application from /app (the wheel in /opt/venv carries
+# the dependencies), whatever its working directory or entry point.
 ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     CONTROLPLANE_DATA_DIR=/data \
@@ -41,7 +44,8 @@ COPY --from=assets /src/node_modules/uplot/dist/uPlot.esm.js /src/node_modules/u
 RUN DATABASE_URL=sqlite:////tmp/collect.sqlite3 SECRET_KEY=collectstatic-only-not-a-real-secret-key-000 \
     python manage.py collectstatic --noinput -v0 && rm -f /tmp/collect.sqlite3
 USER controlplane
-EXPOSE 8000
+# 8000: web (UI, API, websockets, /metrics); 9808: a worker's metrics (CONTROLPLANE_WORKER_METRICS_PORT).
+EXPOSE 8000 9808
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"
 CMD ["uvicorn", "controlplane.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--no-access-log"]

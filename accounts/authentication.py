@@ -8,6 +8,7 @@ from rest_framework.request import Request
 
 from accounts.models import ApiToken
 from accounts.tokens import access_token
+from audit.signins import record_token_refused
 
 
 def bearer_from_header(value: str | None) -> str | None:
@@ -28,10 +29,12 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         plaintext = bearer_from_header(header)
         if plaintext is None:
             if str(header).lower().startswith("bearer"):
+                record_token_refused(None)
                 raise exceptions.AuthenticationFailed("Malformed bearer token.")
             return None
         token = access_token(plaintext)
         if token is None:
+            record_token_refused(plaintext)
             raise exceptions.AuthenticationFailed("Invalid, expired or revoked token.")
         return token.user, token
 

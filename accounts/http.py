@@ -12,12 +12,15 @@ from django.http import HttpRequest, JsonResponse
 from accounts.authentication import bearer_from_header
 from accounts.policy import Action, Decision, Principal, decide, principal_for, record_denial
 from accounts.tokens import access_token
+from audit.signins import record_token_refused
 
 
 def http_principal(request: HttpRequest) -> Principal:
     plaintext = bearer_from_header(request.headers.get("Authorization"))
     if plaintext is not None:
         token = access_token(plaintext)
+        if token is None:
+            record_token_refused(plaintext)
         return principal_for(token.user if token is not None else None, token)
     return principal_for(request.user)
 

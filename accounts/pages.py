@@ -22,7 +22,8 @@ class PolicyDenied(PermissionDenied):
 def page_principal(request: HttpRequest) -> Principal:
     cached = getattr(request, "_principal", None)
     if cached is None:
-        cached = principal_for(request.user)
+        # No `user` when the request failed before the auth middleware (a bad Host header).
+        cached = principal_for(getattr(request, "user", None))
         request._principal = cached  # type: ignore[attr-defined]
     return cached
 

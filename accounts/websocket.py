@@ -18,6 +18,7 @@ from django.http.request import validate_host
 
 from accounts.authentication import bearer_from_header
 from accounts.tokens import access_token
+from audit.signins import record_token_refused
 
 Scope = dict[str, Any]
 
@@ -39,6 +40,8 @@ def origin_allowed(origin: str | None) -> bool:
 @database_sync_to_async  # type: ignore[untyped-decorator]
 def _token_and_user(plaintext: str) -> tuple[Any, Any]:
     token = access_token(plaintext)
+    if token is None:
+        record_token_refused(plaintext)
     return (token, token.user) if token is not None else (None, AnonymousUser())
 
 

@@ -4,3 +4,7 @@ from django.apps import AppConfig
 class AuditConfig(AppConfig):
     name = "audit"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Sign-in receivers; the beat task registers itself with Celery in every process.
+        from audit import signins, tasks  # noqa: F401

@@ -4,6 +4,10 @@ Each record's hash covers its own fields and the previous record's hash, so edit
 reordering or truncating records behind the application's back breaks the chain at the first
 record touched; `verify_chain` reports it. Appends are serialized (an advisory lock on Postgres;
 SQLite serializes writers itself) so two concurrent records cannot both claim the same parent.
+
+A rewrite of the whole chain (every hash recomputed) is consistent with itself; the signed
+checkpoints of the chain head (`audit.checkpoints`) catch it, and a truncation of the tail below
+the newest checkpoint. `verify_chain` checks both.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from django.utils import timezone
 from accounts.roles import role_of
 from audit.context import current
 from audit.models import AuditRecord
+from controlplane.redaction import redact_value
 
 GENESIS = "0" * 64
 _LOCK_KEY = 0x0A0D17  # the advisory lock that serializes appends
@@ -43,6 +48,14 @@ def _digest(record: AuditRecord) -> str:
         "prev_hash": record.prev_hash,
     }
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _target_type(target: Any) -> str:
+    if target is None:
+        return ""
+    # A model's name, also through a lazy proxy (`request.user` is a SimpleLazyObject).
+    meta = getattr(target, "_meta", None)
+    return str(getattr(meta, "model_name", "") or type(target).__name__.lower())
 
 
 def _role_label(user: Any) -> str:
@@ -75,13 +88,14 @@ def record(
             actor=actor.get_username() if authenticated and actor is not None else "",
             actor_role=_role_label(actor),
             action=action,
-            target_type=type(target).__name__.lower() if target is not None else "",
+            target_type=_target_type(target),
             target_id=str(getattr(target, "pk", "")) if target is not None else "",
             outcome=outcome,
             ip=context.ip,
             user_agent=context.user_agent,
             request_id=context.request_id,
-            details=details or {},
+            # Secret values never reach the append-only table, where they could not be removed.
+            details=redact_value(details or {}),
             prev_hash=last[1] if last else GENESIS,
         )
         entry.hash = _digest(entry)
@@ -90,28 +104,80 @@ def record(
 
 
 @dataclass(frozen=True)
+class ChainWalk:
+    """The records alone: the first broken one, and the last record of the intact prefix."""
+
+    ok: bool
+    checked: int
+    head_id: int = 0
+    head_hash: str = GENESIS
+    first_broken_id: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class Verification:
     ok: bool
     checked: int
     first_broken_id: int | None = None
     reason: str = ""
+    checkpoints_checked: int = 0
+    broken_checkpoint_id: int | None = None
+    checkpoint_problem: str = ""
+    covered_up_to: int = 0  # the newest signed checkpoint vouches for records 1..covered_up_to
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "first_broken_id": self.first_broken_id,
+            "reason": self.reason,
+            "checkpoints_checked": self.checkpoints_checked,
+            "broken_checkpoint_id": self.broken_checkpoint_id,
+            "checkpoint_problem": self.checkpoint_problem,
+            "covered_up_to": self.covered_up_to,
+        }
 
 
-def verify_chain() -> Verification:
+def walk_records() -> ChainWalk:
     """Walk the chain in id order; the first record whose hash or link is wrong breaks it."""
     previous_hash = GENESIS
     expected_id = 1
     checked = 0
     for entry in AuditRecord.objects.order_by("id").iterator(chunk_size=2_000):
+        problem = ""
         if entry.pk != expected_id:
-            return Verification(
-                False, checked, entry.pk, f"record {expected_id} is missing (deleted or reordered)"
-            )
-        if entry.prev_hash != previous_hash:
-            return Verification(False, checked, entry.pk, "its link to the previous record does not match")
-        if _digest(entry) != entry.hash:
-            return Verification(False, checked, entry.pk, "its contents do not match its hash (edited)")
+            problem = f"record {expected_id} is missing (deleted or reordered)"
+        elif entry.prev_hash != previous_hash:
+            problem = "its link to the previous record does not match"
+        elif _digest(entry) != entry.hash:
+            problem = "its contents do not match its hash (edited)"
+        if problem:
+            return ChainWalk(False, checked, expected_id - 1, previous_hash, entry.pk, problem)
         previous_hash = entry.hash
         expected_id += 1
         checked += 1
-    return Verification(True, checked)
+    return ChainWalk(True, checked, expected_id - 1, previous_hash)
+
+
+def verify_chain() -> Verification:
+    """The records, then the signed checkpoints against them; the first problem of each."""
+    from audit.checkpoints import check_checkpoints  # checkpoints build on this module
+
+    walk = walk_records()
+    checks = check_checkpoints()
+    first_broken_id, reason = walk.first_broken_id, walk.reason
+    if checks.first_broken_id is not None and (
+        first_broken_id is None or checks.first_broken_id < first_broken_id
+    ):
+        first_broken_id, reason = checks.first_broken_id, checks.problem
+    return Verification(
+        ok=walk.ok and checks.ok,
+        checked=walk.checked,
+        first_broken_id=first_broken_id,
+        reason=reason or checks.problem,
+        checkpoints_checked=checks.checked,
+        broken_checkpoint_id=checks.broken_id,
+        checkpoint_problem=checks.problem,
+        covered_up_to=checks.covered_up_to,
+    )

@@ -1,4 +1,9 @@
-"""The Celery application; tasks live in `workers.tasks`."""
+"""The Celery application; tasks live in `workers.tasks` (and `audit.tasks`, imported by its app).
+
+Signals wire the observability of a worker: the request id and task id bound on every line a task
+logs, the heartbeat that `/readyz` and `controlplane_workers_live` count, the metrics endpoint on
+`CONTROLPLANE_WORKER_METRICS_PORT`, and GPU metrics where NVML finds a GPU.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ app = Celery("controlplane")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["workers"])
 
+log = structlog.get_logger(__name__)
+_heartbeats: dict[int, Any] = {}
+
 
 @signals.before_task_publish.connect
 def _carry_request_id(headers: dict[str, Any] | None = None, **_: Any) -> None:
@@ -27,7 +35,7 @@ def _carry_request_id(headers: dict[str, Any] | None = None, **_: Any) -> None:
 def _bind_task_context(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     structlog.contextvars.clear_contextvars()
     request_id = getattr(task.request, "request_id", None) if task is not None else None
-    structlog.contextvars.bind_contextvars(task_id=task_id, request_id=request_id)
+    structlog.contextvars.bind_contextvars(task_id=task_id, request_id=request_id or None)
 
 
 @signals.task_postrun.connect
@@ -43,6 +51,38 @@ def _stop_training_on_shutdown(**_: Any) -> None:
     from workers.registry import active_supervisors
 
     active_supervisors.shutdown_all()
+
+
+@signals.celeryd_init.connect
+def _serve_worker_metrics(**_: Any) -> None:
+    # Only a worker started from the command line: the standalone embedded worker never sends
+    # celeryd_init, and shares the web process's registry and /metrics instead.
+    from ops.worker_metrics import start_server
+
+    start_server()
+
+
+@signals.worker_init.connect
+def _start_worker_observability(sender: Any = None, **_: Any) -> None:
+    from ops import gpu
+    from ops.worker_heartbeat import Heartbeat
+
+    queues = sorted(sender.app.amqp.queues.consume_from) if sender is not None else []
+    heartbeat = Heartbeat(str(getattr(sender, "hostname", "worker")), queues)
+    heartbeat.start()
+    _heartbeats[id(sender)] = heartbeat
+    gpu.register()
+    if "prefork" in str(getattr(sender, "pool_cls", "")).lower():
+        # Tasks run in child processes whose metrics never reach this process's endpoint.
+        log.warning("worker_metrics_need_threads_pool", pool="prefork", hint="start with --pool threads")
+    log.info("worker_observability_started", queues=queues, heartbeat_key=heartbeat.key)
+
+
+@signals.worker_shutdown.connect
+def _stop_worker_observability(sender: Any = None, **_: Any) -> None:
+    heartbeat = _heartbeats.pop(id(sender), None)
+    if heartbeat is not None:
+        heartbeat.stop()
 
 
 @signals.setup_logging.connect

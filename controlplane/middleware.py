@@ -3,10 +3,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import structlog
+from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from controlplane.request_id import clean_request_id
+from controlplane.request_id import clean_request_id, enter_request, leave_request
+from ops.collectors import register_web_collectors
+from ops.metrics import HTTP_REQUESTS_REJECTED
+from ops.metrics_access import refusal
 
 log = structlog.get_logger(__name__)
 
@@ -22,12 +26,42 @@ class RequestIdMiddleware:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         request.request_id = request_id  # type: ignore[attr-defined]
+        token = enter_request(request)  # so log lines can name the authenticated user
         try:
             response = self.get_response(request)
         finally:
+            leave_request(token)
             structlog.contextvars.clear_contextvars()
         response["X-Request-ID"] = request_id
         return response
+
+
+class MetricsAccessMiddleware:
+    """`/metrics` only for the configured token and/or networks (see ops.metrics_access); the
+    first allowed scrape registers the web-state collectors, so only the web process has them."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path_info != "/metrics":  # what URL resolution matches, prefix or not
+            return self.get_response(request)
+        refused = refusal(
+            remote_addr=str(request.META.get("REMOTE_ADDR", "")),
+            authorization=request.headers.get("Authorization", ""),
+            token=settings.METRICS_TOKEN,
+            networks=settings.METRICS_ALLOWED_NETWORKS,
+        )
+        if refused == "metrics_network":
+            HTTP_REQUESTS_REJECTED.labels(reason=refused).inc()
+            return JsonResponse({"detail": "Metrics are not served to this network."}, status=403)
+        if refused == "metrics_token":
+            HTTP_REQUESTS_REJECTED.labels(reason=refused).inc()
+            response = JsonResponse({"detail": "A valid metrics bearer token is required."}, status=401)
+            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
+        register_web_collectors()
+        return self.get_response(request)
 
 
 class DatabaseUnavailableMiddleware:
@@ -43,7 +77,10 @@ class DatabaseUnavailableMiddleware:
         if isinstance(exception, OperationalError | InterfaceError) or (
             isinstance(exception, DatabaseError) and "connection" in str(exception).lower()
         ):
-            log.error("database_unavailable", path=request.path, error=str(exception)[:200])
+            log.error(
+                "database_unavailable", path=request.path, error=str(exception)[:200], exc_info=exception
+            )
+            HTTP_REQUESTS_REJECTED.labels(reason="database_unavailable").inc()
             response = JsonResponse(
                 {"detail": "The database is unavailable; try again shortly.", "code": "database_unavailable"},
                 status=503,

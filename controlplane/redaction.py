@@ -49,15 +49,31 @@ class Redactor:
                 forms |= leak_forms(value)
         # Longest first, so a value's base64 is masked whole rather than around a shorter form.
         ordered = sorted(forms, key=len, reverse=True)
+        self._forms = tuple(ordered)
         self._pattern = re.compile("|".join(re.escape(form) for form in ordered)) if ordered else None
 
     def __bool__(self) -> bool:
         return self._pattern is not None
 
-    def text(self, text: str) -> str:
+    def text(self, text: str, *, cut: bool = False) -> str:
+        """`text` with every leak form masked. `cut`: the text was truncated at its end, where a
+        form may have been cut in two; a trailing beginning of one is masked too."""
         if self._pattern is None or not text:
             return text
-        return self._pattern.sub(MASK, text)
+        masked = self._pattern.sub(MASK, text)
+        if cut:
+            partial = max(
+                (
+                    k
+                    for form in self._forms
+                    for k in range(min(len(form) - 1, len(masked)), 0, -1)
+                    if masked.endswith(form[:k])
+                ),
+                default=0,
+            )
+            if partial:
+                masked = masked[:-partial] + MASK
+        return masked
 
     def value(self, value: Any) -> Any:
         """`value` with every string inside it (dict keys and values, list items) redacted."""

@@ -7,6 +7,7 @@ SECRET_KEY; nothing else changes between the two.
 
 from __future__ import annotations
 
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ from controlplane.env import (
     env_str,
     parse_database_url,
 )
-from controlplane.logging import configure_logging
+from controlplane.logging import LogConfig, configure_logging
+from ops.metrics_access import parse_networks
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -31,6 +33,8 @@ DATA_DIR = env_path("CONTROLPLANE_DATA_DIR", BASE_DIR / "var")
 RUNS_DIR = env_path("CONTROLPLANE_RUNS_DIR", DATA_DIR / "runs")
 ARTIFACTS_DIR = env_path("CONTROLPLANE_ARTIFACTS_DIR", DATA_DIR / "artifacts")
 PROGRAMS_FILE = env_str("CONTROLPLANE_PROGRAMS_FILE", "") or None
+# Comma-separated Fernet keys, newest first (vault/crypto.py checks them when the app loads).
+CONTROLPLANE_SECRETS_KEY = env_str("CONTROLPLANE_SECRETS_KEY", "")
 
 _database_url = env_str("DATABASE_URL", "")
 STANDALONE_DEFAULTS = _database_url == ""
@@ -71,26 +75,31 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "channels",
     "csp",
+    "axes",  # before "audit": its sign-in failure receiver flags a lockout before ours records it
     "accounts",
     "runs",
     "ops",
     "audit",
+    "vault",
 ]
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "controlplane.middleware.RequestIdMiddleware",
+    "controlplane.middleware.MetricsAccessMiddleware",
     "audit.context.AuditContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Before CommonMiddleware, whose Host check can fail a request: the 400 page gets these too.
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "csp.middleware.CSPMiddleware",
     "controlplane.middleware.DatabaseUnavailableMiddleware",
+    "axes.middleware.AxesMiddleware",  # inside CSP & co., so its lockout page gets their headers
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -169,12 +178,12 @@ if REDIS_URL:
             "CONFIG": {"hosts": [REDIS_URL]},
         }
     }
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {"default": {"BACKEND": "ops.cache.CountedRedisCache", "LOCATION": REDIS_URL}}
 else:
     CHANNEL_LAYERS = {
         "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 10_000}}
     }
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CACHES = {"default": {"BACKEND": "ops.cache.CountedLocMemCache"}}
 
 # Celery: the run row in the database is the truth; the broker only carries "look at run N".
 CELERY_TASK_SERIALIZER = "json"
@@ -227,7 +236,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": CONTROLPLANE["RECONCILE_SECONDS"],
         # A reconcile that waited longer than one period is superseded by the next one.
         "options": {"queue": "housekeeping", "expires": CONTROLPLANE["RECONCILE_SECONDS"]},
-    }
+    },
 }
 
 REST_FRAMEWORK = {
@@ -251,7 +260,7 @@ SPECTACULAR_SETTINGS = {
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
@@ -291,10 +300,71 @@ if env_bool("USE_X_FORWARDED_PROTO", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 12 * 3600, minimum=300)
 
+# Sign-in lockout (django-axes, database handler): after N failures for one username from one
+# address, every attempt for it from there gets 429 (accounts.lockout) until the lockout ends.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_FAILURE_LIMIT = env_int("CONTROLPLANE_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = env_int("CONTROLPLANE_LOGIN_LOCKOUT_MINUTES", 15, minimum=1) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_DISABLE_ACCESS_LOG = True  # the audit log records sign-ins
+AXES_LOCKOUT_CALLABLE = "accounts.lockout.lockout_response"
+AXES_VERBOSE = False
+
+# API rate limits (accounts.throttles): 429 with Retry-After, counted in the cache (Redis).
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = [
+    "accounts.throttles.AnonymousThrottle",
+    "accounts.throttles.SignedInThrottle",
+]
+_THROTTLE_RATES = {
+    "anon": env_str("CONTROLPLANE_THROTTLE_ANON", "60/min"),
+    "user": env_str("CONTROLPLANE_THROTTLE_USER", "1200/min"),
+    "auth": env_str("CONTROLPLANE_THROTTLE_AUTH", "10/min"),
+}
+for _scope, _rate in _THROTTLE_RATES.items():
+    if not re.fullmatch(r"[1-9]\d*/(s|sec|m|min|h|hour|d|day)", _rate):
+        raise ConfigError(f"CONTROLPLANE_THROTTLE_{_scope.upper()} must look like 60/min, got {_rate!r}")
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = _THROTTLE_RATES
+# Throttles key on REMOTE_ADDR, never on a client-sent X-Forwarded-For (anyone could rotate it);
+# behind a proxy, uvicorn --proxy-headers puts the real client address there.
+REST_FRAMEWORK["NUM_PROXIES"] = 0
+
+# Audit checkpoints are signed with keys kept outside the database (audit.keys): the first key
+# signs, all verify. Unset, a key is generated once into <data dir>/audit_key.
+AUDIT_KEYS = env_list("CONTROLPLANE_AUDIT_KEY", [])
+if any(len(key) < 32 for key in AUDIT_KEYS):
+    raise ConfigError("CONTROLPLANE_AUDIT_KEY: each key needs at least 32 characters")
+CELERY_BEAT_SCHEDULE["audit-checkpoint"] = {
+    "task": "audit.tasks.housekeeping_audit_checkpoint",
+    "schedule": env_float("CONTROLPLANE_AUDIT_CHECKPOINT_SECONDS", 3600.0, minimum=10.0),
+    "options": {"queue": "housekeeping"},
+}
+
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 LOG_FORMAT = env_str("LOG_FORMAT", "json" if not sys.stderr.isatty() else "console")
+_log_file = env_str("CONTROLPLANE_LOG_FILE", "")
 LOGGING_CONFIG = None
-configure_logging(level=LOG_LEVEL, fmt=LOG_FORMAT)
+configure_logging(
+    config=LogConfig(
+        level=LOG_LEVEL,
+        fmt=LOG_FORMAT,
+        file=Path(_log_file).expanduser().resolve() if _log_file else None,
+        max_bytes=env_int("CONTROLPLANE_LOG_MAX_BYTES", 100 * 1024 * 1024, minimum=0),
+        backups=env_int("CONTROLPLANE_LOG_BACKUPS", 5, minimum=0),
+        debug_sample_rate=env_float("CONTROLPLANE_LOG_DEBUG_SAMPLE_RATE", 1.0, minimum=0.0, maximum=1.0),
+        flood_limit=env_int("CONTROLPLANE_LOG_FLOOD_LIMIT", 500, minimum=0),
+    )
+)
+
+# Observability: who may scrape /metrics, the worker's metrics port, what /readyz requires.
+METRICS_TOKEN = env_str("CONTROLPLANE_METRICS_TOKEN", "")
+METRICS_ALLOWED_NETWORKS = parse_networks(
+    "CONTROLPLANE_METRICS_ALLOWED_NETWORKS", env_list("CONTROLPLANE_METRICS_ALLOWED_NETWORKS", [])
+)
+WORKER_METRICS_PORT = env_int("CONTROLPLANE_WORKER_METRICS_PORT", 9808, minimum=0, maximum=65535)
+READY_QUEUES = env_list("CONTROLPLANE_READY_QUEUES", [CELERY_TASK_DEFAULT_QUEUE])
+READY_MIN_FREE_BYTES = env_int("CONTROLPLANE_READY_MIN_FREE_BYTES", 1024**3, minimum=0)
 
 # Content Security Policy (django-csp) on every response. The dashboard ships no inline scripts,
 # event handlers or style attributes, so nothing needs 'unsafe-inline' or nonces. 'self' in

@@ -22,3 +22,24 @@ class CircuitBreaker(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}: {self.state}"
+
+
+class RunOutcomeCount(models.Model):
+    """How many runs reached each terminal outcome: `controlplane_runs_finished_total`.
+
+    Incremented in the transaction that finishes the run (a rolled-back finish counts nothing),
+    and never decremented, so Prometheus sees a true counter across every process and restart.
+    """
+
+    program = models.CharField(max_length=64)
+    outcome = models.CharField(max_length=16)
+    failure_kind = models.CharField(max_length=16, blank=True)
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["program", "outcome", "failure_kind"], name="run_outcome_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.program} {self.outcome} {self.failure_kind}: {self.count}"

@@ -18,6 +18,8 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from controlplane.redaction import redact
+from ops.outcomes import count_finished
 from runs import events
 from runs.ingest import PointRow, insert_log_lines, series_ids, upsert_metric_points
 from runs.models import Artifact, Checkpoint, ErrorKind, LogStream, Run, RunAttempt, RunStatus
@@ -166,7 +168,7 @@ def _reserve_seq(run_id: int, attempt: int, count: int, batch: Batch) -> int:
         assignments.append("device = %s")
         values.append(batch.device[:64])
     table = Run._meta.db_table
-    sql = (
+    sql = (  # nosemgrep: raw-sql-string-formatting - the SET list is this function's own literals
         f"UPDATE {table} SET {', '.join(assignments)} "  # noqa: S608 - only our own column names
         "WHERE id = %s AND attempt = %s AND status IN (%s, %s) RETURNING log_seq"
     )
@@ -291,6 +293,8 @@ def finish_attempt(run_id: int, attempt: int, outcome: Outcome) -> RunStatus | N
 def _conclude(run: Run, attempt: int, outcome: Outcome, now: datetime) -> RunStatus:
     """Apply an attempt's outcome to a locked, live run."""
     status = outcome.status
+    # Masks the secrets this worker holds, for messages that did not come through a supervisor.
+    message = redact(outcome.error_message)[:4000]
     not_before = None
     if status == RunStatus.FAILED:
         step = after_failure(outcome.error_kind, attempt, run.max_attempts, now)
@@ -301,7 +305,7 @@ def _conclude(run: Run, attempt: int, outcome: Outcome, now: datetime) -> RunSta
         exit_code=outcome.exit_code,
         error_kind=outcome.error_kind,
         error_code=outcome.error_code[:64],
-        error_message=outcome.error_message[:4000],
+        error_message=message,
     )
     requeued = status == RunStatus.QUEUED
     # A run queued again waits for a new message; a finished one keeps its dispatch time.
@@ -315,7 +319,7 @@ def _conclude(run: Run, attempt: int, outcome: Outcome, now: datetime) -> RunSta
         exit_code=outcome.exit_code,
         error_kind=outcome.error_kind,
         error_code=outcome.error_code[:64],
-        error_message=outcome.error_message[:4000],
+        error_message=message,
         phase="",
         updated_at=now,
     )
@@ -329,6 +333,7 @@ def _conclude(run: Run, attempt: int, outcome: Outcome, now: datetime) -> RunSta
         retry_at=not_before.isoformat() if not_before else None,
     )
     broadcast_status_on_commit(run.pk)
+    count_finished(run.program, status, outcome.error_kind)  # counts terminal statuses only
     return status
 
 

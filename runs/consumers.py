@@ -17,6 +17,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.http import Http404
 
 from accounts.policy import Action, decide, principal_for, record_denial
+from ops import metrics
 from runs import events, selectors
 from runs.attempts import status_frame
 from runs.models import LogLine
@@ -58,11 +59,16 @@ class RunConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels shi
             await self.close(code=CLOSE_NOT_FOUND)
             return
         await self.channel_layer.group_add(events.run_group(self.run_id), self.channel_name)
+        # Read the status again now that the group is joined: a run that finished between the
+        # first read and the join broadcast its final status to a group we were not in yet.
+        run = await database_sync_to_async(selectors.access_run)(user, self.run_id)
         await self.accept()
+        metrics.websocket_opened(self)
         await self._send(status_frame(run))
         await self._send_from_database()
 
     async def disconnect(self, code: int) -> None:
+        metrics.websocket_closed(self)
         if hasattr(self, "run_id"):
             await self.channel_layer.group_discard(events.run_group(self.run_id), self.channel_name)
 

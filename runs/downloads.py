@@ -11,6 +11,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from asgiref.sync import sync_to_async
@@ -26,6 +27,7 @@ from django.views.decorators.http import require_safe
 
 from accounts.http import http_principal, refusal
 from accounts.policy import Action
+from audit import chain as audit
 from runs.models import Artifact
 from runs.selectors import access_artifact
 from runs.storage import artifact_path
@@ -74,7 +76,7 @@ async def _read_file(path: Path, start: int, length: int) -> AsyncIterator[bytes
         await asyncio.to_thread(handle.close)
 
 
-def _find(request: HttpRequest, artifact_id: int) -> tuple[Artifact, Path] | HttpResponse:
+def _find(request: HttpRequest, artifact_id: int) -> tuple[Artifact, Path, Any] | HttpResponse:
     principal = http_principal(request)
     refused = refusal(principal, Action.RUN_READ)
     if refused is not None:
@@ -86,7 +88,14 @@ def _find(request: HttpRequest, artifact_id: int) -> tuple[Artifact, Path] | Htt
     path = artifact_path(artifact.storage_key)
     if not path.is_file():
         return JsonResponse({"detail": "The artifact's file is missing from storage."}, status=410)
-    return artifact, path
+    return artifact, path, principal.user
+
+
+def _audit_download(user: Any, artifact: Artifact, status: int, content_range: str) -> None:
+    details = {"run_id": artifact.run_id, "name": artifact.name, "sha256": artifact.sha256, "status": status}
+    if content_range:
+        details["range"] = content_range
+    audit.record("artifact.download", actor=user, target=artifact, details=details)
 
 
 @require_safe
@@ -94,7 +103,7 @@ async def download_artifact(request: HttpRequest, artifact_id: int) -> HttpRespo
     found = await sync_to_async(_find)(request, artifact_id)
     if isinstance(found, HttpResponse):
         return found
-    artifact, path = found
+    artifact, path, user = found
     size = artifact.size
     etag = f'"{artifact.sha256}"'
     disposition = f"attachment; filename*=UTF-8''{quote(artifact.name)}"
@@ -121,6 +130,11 @@ async def download_artifact(request: HttpRequest, artifact_id: int) -> HttpRespo
     response["Cache-Control"] = "private, no-transform"
     if isinstance(wanted, tuple):
         response["Content-Range"] = f"bytes {start}-{end}/{size}"
+    if request.method == "GET":
+        # One record per request that sends bytes (200 or 206); a HEAD, a 304 or a 416 sends none.
+        await sync_to_async(_audit_download)(
+            user, artifact, response.status_code, response.get("Content-Range", "")
+        )
     return response
 
 

@@ -22,7 +22,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from ops.metrics import RECONCILER_ACTIONS
+from ops.metrics import LEASE_EXPIRIES, RECONCILER_ACTIONS
+from ops.outcomes import count_finished
 from runs.attempts import broadcast_status_on_commit, expire_lease
 from runs.broker import pending_run_ids
 from runs.models import ErrorKind, Run, RunStatus
@@ -51,6 +52,7 @@ def reconcile(now: datetime | None = None) -> Report:
     _expire_queue_ttl(now, report)
     _dispatch(now, report)
     counts = report.as_dict()
+    LEASE_EXPIRIES.inc(counts["leases_expired"])
     for action, count in counts.items():
         if count:
             RECONCILER_ACTIONS.labels(action=action).inc(count)
@@ -76,9 +78,9 @@ def _expire_leases(now: datetime, report: Report) -> None:
 
 def _expire_queue_ttl(now: datetime, report: Report) -> None:
     candidates = Run.objects.filter(status=RunStatus.QUEUED, queue_ttl_seconds__isnull=False).values_list(
-        "pk", "created_at", "queue_ttl_seconds"
+        "pk", "created_at", "queue_ttl_seconds", "program"
     )[:BATCH]
-    for run_id, created_at, ttl in candidates:
+    for run_id, created_at, ttl, program in candidates:
         if ttl is None or created_at + timedelta(seconds=ttl) > now:
             continue
         with transaction.atomic():
@@ -90,6 +92,7 @@ def _expire_queue_ttl(now: datetime, report: Report) -> None:
                 error_message=f"waited in the queue longer than its time-to-live of {ttl} s",
             ):
                 broadcast_status_on_commit(run_id)
+                count_finished(program, RunStatus.FAILED, ErrorKind.TIMEOUT)
                 report.expired_in_queue.append(run_id)
 
 

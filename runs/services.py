@@ -18,14 +18,17 @@ from django.utils import timezone
 
 from audit import chain as audit
 from controlplane.celery import app as celery_app
+from ops.outcomes import count_finished
 from runs.attempts import broadcast_status_on_commit
 from runs.models import Run, RunStatus
 from runs.programs import ParamsError, Program, get_program, resolve_params
+from vault import services as secret_services
 
 log = structlog.get_logger(__name__)
 
 SUPERVISE_TASK = "workers.tasks.supervise_run"
 MAX_NAME_LENGTH = 200
+MAX_SECRETS = 64
 _SECRET_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
 
 
@@ -82,8 +85,15 @@ def _check_limits(limits: dict[str, Any], errors: dict[str, str]) -> dict[str, i
 
 
 def check_launch(
-    *, name: Any, program: Any, params: Any, secrets: Any = None, limits: dict[str, Any] | None = None
+    *,
+    name: Any,
+    program: Any,
+    params: Any,
+    secrets: Any = None,
+    limits: dict[str, Any] | None = None,
+    owner: User | None = None,
 ) -> LaunchRequest:
+    """Validate a launch; `owner` (the launching user) must be allowed every secret it names."""
     errors: dict[str, str] = {}
     checked_limits = _check_limits(limits or {}, errors)
     if not isinstance(name, str) or not name.strip():
@@ -109,12 +119,16 @@ def check_launch(
             errors["secrets"] = "must be a list of secret names"
         else:
             bad = [s for s in secrets if not _SECRET_NAME.match(s)]
+            secret_names = list(dict.fromkeys(secrets))
             if bad:
                 errors["secrets"] = f"not a valid secret name: {bad[0][:64]!r}"
-            elif secrets:
-                # Secrets arrive with the identity work; until then no name can be resolved.
-                errors["secrets"] = f"unknown secret {secrets[0]!r}"
-            secret_names = list(secrets)
+            elif len(secret_names) > MAX_SECRETS:
+                errors["secrets"] = f"at most {MAX_SECRETS} secrets"
+            elif secret_names:
+                # Refusals are audited there; only names are stored with the run, never values.
+                problems = secret_services.check_usable(owner, secret_names)
+                if problems:
+                    errors["secrets"] = "; ".join(problems)
     if errors:
         raise LaunchError(errors)
     assert found is not None
@@ -172,13 +186,17 @@ def do_cancel_run(run: Run, *, actor: User | None = None) -> Run:
     with transaction.atomic():
         audit.record("run.cancel", actor=actor, target=run, details={"status_before": run.status})
         # Conditional updates: a run that starts or ends while we decide is not overwritten.
-        if Run.objects.filter(pk=run.pk, status__in=[RunStatus.QUEUED, RunStatus.LOST]).update(
+        unstarted = Run.objects.filter(pk=run.pk, status__in=[RunStatus.QUEUED, RunStatus.LOST])
+        cancelled_at_once = unstarted.update(
             status=RunStatus.CANCELLED,
             finished_at=now,
             cancel_requested_at=now,
             error_kind="cancelled",
             error_message="cancelled before it started",
-        ) or Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+        )
+        if cancelled_at_once:
+            count_finished(run.program, RunStatus.CANCELLED, "cancelled")
+        if cancelled_at_once or Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
             status=RunStatus.CANCELLING, cancel_requested_at=now
         ):
             broadcast_status_on_commit(run.pk)

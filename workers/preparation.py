@@ -13,8 +13,9 @@ from django.db import DatabaseError, close_old_connections
 
 from runs import attempts
 from runs.attempts import Claim, Outcome, StaleAttempt, system_line
-from runs.models import ErrorKind, RunStatus
+from runs.models import ErrorKind, Run, RunStatus
 from runs.storage import hash_file, resolve_inside
+from vault.services import SecretUnavailable, resolve_for_run
 from workers.datasets import DatasetError, StagedDataset, stage_dataset
 
 Say = Callable[[tuple[datetime, str, str]], None]
@@ -83,3 +84,18 @@ def stage_run_dataset(
         )
     say(system_line(f"dataset staged: {result.size} bytes, sha256 {result.sha256}"))
     return DATASET_PATH, None
+
+
+def resolve_run_secrets(claim: Claim) -> tuple[dict[str, str], Outcome | None]:
+    """The values of the secrets the run names, checked again against its owner now; or the
+    outcome that ends the attempt (a withdrawn secret fails the run, a worker without the key
+    fails this attempt only, so another worker may try)."""
+    if not claim.secrets:
+        return {}, None
+    owner = Run.objects.select_related("owner").get(pk=claim.run_id).owner
+    try:
+        values = resolve_for_run(run_id=claim.run_id, attempt=claim.attempt, owner=owner, names=claim.secrets)
+    except SecretUnavailable as error:
+        kind = ErrorKind.INFRASTRUCTURE if error.transient else ErrorKind.CONFIG
+        return {}, Outcome(RunStatus.FAILED, None, kind, error.code, str(error))
+    return values, None

@@ -28,6 +28,8 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
+from controlplane.redaction import Redactor, registry
+from ops import worker_metrics
 from runs import attempts
 from runs.attempts import Batch, Claim, Outcome, StaleAttempt, system_line
 from runs.models import ErrorKind, LogStream, RunStatus
@@ -35,7 +37,7 @@ from runs.programs import Program, get_program
 from runs.safetensors_header import HeaderError, read_header
 from runs.storage import hash_file, resolve_inside, run_dir, store_artifact
 from workers.failures import classify_exit
-from workers.preparation import choose_checkpoint, stage_run_dataset
+from workers.preparation import choose_checkpoint, resolve_run_secrets, stage_run_dataset
 from workers.protocol import MAX_EVENT_LINE_BYTES, apply_event
 from workers.registry import active_supervisors
 from workers.streams import Chunk, decode_line, read_lines
@@ -72,6 +74,11 @@ class Supervisor:
         self._lifeline: int | None = None
         self._flush_failures = 0
         self._dropped_lines = 0
+        # The run's secret values: injected into its program only, and masked in everything it
+        # prints or reports before that reaches the batch (so the database never holds them).
+        self._secrets: dict[str, str] = {}
+        self._redactor = Redactor()
+        self._redaction: int | None = None
         self.log = log.bind(run_id=run_id)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -92,6 +99,9 @@ class Supervisor:
             return self._run_claimed(claim)
         finally:
             active_supervisors.discard(self)
+            if self._redaction is not None:
+                registry.discard(self._redaction)
+            worker_metrics.supervision_ended(self.run_id)
             self._end_process_group()
 
     def _say(self, line: tuple[datetime, str, str]) -> None:
@@ -112,6 +122,15 @@ class Supervisor:
             )
             attempts.finish_attempt(self.run_id, claim.attempt, outcome)
             return "failed"
+        self._secrets, refused = resolve_run_secrets(claim)
+        if refused is not None:
+            self._batch.lines.append(system_line(refused.error_message))
+            self._final_flush(claim)
+            return str(attempts.finish_attempt(self.run_id, claim.attempt, refused))
+        if self._secrets:
+            self._redactor = Redactor(self._secrets.values())
+            # Every structlog line of this process is masked too, whatever code logs it.
+            self._redaction = registry.add(self._secrets.values())
         directory = run_dir(self.run_id)
         directory.mkdir(parents=True, exist_ok=True)
         params_file = directory / "params.json"
@@ -200,6 +219,8 @@ class Supervisor:
         lifeline_read, self._lifeline = os.pipe()
         try:
             env = self._environment(claim, directory, params_file, write_fd)
+            for name, value in self._secrets.items():
+                env.setdefault(name, value)  # never over the control plane's own variables
             if resume_from is not None:
                 env["CONTROLPLANE_RESUME_FROM"] = resume_from
             if dataset is not None:
@@ -240,6 +261,7 @@ class Supervisor:
         command = " ".join(program.command)
         self._batch.lines.append(system_line(f"attempt {claim.attempt} started on {self.worker}: {command}"))
         self.log.info("process_started", pid=self._process.pid, program=program.name)
+        worker_metrics.process_started(self.run_id, program.name)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -329,10 +351,17 @@ class Supervisor:
         if chunk.source == "events":
             self._take_event(chunk.data, chunk.truncated)
             return
-        text = decode_line(chunk.data, chunk.truncated)
+        text = self._redacted_line(chunk.data, chunk.truncated)
         if chunk.source == "stderr":
             self._stderr_tail.append(text)
         self._batch.lines.append((timezone.now(), LogStream(chunk.source).value, text))
+
+    def _redacted_line(self, data: bytes, truncated: int) -> str:
+        if not self._redactor:
+            return decode_line(data, truncated)
+        # Masked before the truncation note is added: a line cut inside a secret hides its head too.
+        text = self._redactor.text(decode_line(data), cut=bool(truncated))
+        return text + decode_line(b"", truncated) if truncated else text
 
     def _take_event(self, data: bytes, truncated: int) -> None:
         problem = None
@@ -341,13 +370,14 @@ class Supervisor:
             problem = f"event line longer than {MAX_EVENT_LINE_BYTES} bytes"
         else:
             try:
-                event = json.loads(data)
+                event = self._redactor.value(json.loads(data))
             except (UnicodeDecodeError, json.JSONDecodeError) as error:
                 problem = f"not JSON ({error.__class__.__name__})"
         if problem is None:
             problem = apply_event(event, self._batch, self._pending_files)
+            worker_metrics.observe_event(self.run_id, event)
         if problem is not None:
-            preview = decode_line(data[:200])
+            preview = self._redacted_line(data, truncated)[:200]
             self.log.warning("malformed_event_skipped", problem=problem, preview=preview)
             self._batch.lines.append(system_line(f"skipped a malformed event ({problem}): {preview}"))
 
@@ -366,6 +396,7 @@ class Supervisor:
         batch, self._batch = self._batch, Batch()
         try:
             attempts.write_batch(self.run_id, claim.attempt, batch, self._series_cache)
+            worker_metrics.batch_written(batch)
         except StaleAttempt:
             self._lost_lease = True
             self._kill("another attempt owns the run")

@@ -34,7 +34,7 @@ from accounts.api.serializers import (
 from accounts.drf import PolicyPermission, request_principal
 from accounts.models import ApiToken
 from accounts.policy import Action
-from accounts.throttles import TokenRequestThrottle
+from accounts.throttles import AnonymousThrottle, TokenRequestThrottle
 from audit import signins
 
 MAX_CREDENTIAL_LENGTH = 256
@@ -67,7 +67,7 @@ class TokenView(APIView):
 
     permission_classes = [AllowAny]
     authentication_classes: list[Any] = []
-    throttle_classes = [TokenRequestThrottle]
+    throttle_classes = [AnonymousThrottle, TokenRequestThrottle]
 
     @extend_schema(
         request=inline_serializer(

@@ -7,8 +7,8 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.http import Http404
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import status, viewsets
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
@@ -128,6 +128,7 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
                 params=body.get("params"),
                 secrets=body.get("secrets"),
                 limits={name: body[name] for name in services.LIMIT_FIELDS if name in body},
+                owner=_user(request),
             )
         except services.LaunchError as error:
             raise ValidationError({field: [message] for field, message in error.errors.items()}) from None
@@ -159,7 +160,17 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
 
     @extend_schema(
         parameters=[OpenApiParameter("after", int), OpenApiParameter("limit", int)],
-        responses={200: LogLineSerializer},
+        responses={
+            200: inline_serializer(
+                "LogPage",
+                {
+                    "results": LogLineSerializer(many=True),
+                    "next_after": serializers.IntegerField(),
+                    "has_more": serializers.BooleanField(),
+                    "run_status": serializers.CharField(),
+                },
+            )
+        },
     )
     @action(detail=True, methods=["get"])
     def logs(self, request: Request, pk: str) -> Response:
@@ -178,7 +189,23 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
         )
 
     @extend_schema(
-        parameters=[OpenApiParameter("key", str, required=True), OpenApiParameter("max_points", int)]
+        parameters=[OpenApiParameter("key", str, required=True), OpenApiParameter("max_points", int)],
+        responses={
+            200: inline_serializer(
+                "MetricSeries",
+                {
+                    "key": serializers.CharField(),
+                    "points": inline_serializer(
+                        "MetricPoint",
+                        {
+                            "step": serializers.IntegerField(),
+                            "value": serializers.FloatField(allow_null=True),
+                        },
+                        many=True,
+                    ),
+                },
+            )
+        },
     )
     @action(detail=True, methods=["get"])
     def metrics(self, request: Request, pk: str) -> Response:
@@ -192,7 +219,7 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
         return Response({"key": key, "points": [{"step": p.step, "value": p.value} for p in points]})
 
     @extend_schema(responses={200: ArtifactSerializer(many=True)})
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], pagination_class=None)
     def artifacts(self, request: Request, pk: str) -> Response:
         run = self.get_object()
         serializer = ArtifactSerializer(

@@ -25,6 +25,7 @@ from runs.programs import Program, all_programs, get_program
 from runs.web import display, launch
 from runs.web.assets import module_graph
 from runs.web.listing import PAGE_SIZES, SORTS, paginate, parse_list_query
+from vault.selectors import usable_secret_names
 
 MAX_COMPARE = 10
 MAX_OWNER_CHOICES = 500
@@ -215,8 +216,10 @@ def _launch_page(
     errors: dict[str, str],
     general: list[str],
     clone_of: Run | None = None,
+    secrets: list[str] | None = None,
 ) -> HttpResponse:
     programs = all_programs()
+    chosen = set(secrets or [])
     fields = launch.param_fields(program, values, errors) if program is not None else []
     return render(
         request,
@@ -230,6 +233,7 @@ def _launch_page(
             "general_errors": general,
             "error_count": len(errors) + len(general),
             "clone_of": clone_of,
+            "secret_choices": [(secret, secret in chosen) for secret in usable_secret_names(request.user)],
             "preload": module_graph("js/pages/launch.js"),
         },
     )
@@ -257,7 +261,14 @@ def launch_run(request: HttpRequest) -> HttpResponse:
         # A param the program no longer has would only earn an "unknown param" error.
         values = {key: value for key, value in values.items() if key in program.params}
     return _launch_page(
-        request, program=program, name=name, values=values, errors={}, general=[], clone_of=clone_of
+        request,
+        program=program,
+        name=name,
+        values=values,
+        errors={},
+        general=[],
+        clone_of=clone_of,
+        secrets=list(clone_of.secrets) if clone_of is not None else [],
     )
 
 
@@ -266,9 +277,13 @@ def _post_launch(request: HttpRequest) -> HttpResponse:
     program = get_program(program_name)
     name = request.POST.get("name", "")
     params, shown = launch.posted_params(program, request.POST) if program is not None else ({}, {})
+    secrets = request.POST.getlist("secrets")
+    assert isinstance(request.user, User)  # `requires` has run
     try:
         # The very validation the API runs: one rule, one set of messages.
-        checked = services.check_launch(name=name, program=program_name, params=params)
+        checked = services.check_launch(
+            name=name, program=program_name, params=params, secrets=secrets, owner=request.user
+        )
     except services.LaunchError as error:
         fields = {"name", "program", "secrets"} | {
             launch.input_name(p) for p in (program.params if program else {})
@@ -276,9 +291,14 @@ def _post_launch(request: HttpRequest) -> HttpResponse:
         by_field, general = launch.split_errors(error.errors, fields)
         # 200 like any form shown again with its errors (success is a redirect).
         return _launch_page(
-            request, program=program, name=name, values=shown, errors=by_field, general=general
+            request,
+            program=program,
+            name=name,
+            values=shown,
+            errors=by_field,
+            general=general,
+            secrets=secrets,
         )
-    assert isinstance(request.user, User)  # `requires` has run
     run = services.do_launch_run(request.user, checked, request_id=getattr(request, "request_id", ""))
     return redirect("run-detail", run_id=run.pk)
 

@@ -29,6 +29,7 @@ from audit import chain
 from controlplane.routing import websocket_urlpatterns
 from runs.models import Artifact, Run, RunStatus
 from runs.storage import artifact_path
+from vault.services import do_create_secret
 
 ROLES = ("anonymous", "viewer", "operator_owning", "operator_not_owning", "admin")
 STRONG = "plum-orbit-candle-47-river"
@@ -65,6 +66,7 @@ def r(name: str, method: str, *expect: Expected, **options: Any) -> Row:
 READ = (401, 200, 200, 200, 200)
 PAGE_READ = (302, 200, 200, 200, 200)
 ADMIN_ONLY = (401, 403, 403, 403, 200)
+PAGE_ADMIN = (302, 403, 403, 403, 200)
 
 MATRIX: list[Row] = [
     # -- pages ---------------------------------------------------------------------------------
@@ -78,6 +80,34 @@ MATRIX: list[Row] = [
     r("login", "POST", 200, 200, 200, 200, 200, body={"username": "nobody", "password": "wrong"}, form=True),
     r("logout", "POST", 302, 302, 302, 302, 302, form=True),
     r("admin:index", "GET", 302, 302, 302, 302, 200),
+    r("account-tokens", "GET", *PAGE_READ),
+    r("account-tokens", "POST", 302, 201, 201, 201, 201, body={"name": "m", "scopes": "read"}, form=True),
+    r("account-token-revoke", "POST", 302, 404, 302, 404, 302, target="token", form=True),
+    r("user-list", "GET", *PAGE_ADMIN),
+    r(
+        "user-list",
+        "POST",
+        302,
+        403,
+        403,
+        403,
+        302,
+        body={"username": "newbie", "password": STRONG, "role": "viewer"},
+        form=True,
+    ),
+    r("user-detail", "GET", *PAGE_ADMIN, target="user"),
+    r(
+        "user-change",
+        "POST",
+        302,
+        403,
+        403,
+        403,
+        302,
+        target="user",
+        body={"change": "role", "role": "viewer"},
+        form=True,
+    ),
     # -- public probes -------------------------------------------------------------------------
     r("healthz", "GET", 200, 200, 200, 200, 200),
     r("readyz", "GET", PROBE, PROBE, PROBE, PROBE, PROBE),
@@ -125,6 +155,52 @@ MATRIX: list[Row] = [
     r("api:audit-list", "GET", *ADMIN_ONLY),
     r("api:audit-verify", "GET", *ADMIN_ONLY),
     r("api:audit-detail", "GET", *ADMIN_ONLY, target="audit"),
+    r("audit-list", "GET", *PAGE_ADMIN),
+    r("audit-verify", "GET", *PAGE_ADMIN),
+    r("audit-detail", "GET", *PAGE_ADMIN, target="audit"),
+    # -- secrets (admins) -------------------------------------------------------------------------
+    r("secret-list", "GET", *PAGE_ADMIN),
+    r("secret-create", "GET", *PAGE_ADMIN),
+    r(
+        "secret-create",
+        "POST",
+        302,
+        403,
+        403,
+        403,
+        302,
+        body={"name": "MATRIX_NEW", "value": "matrix-value-123"},
+        form=True,
+    ),
+    r("secret-edit", "GET", *PAGE_ADMIN, target="secret"),
+    r(
+        "secret-edit",
+        "POST",
+        302,
+        403,
+        403,
+        403,
+        302,
+        target="secret",
+        body={"value": "another-value-456"},
+        form=True,
+    ),
+    r("secret-delete", "GET", *PAGE_ADMIN, target="secret"),
+    r("secret-delete", "POST", 302, 403, 403, 403, 302, target="secret", form=True),
+    r("api:secret-list", "GET", *ADMIN_ONLY),
+    r(
+        "api:secret-list",
+        "POST",
+        401,
+        403,
+        403,
+        403,
+        201,
+        body={"name": "MATRIX_NEW", "value": "matrix-value-123"},
+    ),
+    r("api:secret-detail", "GET", *ADMIN_ONLY, target="secret"),
+    r("api:secret-detail", "PATCH", *ADMIN_ONLY, target="secret", body={"value": "another-value-456"}),
+    r("api:secret-detail", "DELETE", 401, 403, 403, 403, 204, target="secret"),
 ]
 
 # Websocket routes, by path pattern: the close code a refused handshake gets, or "accept".
@@ -133,7 +209,7 @@ WEBSOCKET_MATRIX: dict[str, tuple[int | str, ...]] = {
 }
 
 # The URL keyword each fixture object fills, per URL name (the rest use `pk`/`run_id` of a run).
-KWARG_NAMES = ("pk", "run_id", "artifact_id")
+KWARG_NAMES = ("pk", "run_id", "artifact_id", "token_id", "user_id", "name", "ref")
 
 
 # -- the world every row runs against -------------------------------------------------------------
@@ -187,6 +263,7 @@ def build_world() -> World:
     )
     token = ApiToken.objects.get(pk=do_issue_token(owner, name="owned").token.pk)
     record = chain.record("matrix.seed", actor=owner)
+    secret = do_create_secret(users["admin"], name="MATRIX_SECRET", value="matrix-value-123")
     tokens = {role: do_issue_token(user).plaintext for role, user in users.items() if user is not None}
     ids = {
         "run": run.pk,
@@ -196,6 +273,7 @@ def build_world() -> World:
         "token": token.pk,
         "user": owner.pk,
         "audit": record.pk,
+        "secret": secret.pk,
     }
     return World(users, tokens, ids)
 

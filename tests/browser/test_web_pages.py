@@ -169,8 +169,8 @@ def test_the_launch_form_is_generated_from_the_program_schema(browser_client: Cl
     assert "1 to 10,000,000" in html  # bounds
     assert 'id="param-device"' in html and '<option value="cuda"' in html  # enum as a select
     assert "&gt; 0 and ≤ 1.0" in html  # exclusive minimum and maximum of lr
-    assert "Secrets arrive with the identity work." in html
-    assert '<select id="id_secrets" multiple' in html and "disabled" in html
+    assert "No secrets are shared with you" in html  # none exist yet: the fieldset is disabled
+    assert '<fieldset class="secrets" disabled>' in html
 
 
 @pytest.mark.parametrize(
@@ -547,3 +547,28 @@ def test_each_page_preloads_the_whole_module_graph_of_its_script(browser_client:
     assert "vendor/uplot/uPlot.esm.js" in re.findall(
         r'modulepreload" href="/static/([^"]+)"', browser_client.get(f"/runs/{run.pk}/").content.decode()
     )
+
+
+def test_the_launch_form_offers_only_the_secrets_shared_with_the_user(
+    browser_client: Client, owner: User, teammate: User
+) -> None:
+    from vault.services import do_create_secret
+
+    do_create_secret(None, name="SHARED_TOKEN", value="shared-value-0123", allowed_users=[owner.username])
+    do_create_secret(None, name="TEAM_TOKEN", value="team-value-0123", allowed_roles=["operator"])
+    do_create_secret(None, name="OTHER_TOKEN", value="other-value-0123", allowed_users=[teammate.username])
+    html = browser_client.get("/runs/new/?program=scripted").content.decode()
+    assert '<option value="SHARED_TOKEN"' in html and '<option value="TEAM_TOKEN"' in html
+    assert "OTHER_TOKEN" not in html
+    launched = browser_client.post(
+        "/runs/new/", {"program": "scripted", "name": "with-secret", "secrets": ["SHARED_TOKEN"]}
+    )
+    assert launched.status_code == 302
+    assert Run.objects.get(name="with-secret").secrets == ["SHARED_TOKEN"]
+    # A name typed in by hand is checked like the API does it: a field error, nothing launched.
+    refused = browser_client.post(
+        "/runs/new/", {"program": "scripted", "name": "sneaky", "secrets": ["OTHER_TOKEN"]}
+    )
+    assert refused.status_code == 200
+    assert "not allowed to you" in refused.content.decode()
+    assert not Run.objects.filter(name="sneaky").exists()

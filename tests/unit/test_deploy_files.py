@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -59,9 +60,116 @@ def test_the_image_runs_as_a_non_root_user_with_a_healthcheck() -> None:
     assert "node_modules/uplot/dist/uPlot.esm.js" in final_stage  # the dashboard's charts ship in the image
 
 
-def test_ci_workflow_runs_the_same_command_as_ci_run() -> None:
-    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
-    steps = workflow["jobs"]["test"]["steps"]
-    assert any("./dev test" in step.get("run", "") for step in steps)
-    assert "./dev test" in (ROOT / ".ci" / "run").read_text()
-    assert workflow["permissions"] == {"contents": "read"}
+# The CI workflows (split by concern; ci.yml is gone) are checked in tests/unit/test_ci_workflows.py.
+
+
+def _compose() -> dict[str, Any]:
+    compose: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return compose
+
+
+def test_compose_runs_monitoring_beside_the_product() -> None:
+    services = _compose()["services"]
+    assert {"prometheus", "grafana", "node-exporter", "housekeeping"} <= set(services)
+    assert "./deploy/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
+    assert services["grafana"]["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+    # No default admin password: compose refuses to start Grafana without one.
+    assert ":?" in services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    for name in ("prometheus", "grafana"):
+        published = services[name]["ports"]
+        assert all(port.startswith("127.0.0.1:") for port in published), (
+            f"{name} is published beyond localhost"
+        )
+
+
+def test_every_compose_dependency_waits_for_a_real_health_check() -> None:
+    services = _compose()["services"]
+    for name, service in services.items():
+        for target, rule in service.get("depends_on", {}).items():
+            assert target in services, f"{name} depends on unknown service {target}"
+            condition = rule["condition"]
+            assert condition in {"service_healthy", "service_completed_successfully"}, (name, target)
+            if condition == "service_healthy":
+                check = services[target].get("healthcheck", {})
+                assert check.get("test") and not check.get("disable"), f"{target} has no health check"
+    # The image's check probes the web port: services that serve none must replace or disable it.
+    for name in ("worker", "housekeeping", "beat"):
+        assert "healthcheck" in services[name], name
+
+
+def test_compose_volumes_are_declared_or_files_in_the_repository() -> None:
+    compose = _compose()
+    declared = set(compose["volumes"])
+    used = set()
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+            else:
+                assert source in declared, f"{name} uses undeclared volume {source}"
+                used.add(source)
+    assert used == declared
+    assert {"pgdata", "data", "prometheus-data", "grafana-data"} <= declared
+
+
+def test_prometheus_scrapes_the_web_and_every_worker_metrics_port() -> None:
+    services = _compose()["services"]
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert {"controlplane-web", "controlplane-worker", "node"} <= set(jobs)
+    assert config["rule_files"] == ["alerts.yml"]
+    # Django checks the Host header: the web job scrapes by a name ALLOWED_HOSTS always holds.
+    assert jobs["controlplane-web"]["static_configs"] == [{"targets": ["web:8000"]}]
+    assert "web" in services["web"]["environment"]["ALLOWED_HOSTS"].split("}", 1)[1].split(",")
+    (discovery,) = jobs["controlplane-worker"]["dns_sd_configs"]
+    workers = {
+        name
+        for name, s in services.items()
+        if s.get("command", [])[:4] == ["celery", "-A", "controlplane", "worker"]
+    }
+    assert set(discovery["names"]) == workers == {"worker", "housekeeping"}
+    for name in workers:
+        assert services[name]["environment"]["CONTROLPLANE_WORKER_METRICS_PORT"] == str(discovery["port"])
+        command = services[name]["command"]
+        # Metrics recorded inside tasks reach the worker's port only with the threads pool.
+        assert command[command.index("--pool") + 1] == "threads", name
+    assert f"EXPOSE 8000 {discovery['port']}" in (ROOT / "Dockerfile").read_text()
+
+
+def test_the_build_context_leaves_out_local_state_and_secrets() -> None:
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".git", ".venv", "var", "node_modules", ".env", ".env.*"} <= ignored
+
+
+def _anchors(markdown: str) -> set[str]:
+    # GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens.
+    headings = re.findall(r"^#{1,6} (.+)$", markdown, flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+def test_operations_docs_link_to_files_and_headings_that_exist() -> None:
+    pages = [ROOT / "docs" / "operations.md", ROOT / "docs" / "troubleshooting.md"]
+    pages += sorted((ROOT / "docs" / "runbooks").glob("*.md"))
+    assert len(pages) >= 11
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = (page.parent / path).resolve() if path else page
+            assert resolved.exists(), f"{page.name}: {target} does not exist"
+            if anchor:
+                assert anchor in _anchors(resolved.read_text()), (
+                    f"{page.name}: no heading #{anchor} in {path or page.name}"
+                )
+
+
+def test_every_runbook_says_what_to_look_at_how_to_fix_and_how_to_verify() -> None:
+    for runbook in sorted((ROOT / "docs" / "runbooks").glob("*.md")):
+        text = runbook.read_text()
+        assert "## Symptoms" in text, runbook.name
+        assert "## What to look at" in text, runbook.name
+        assert "## Verify" in text, runbook.name
+        assert "## Fix" in text or "## Procedure" in text, runbook.name

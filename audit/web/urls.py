@@ -1,0 +1,9 @@
+from django.urls import path
+
+from audit.web import views
+
+urlpatterns = [
+    path("", views.audit_list, name="audit-list"),
+    path("verify/", views.audit_verify, name="audit-verify"),
+    path("<int:pk>/", views.audit_detail, name="audit-detail"),
+]

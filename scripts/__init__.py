@@ -1,0 +1,1 @@
+"""Build and CI helpers run from the repository root (``python scripts/<name>.py``)."""
