@@ -23,8 +23,16 @@ TERMINAL = {"succeeded", "failed", "cancelled", "dead"}
 
 def standalone_env(data_dir: Path) -> dict[str, str]:
     """Embedded defaults: none of the production services' variables."""
-    env = process_env(data_dir)
-    for name in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE"):
+    env = process_env(data_dir, CONTROLPLANE_AUDIT_CHECKPOINT_SECONDS="10")
+    for name in (
+        "DATABASE_URL",
+        "REDIS_URL",
+        "CELERY_BROKER_URL",
+        "SECRET_KEY",
+        "DJANGO_SETTINGS_MODULE",
+        "CONTROLPLANE_SECRETS_KEY",
+        "CONTROLPLANE_AUDIT_KEY",
+    ):
         env.pop(name, None)
     return env
 
@@ -69,6 +77,18 @@ def test_standalone_trains_a_model_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -
         artifact = api.get(f"/api/v1/runs/{run['id']}/artifacts/").json()[0]
         body = api.get(artifact["download_url"]).content
         assert hashlib.sha256(body).hexdigest() == artifact["sha256"]
+        # Identity works on embedded defaults too: a secrets key and an audit key are generated
+        # into the data directory, and the embedded beat signs the audit chain.
+        secret = api.post("/api/v1/secrets/", json={"name": "SA_TOKEN", "value": "standalone-secret-1"})
+        assert secret.status_code == 201, secret.text
+        verified = wait_for(
+            lambda: (body := api.get("/api/v1/audit/verify/").json())["checkpoints_checked"] and body,
+            40,
+            message="a signed audit checkpoint",
+        )
+        assert verified["ok"] is True
+        for key_file in ("secrets.key", "audit_key"):
+            assert oct((tmp_path / "data" / key_file).stat().st_mode & 0o777) == "0o600", key_file
 
         # A long run in flight when Ctrl-C arrives: its process must end with the server.
         long_run = api.post(

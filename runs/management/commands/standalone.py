@@ -21,6 +21,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections
 
+from audit.tasks import housekeeping_audit_checkpoint
 from controlplane.celery import app as celery_app
 from runs.reconciler import reconcile, recover_in_process_broker
 from workers.registry import active_supervisors
@@ -103,16 +104,22 @@ class Command(BaseCommand):
         return thread
 
     def _start_reconciler(self) -> threading.Event:
-        """Standalone's beat: reconcile every CONTROLPLANE_RECONCILE_SECONDS in a thread."""
+        """Standalone's beat: reconcile every CONTROLPLANE_RECONCILE_SECONDS in a thread, and
+        verify and sign the audit chain on the beat's schedule."""
         stop = threading.Event()
         in_process = str(settings.CELERY_BROKER_URL).startswith("memory://")
+        checkpoint_every = float(settings.CELERY_BEAT_SCHEDULE["audit-checkpoint"]["schedule"])
 
         def loop() -> None:
             if in_process:
                 recover_in_process_broker()
+            next_checkpoint = time.monotonic()
             while not stop.is_set():
                 try:
                     reconcile()
+                    if time.monotonic() >= next_checkpoint:
+                        housekeeping_audit_checkpoint()
+                        next_checkpoint = time.monotonic() + checkpoint_every
                 except Exception as error:  # one bad pass must not end the loop
                     log.error("reconcile_failed", error=repr(error)[:300])
                 finally:
