@@ -64,3 +64,32 @@ def test_every_page_passes_an_axe_audit_in_light_and_dark(browser: Browser, sess
         problems[f"{scheme} run page at 390 px"] = audit(page)
         context.close()
     assert {url: found for url, found in problems.items() if found} == {}
+
+
+def test_identity_and_admin_pages_pass_an_axe_audit_in_light_and_dark(browser: Browser, stack: Any) -> None:
+    from tests.conftest import make_user
+    from vault.services import do_create_secret
+
+    admin = make_user("ada", "admin")
+    do_create_secret(admin, name="AXE_TOKEN", value="axe-secret-value-1")
+    problems: dict[str, list[str]] = {}
+    for scheme in ("light", "dark"):
+        context = browser.new_context(
+            base_url=stack.base_url, viewport=DESKTOP, color_scheme=scheme, bypass_csp=True
+        )
+        page = context.new_page()
+        sign_in(page, admin.username)
+        urls = ["/account/tokens/", "/users/", f"/users/{admin.pk}/", "/secrets/", "/secrets/new/"]
+        urls += ["/secrets/AXE_TOKEN/", "/audit/", "/audit/verify/"]
+        for url in urls:
+            page.goto(url)
+            problems[f"{scheme} {url}"] = audit(page)
+        page.goto("/users/")
+        page.fill("#id_username", "x")
+        page.click("#create-user")  # no password: the form comes back with its errors
+        problems[f"{scheme} /users/ with errors"] = audit(page)
+        page.set_viewport_size(PHONE)
+        page.goto("/account/tokens/")
+        problems[f"{scheme} /account/tokens/ at 390 px"] = audit(page)
+        context.close()
+    assert {url: found for url, found in problems.items() if found} == {}
