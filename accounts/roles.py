@@ -32,8 +32,11 @@ def role_of(user: Any) -> Role | None:
     cached = getattr(user, "_role_cache", None)
     if cached is not None:
         return Role(cached)
-    record = UserRole.objects.filter(user_id=user.pk).values_list("role", flat=True).first()
-    role = Role(record) if record is not None else Role.VIEWER
+    try:
+        # Free when the user was loaded with select_related("role_record") (tokens are).
+        role = Role(user.role_record.role)
+    except UserRole.DoesNotExist:
+        role = Role.VIEWER
     user._role_cache = role.value  # one query per request, not one per check
     return role
 

@@ -143,7 +143,9 @@ def access_token(plaintext: str) -> ApiToken | None:
     """The active token for a plaintext, with its user, or None."""
     if not plaintext.startswith(TOKEN_PREFIX) or len(plaintext) > MAX_TOKEN_LENGTH:
         return None
-    token = ApiToken.objects.select_related("user").filter(digest=_digest(plaintext)).first()
+    token = (
+        ApiToken.objects.select_related("user", "user__role_record").filter(digest=_digest(plaintext)).first()
+    )
     now = timezone.now()
     if token is None or not token.is_active(now) or not token.user.is_active:
         return None

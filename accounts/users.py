@@ -94,6 +94,7 @@ def do_set_role(actor: User | None, user: User, role: Any) -> User:
         _sync_django_flags(user, new_role)
         user.save(update_fields=["is_staff", "is_superuser"])
         user.__dict__.pop("_role_cache", None)
+        user._state.fields_cache.pop("role_record", None)
         audit.record("user.role_change", actor=actor, target=user, details={"from": old_role, "to": new_role})
     return user
 
