@@ -169,6 +169,17 @@ def test_signed_in_callers_are_throttled_per_user(owner: User) -> None:
         assert other.get("/api/v1/runs/").status_code == 200
 
 
+def test_with_the_cache_down_rate_limits_fail_open_instead_of_failing_requests(owner: User) -> None:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {do_issue_token(owner).plaintext}")
+    dead_redis = {"default": {"BACKEND": "ops.cache.CountedRedisCache", "LOCATION": "redis://127.0.0.1:9/0"}}
+    with override_settings(CACHES=dead_redis), _rates(user="2/min"):
+        answers = [client.get("/api/v1/runs/").status_code for _ in range(4)]
+        launched = client.post("/api/v1/runs/", {"name": "x", "program": "scripted"}, format="json")
+    assert answers == [200] * 4  # nothing counts while Redis is away, and nothing fails
+    assert launched.status_code == 201
+
+
 def test_anonymous_callers_are_throttled_per_address(owner: User) -> None:
     address = fresh_address()
     with _rates(anon="3/min"):
