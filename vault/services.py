@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from django.contrib.auth import get_user_model
@@ -135,6 +135,15 @@ def _grants(secret: Secret) -> dict[str, Any]:
 # -- writes ----------------------------------------------------------------------------------
 
 
+def _refuse(actor: Actor, action: str, errors: dict[str, str], name: Any, target: Any = None) -> NoReturn:
+    """Bad input is refused with a 400 and audited (messages only: they never quote a value)."""
+    shown = name[:128] if isinstance(name, str) else type(name).__name__
+    audit.record(
+        action, actor=actor, target=target, outcome="denied", details={"name": shown, "errors": errors}
+    )
+    raise SecretError(errors)
+
+
 def do_create_secret(
     actor: Actor,
     *,
@@ -153,7 +162,7 @@ def do_create_secret(
     if "name" not in errors and Secret.objects.filter(name=name).exists():
         errors["name"] = f"a secret named {name!r} already exists"
     if errors:
-        raise SecretError(errors)
+        _refuse(actor, "secret.create", errors, name)
     ring = crypto.keyring()
     by = actor if isinstance(actor, User) else None
     try:
@@ -191,7 +200,7 @@ def do_update_secret(
     users = _users(allowed_users, errors) if allowed_users is not UNSET else None
     roles = _roles(allowed_roles, errors) if allowed_roles is not UNSET else None
     if errors:
-        raise SecretError(errors)
+        _refuse(actor, "secret.update", errors, secret.name, target=secret)
     ring = crypto.keyring() if value is not UNSET else None
     changed: list[str] = []
     with transaction.atomic():

@@ -496,3 +496,24 @@ def test_a_page_post_without_the_csrf_token_is_refused(admin: User) -> None:
     client.force_login(admin)
     assert client.post("/secrets/new/", {"name": "HF_TOKEN", "value": VALUE}).status_code == 403
     assert not Secret.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "1BAD", "value": "long-enough-value"}, "name"),
+        ({"name": "has space", "value": "long-enough-value"}, "name"),
+        ({"name": "SHORT_VALUE", "value": "1234567"}, "value"),
+    ],
+)
+def test_refused_secret_input_is_a_400_and_an_audit_record(body: dict[str, Any], field: str, db: Any) -> None:
+    from tests.conftest import make_user
+
+    admin = APIClient()
+    admin.force_authenticate(make_user("auditor", "admin"))
+    response = admin.post("/api/v1/secrets/", body, format="json")
+    assert response.status_code == 400
+    assert field in response.json()
+    record = AuditRecord.objects.filter(action="secret.create", outcome="denied").latest("id")
+    assert field in record.details["errors"]
+    assert body["value"] not in str(record.details)
