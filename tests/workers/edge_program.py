@@ -29,6 +29,15 @@ def main() -> int:
         reporter.artifact("broken.safetensors", "model")
         Path("notes.txt").write_text("fine\n")
         reporter.artifact("notes.txt", "report")
+    elif mode == "print":
+        # Lines and points, no artifact: after the program ends, a supervisor has nothing else to write.
+        count = int(params["lines"])
+        for number in range(1, count + 1):
+            print(f"line {number} " + "x" * 10)
+            reporter.metric(number, {"lines": float(number)})
+            if number % 100 == 0:
+                sys.stdout.flush()
+                time.sleep(float(params["seconds"]) * 100 / count)
     elif mode == "sleep":
         Path("program.pid").write_text(str(os.getpid()))
         deadline = time.monotonic() + float(params["seconds"])

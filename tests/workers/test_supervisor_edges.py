@@ -36,8 +36,9 @@ command = ["{python}", "-m", "tests.workers.edge_program"]
 description = "Edge cases of the protocol (tests/workers/edge_program.py)"
 
 [programs.edge.params]
-mode = { type = "string", default = "files", enum = ["long_event", "files", "sleep"] }
+mode = { type = "string", default = "files", enum = ["long_event", "files", "print", "sleep"] }
 seconds = { type = "number", default = 0, minimum = 0, maximum = 120 }
+lines = { type = "integer", default = 0, minimum = 0, maximum = 100000 }
 """
 
 
@@ -79,6 +80,24 @@ def test_a_program_no_longer_registered_fails_the_run_as_a_config_error(owner: U
         "unknown_program",
     )
     assert "'retired' is no longer registered on this worker" in run.error_message
+
+
+def test_a_secret_deleted_since_the_launch_fails_the_run_before_its_program_starts(owner: User) -> None:
+    program = get_program("edge")
+    assert program is not None
+    run = Run.objects.create(
+        name="secretive",
+        owner=owner,
+        program="edge",
+        params=resolve_params(program, {"mode": "files"}),
+        secrets=["DELETED_SINCE_LAUNCH"],
+        queue=QUEUE,
+    )
+    assert Supervisor(run.pk).run() == RunStatus.FAILED
+    run.refresh_from_db()
+    assert (run.error_kind, run.error_code) == (ErrorKind.CONFIG, "unknown_secret")
+    assert log_text(run)[-1] == "secret 'DELETED_SINCE_LAUNCH' no longer exists"
+    assert not run_dir_of(run).exists()  # nothing was started
 
 
 def test_a_worker_whose_interpreter_cannot_start_fails_the_run_with_the_os_error(

@@ -29,6 +29,7 @@ from runs.models import LogLine, Run, RunStatus
 from runs.programs import get_program, resolve_params
 from runs.reconciler import reconcile
 from tests.conftest import ROOT, process_alive, process_env, wait_for
+from tests.workers.test_supervisor_edges import PROGRAMS as EDGE_PROGRAMS
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 QUEUE = "test-supervisor-outages"  # nothing consumes it: each run is supervised by the test
@@ -127,7 +128,16 @@ def relay() -> Iterator[Relay]:
 
 
 @pytest.fixture
-def supervise(relay: Relay, tmp_path: Path) -> Iterator[Any]:
+def programs_file(settings: Any, tmp_path: Path) -> Path:
+    """The suite's programs plus tests/workers/edge_program.py, for this process and the supervisor's."""
+    path = tmp_path / "programs.toml"
+    path.write_text((ROOT / "tests" / "fixtures" / "programs.toml").read_text() + EDGE_PROGRAMS)
+    settings.PROGRAMS_FILE = str(path)
+    return path
+
+
+@pytest.fixture
+def supervise(relay: Relay, programs_file: Path, tmp_path: Path) -> Iterator[Any]:
     started: list[Worker] = []
 
     def start(run: Run, **timings: str) -> Worker:
@@ -140,6 +150,7 @@ def supervise(relay: Relay, tmp_path: Path) -> Iterator[Any]:
             CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
             SECRET_KEY=settings.SECRET_KEY,
             DATABASE_POOL_TIMEOUT="1",
+            CONTROLPLANE_PROGRAMS_FILE=str(programs_file),
             CONTROLPLANE_FLUSH_INTERVAL_SECONDS="0.1",
             **timings,
         )
@@ -166,11 +177,11 @@ def supervise(relay: Relay, tmp_path: Path) -> Iterator[Any]:
             worker.process.wait()
 
 
-def scripted_run(owner: User, **params: Any) -> Run:
-    program = get_program("scripted")
+def scripted_run(owner: User, program_name: str = "scripted", **params: Any) -> Run:
+    program = get_program(program_name)
     assert program is not None
     return Run.objects.create(
-        name="outage", owner=owner, program="scripted", params=resolve_params(program, params), queue=QUEUE
+        name="outage", owner=owner, program=program_name, params=resolve_params(program, params), queue=QUEUE
     )
 
 
@@ -199,6 +210,23 @@ def test_a_lease_that_cannot_be_renewed_stops_the_program_before_anyone_else_sta
     assert report.requeued == [run.pk]
 
 
+def test_a_database_still_down_when_the_lease_would_end_makes_the_supervisor_give_up_the_attempt(
+    owner: User, relay: Relay, supervise: Any
+) -> None:
+    run = scripted_run(owner, "edge", mode="print", lines=200, seconds=1)
+    worker = supervise(run, CONTROLPLANE_LEASE_SECONDS="3", CONTROLPLANE_HEARTBEAT_SECONDS="0.5")
+    wait_for(lambda: LogLine.objects.filter(run=run, line__startswith="line ").exists(), 60, message="output")
+    relay.cut()
+    # The program ends during the outage; the final flush retries for 0.9 of the lease, then stops.
+    assert worker.result(timeout=30) == "abandoned"
+    assert '"event": "final_flush_failed"' in worker.log.read_text()
+    relay.restore()
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING
+    assert run.lease_expires_at is not None
+    assert reconcile(run.lease_expires_at + timedelta(seconds=1)).requeued == [run.pk]
+
+
 def test_a_final_flush_waits_out_a_short_outage_and_the_run_succeeds_with_every_line(
     owner: User, relay: Relay, supervise: Any
 ) -> None:
@@ -218,10 +246,7 @@ def test_a_final_flush_waits_out_a_short_outage_and_the_run_succeeds_with_every_
     assert Run.objects.get(pk=run.pk).finished_at is not None
 
 
-def run_through_an_outage(
-    owner: User, relay: Relay, supervise: Any, *, lines_total: int, seconds: float, outage: float
-) -> list[str]:
-    run = scripted_run(owner, mode="drip", lines=lines_total, sleep=seconds)
+def run_through_an_outage(owner: User, relay: Relay, supervise: Any, run: Run, *, outage: float) -> list[str]:
     worker = supervise(
         run,
         CONTROLPLANE_LEASE_SECONDS="30",
@@ -246,17 +271,19 @@ def assert_oldest_lines_dropped_and_reported(text: list[str], lines_total: int) 
     gaps = [i for i in range(1, len(printed)) if printed[i] != printed[i - 1] + 1]
     assert (printed[0], printed[-1], len(gaps)) == (1, lines_total, 1)
     assert printed[gaps[0]] - printed[gaps[0] - 1] - 1 == dropped
-    # The note stands where the lines are missing.
-    assert text.index(notes[0]) < text.index(f"line {printed[gaps[0]]} " + "x" * 10)
+    # Said once the database is back: after the lines of the cut, never before them.
+    assert text.index(notes[0]) > text.index(f"line {printed[gaps[0] - 1]} " + "x" * 10)
 
 
 def test_lines_past_the_buffer_bound_are_dropped_oldest_first_and_the_gap_is_reported(
     owner: User, relay: Relay, supervise: Any
 ) -> None:
-    # 4000 lines over 8 s, 3 s of them without a database: about 1500 lines for a 1000-line bound,
-    # and the database is back while the program still prints.
-    text = run_through_an_outage(owner, relay, supervise, lines_total=4000, seconds=8, outage=3)
-    assert_oldest_lines_dropped_and_reported(text, 4000)
+    # 8000 lines over 8 s, 4 s of them without a database: the failed writes back off (1 s
+    # each, then 0.2, 0.4, 0.8 s), so a later one holds well over the 1000-line bound; the
+    # database is back while the program still prints.
+    run = scripted_run(owner, mode="drip", lines=8000, sleep=8)
+    text = run_through_an_outage(owner, relay, supervise, run, outage=4)
+    assert_oldest_lines_dropped_and_reported(text, 8000)
 
 
 @pytest.mark.xfail(
@@ -268,5 +295,8 @@ def test_lines_past_the_buffer_bound_are_dropped_oldest_first_and_the_gap_is_rep
 def test_the_gap_is_reported_even_when_the_database_returns_only_for_the_final_flush(
     owner: User, relay: Relay, supervise: Any
 ) -> None:
-    text = run_through_an_outage(owner, relay, supervise, lines_total=3000, seconds=3, outage=5)
+    # A program that prints and reports nothing else, done long before the database returns:
+    # the recovering write is the supervisor's last.
+    run = scripted_run(owner, "edge", mode="print", lines=3000, seconds=2)
+    text = run_through_an_outage(owner, relay, supervise, run, outage=8)
     assert_oldest_lines_dropped_and_reported(text, 3000)

@@ -108,7 +108,8 @@ class Command(BaseCommand):
         verify and sign the audit chain on the beat's schedule."""
         stop = threading.Event()
         in_process = str(settings.CELERY_BROKER_URL).startswith("memory://")
-        checkpoint_every = float(settings.CELERY_BEAT_SCHEDULE["audit-checkpoint"]["schedule"])
+        beat_entry: dict[str, Any] = settings.CELERY_BEAT_SCHEDULE["audit-checkpoint"]
+        checkpoint_every = float(beat_entry["schedule"])
 
         def loop() -> None:
             if in_process:
