@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connection
 
 from runs import attempts
 from runs.attempts import Claim, Outcome, StaleAttempt, system_line
@@ -61,6 +61,8 @@ def stage_run_dataset(
             outcome.append(stage_dataset(url, expected, directory / DATASET_PATH))
         except Exception as error:  # handed back to the supervisor, which classifies it
             outcome.append(error)
+        finally:
+            connection.close()  # this thread's own connection (the breaker's reads and writes)
 
     worker = threading.Thread(target=fetch, name=f"run-{run_id}-dataset", daemon=True)
     worker.start()

@@ -385,14 +385,16 @@ class Supervisor:
         """Write the pending batch; on a database error keep it (bounded) for the next try."""
         if not self._batch:
             return True
-        if self._dropped_lines and not self._flush_failures:
+        # The buffer lost its oldest lines, so the gap sits right before what it still holds: the
+        # note goes first, and only counts as written once the batch is.
+        gap_note = self._dropped_lines > 0
+        if gap_note:
             self._batch.lines.insert(
                 0,
                 system_line(
                     f"{self._dropped_lines} log lines were dropped while the database was unreachable"
                 ),
             )
-            self._dropped_lines = 0
         batch, self._batch = self._batch, Batch()
         try:
             attempts.write_batch(self.run_id, claim.attempt, batch, self._series_cache)
@@ -409,6 +411,8 @@ class Supervisor:
                 failures=self._flush_failures,
             )
             close_old_connections()
+            if gap_note:
+                del batch.lines[0]  # written again, with the new count, at the next try
             batch.lines.extend(self._batch.lines)
             batch.points.extend(self._batch.points)
             batch.progress = self._batch.progress or batch.progress
@@ -427,6 +431,7 @@ class Supervisor:
         if self._flush_failures:
             self.log.info("batch_write_recovered", failures=self._flush_failures)
         self._flush_failures = 0
+        self._dropped_lines = 0
         return True
 
     def _final_flush(self, claim: Claim, directory: Path | None = None) -> bool:

@@ -199,8 +199,9 @@ def test_a_lease_that_cannot_be_renewed_stops_the_program_before_anyone_else_sta
     relay.cut()
     cut_at = time.monotonic()
     assert worker.result(timeout=30) == "abandoned"
-    # 0.9 of the 3 s lease after the last renewal, plus a heartbeat's slack.
-    assert time.monotonic() - cut_at < 10
+    # 0.9 of the 3 s lease after the last renewal, plus 1 s per failed renewal: seconds, where
+    # the program would have run for two minutes (20 s leaves room for a saturated machine).
+    assert time.monotonic() - cut_at < 20
     assert not process_alive(int(pid_file.read_text()))
     relay.restore()
     run.refresh_from_db()
@@ -214,11 +215,13 @@ def test_a_database_still_down_when_the_lease_would_end_makes_the_supervisor_giv
     owner: User, relay: Relay, supervise: Any
 ) -> None:
     run = scripted_run(owner, "edge", mode="print", lines=200, seconds=1)
-    worker = supervise(run, CONTROLPLANE_LEASE_SECONDS="3", CONTROLPLANE_HEARTBEAT_SECONDS="0.5")
+    # A 6 s lease: the program (about a second of output) ends well before the watch loop could
+    # call the lease lost, so it is the final flush that gives up.
+    worker = supervise(run, CONTROLPLANE_LEASE_SECONDS="6", CONTROLPLANE_HEARTBEAT_SECONDS="0.5")
     wait_for(lambda: LogLine.objects.filter(run=run, line__startswith="line ").exists(), 60, message="output")
     relay.cut()
     # The program ends during the outage; the final flush retries for 0.9 of the lease, then stops.
-    assert worker.result(timeout=30) == "abandoned"
+    assert worker.result(timeout=60) == "abandoned"
     assert '"event": "final_flush_failed"' in worker.log.read_text()
     relay.restore()
     run.refresh_from_db()
@@ -278,20 +281,14 @@ def assert_oldest_lines_dropped_and_reported(text: list[str], lines_total: int) 
 def test_lines_past_the_buffer_bound_are_dropped_oldest_first_and_the_gap_is_reported(
     owner: User, relay: Relay, supervise: Any
 ) -> None:
-    # 8000 lines over 8 s, 4 s of them without a database: the failed writes back off (1 s
-    # each, then 0.2, 0.4, 0.8 s), so a later one holds well over the 1000-line bound; the
-    # database is back while the program still prints.
-    run = scripted_run(owner, mode="drip", lines=8000, sleep=8)
-    text = run_through_an_outage(owner, relay, supervise, run, outage=4)
-    assert_oldest_lines_dropped_and_reported(text, 8000)
+    # 12000 lines over 12 s (or more, on a busy machine), 6 s of them without a database: the
+    # failed writes (1 s each, backing off 0.2, 0.4, 0.8 s) come late enough to hold well over
+    # the 1000-line bound, and the database is back while the program still prints.
+    run = scripted_run(owner, mode="drip", lines=12000, sleep=12)
+    text = run_through_an_outage(owner, relay, supervise, run, outage=6)
+    assert_oldest_lines_dropped_and_reported(text, 12000)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found here, reported to the lead: the dropped-lines note waits for a flush after the "
-    "recovering one (_flush_failures is still set when the database comes back), so when the database "
-    "returns during the final flush the note, and the count, are never written",
-)
 def test_the_gap_is_reported_even_when_the_database_returns_only_for_the_final_flush(
     owner: User, relay: Relay, supervise: Any
 ) -> None:
