@@ -131,6 +131,31 @@ def process_env(data_dir: Path, **overrides: str) -> dict[str, str]:
     return env
 
 
+def celery_worker_command(
+    queues: str, name: str, *, concurrency: int = 2, extra: tuple[str, ...] = ()
+) -> list[str]:
+    """The worker command the tests start: compose's worker (threads pool), on the given queues."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "controlplane",
+        "worker",
+        "-Q",
+        queues,
+        "--pool",
+        "threads",
+        "--concurrency",
+        str(concurrency),
+        *extra,
+        "--without-mingle",
+        "--without-gossip",
+        "-n",
+        name,
+    ]
+
+
 def stack_env(data_dir: Path) -> dict[str, str]:
     db = settings.DATABASES["default"]
     return process_env(
@@ -185,24 +210,7 @@ def stack(
         stderr=subprocess.STDOUT,
     )
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "controlplane",
-            "worker",
-            "-Q",
-            "training,housekeeping",
-            "--pool",
-            "threads",
-            "--concurrency",
-            "2",
-            "--without-mingle",
-            "--without-gossip",
-            "-n",
-            f"test-{port}@%h",
-        ],
+        celery_worker_command("training,housekeeping", f"test-{port}@%h"),
         cwd=ROOT,
         env=env,
         stdout=(logs / "worker.log").open("wb"),

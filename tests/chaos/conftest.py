@@ -27,7 +27,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import ROOT, free_port, process_env, wait_for
+from tests.conftest import ROOT, celery_worker_command, free_port, process_env, wait_for
 
 
 def _postgres_bin() -> Path:
@@ -219,24 +219,7 @@ class ChaosStack:
         before = self.log(name).count("ready.")
         process = self._spawn(
             name,
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "controlplane",
-                "worker",
-                "-Q",
-                "training",
-                "--pool",
-                "threads",
-                "--concurrency",
-                "2",
-                "--without-mingle",
-                "--without-gossip",
-                "-n",
-                f"{name}-{time.monotonic_ns()}@%h",
-            ],
+            celery_worker_command("training", f"{name}-{time.monotonic_ns()}@%h"),
         )
         wait_for(lambda: self.log(name).count("ready.") > before, 60, message=f"{name} ready")
         return process
@@ -244,27 +227,12 @@ class ChaosStack:
     def start_housekeeping(self) -> None:
         self._spawn(
             "housekeeping",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "controlplane",
-                "worker",
-                "-Q",
+            celery_worker_command(
                 "housekeeping",
-                "--pool",
-                "threads",
-                "--concurrency",
-                "1",
-                "-B",
-                "--schedule",
-                str(self.root / "beat-schedule"),
-                "--without-mingle",
-                "--without-gossip",
-                "-n",
                 "housekeeping@%h",
-            ],
+                concurrency=1,
+                extra=("-B", "--schedule", str(self.root / "beat-schedule")),
+            ),
         )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
