@@ -6,4 +6,7 @@ class AccountsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from accounts import roles, schema  # noqa: F401 - signal receivers, OpenAPI auth extension
+        from accounts import roles, schema, signins  # noqa: F401 - signal receivers, OpenAPI auth extension
+        from audit.chain import register_role_reader
+
+        register_role_reader(roles.role_of)

@@ -7,8 +7,8 @@ from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from accounts.models import ApiToken
+from accounts.signins import record_token_refused
 from accounts.tokens import access_token
-from audit.signins import record_token_refused
 
 
 def bearer_from_header(value: str | None) -> str | None:

@@ -11,8 +11,8 @@ from django.http import HttpRequest, JsonResponse
 
 from accounts.authentication import bearer_from_header
 from accounts.policy import Action, Decision, Principal, decide, principal_for, record_denial
+from accounts.signins import record_token_refused
 from accounts.tokens import access_token
-from audit.signins import record_token_refused
 
 
 def http_principal(request: HttpRequest) -> Principal:

@@ -7,15 +7,15 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 
 from accounts.policy import Action, Principal, can, decide, principal_for, record_denial
+from ops.errors import ExplainedDenial
 
 View = TypeVar("View", bound=Callable[..., HttpResponse])
 
 
-class PolicyDenied(PermissionDenied):
+class PolicyDenied(ExplainedDenial):
     """A page refused by the policy; its message (the policy's reason) is shown on the 403 page."""
 
 

@@ -3,7 +3,7 @@
 Rates come from `REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]` (the `CONTROLPLANE_THROTTLE_*`
 variables), read when a throttle is built rather than when this module is imported, so a settings
 override applies. Counters live in the default cache: Redis in production, so every web process
-shares them. A refused request gets 429 with `Retry-After` (see `controlplane.api_errors`).
+shares them. A refused request gets 429 with `Retry-After` (see `ops.api_errors`).
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from django.contrib.auth.models import AnonymousUser
 from django.http.request import validate_host
 
 from accounts.authentication import bearer_from_header
+from accounts.signins import record_token_refused
 from accounts.tokens import access_token
-from audit.signins import record_token_refused
 
 Scope = dict[str, Any]
 

@@ -6,5 +6,5 @@ class AuditConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Sign-in receivers; the beat task registers itself with Celery in every process.
-        from audit import signins, tasks  # noqa: F401
+        # The beat task registers itself with Celery in every process.
+        from audit import tasks  # noqa: F401

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +22,9 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection, transaction
 from django.utils import timezone
 
-from accounts.roles import role_of
 from audit.context import current
 from audit.models import AuditRecord
-from controlplane.redaction import redact_value
+from redaction import redact_value
 
 GENESIS = "0" * 64
 _LOCK_KEY = 0x0A0D17  # the advisory lock that serializes appends
@@ -58,10 +58,20 @@ def _target_type(target: Any) -> str:
     return str(getattr(meta, "model_name", "") or type(target).__name__.lower())
 
 
+# Audit sits below accounts in the layer map (accounts records into it), so the role of an actor
+# comes from a reader that accounts registers when it is ready (accounts.apps).
+_role_reader: Callable[[Any], str | None] = lambda user: None  # noqa: E731
+
+
+def register_role_reader(reader: Callable[[Any], str | None]) -> None:
+    global _role_reader
+    _role_reader = reader
+
+
 def _role_label(user: Any) -> str:
     if user is None or not getattr(user, "is_authenticated", False):
         return "anonymous"
-    role = role_of(user)
+    role = _role_reader(user)
     return str(role) if role is not None else "deactivated"
 
 

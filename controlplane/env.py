@@ -7,16 +7,17 @@ the process at start instead of surfacing hours later as odd behaviour.
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ops.configuration import ConfigError
 
-class ConfigError(ValueError):
-    """A configuration value is missing or malformed."""
+__all__ = ["ConfigError"]  # raised by every helper here; defined below the apps (ops.configuration)
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -159,3 +160,17 @@ def parse_database_url(url: str) -> DatabaseConfig:
             options=options or None,
         )
     raise ConfigError(f"DATABASE_URL: unsupported scheme {parts.scheme!r} (use postgres:// or sqlite://)")
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(name: str, items: Iterable[str]) -> tuple[Network, ...]:
+    """CIDRs (or single addresses) from a comma-list setting; a bad one stops the process."""
+    networks = []
+    for item in items:
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"{name}: {item!r} is not an IP network (e.g. 10.0.0.0/8)") from None
+    return tuple(networks)

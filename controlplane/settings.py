@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from controlplane.env import (
+    parse_networks,
     ConfigError,
     env_bool,
     env_float,
@@ -23,8 +24,7 @@ from controlplane.env import (
     env_str,
     parse_database_url,
 )
-from controlplane.logging import LogConfig, configure_logging
-from ops.metrics_access import parse_networks
+from ops.logs import LogConfig, configure_logging
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -81,12 +81,13 @@ INSTALLED_APPS = [
     "ops",
     "audit",
     "vault",
+    "workers",
 ]
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
-    "controlplane.middleware.RequestIdMiddleware",
-    "controlplane.middleware.MetricsAccessMiddleware",
+    "ops.middleware.RequestIdMiddleware",
+    "ops.middleware.MetricsAccessMiddleware",
     "audit.context.AuditContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Before CommonMiddleware, whose Host check can fail a request: the 400 page gets these too.
@@ -98,7 +99,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "controlplane.middleware.DatabaseUnavailableMiddleware",
+    "ops.middleware.DatabaseUnavailableMiddleware",
     "axes.middleware.AxesMiddleware",  # inside CSP & co., so its lockout page gets their headers
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
@@ -249,7 +250,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PAGINATION_CLASS": "runs.api.pagination.RunCursorPagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "controlplane.api_errors.exception_handler",
+    "EXCEPTION_HANDLER": "ops.api_errors.exception_handler",
     "PAGE_SIZE": 50,
 }
 SPECTACULAR_SETTINGS = {

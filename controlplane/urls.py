@@ -10,7 +10,6 @@ api_patterns: list[URLPattern | URLResolver] = [
     path("schema/", SchemaView.as_view(), name="schema"),
     path("", include("accounts.api.urls")),
     path("", include("runs.api.urls")),
-    path("", include("audit.api.urls")),
     path("", include("vault.urls")),
 ]
 
@@ -20,7 +19,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("secrets/", include("vault.page_urls")),
-    path("audit/", include("audit.web.urls")),
+    path("audit/", include("accounts.web.audit_urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include((api_patterns, "api"))),
     path("api/v1/artifacts/<int:artifact_id>/download/", download_artifact, name="artifact-download"),

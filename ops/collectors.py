@@ -10,15 +10,16 @@ that is down leaves its families out of the scrape (`/readyz` says why) instead 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import redis
 import structlog
+from celery import current_app
 from django.conf import settings
 from django.db import DatabaseError
-from django.db.models import Count, DateTimeField, Min, Q
-from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 from prometheus_client import REGISTRY
 from prometheus_client.core import Metric
@@ -41,15 +42,39 @@ BREAKER_STATE_VALUES: dict[str, int] = {
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 
-def known_queues() -> set[str]:
-    """The queues operators configured: the default, housekeeping, every program's, readiness'."""
-    from runs.programs import all_programs
+@dataclass(frozen=True)
+class RunCounts:
+    """What the runs app reports at scrape time: counts and ages only, never names or ids."""
 
+    by_status: dict[str, int]  # every status, zeros included
+    dead_letters_open: int
+    oldest_due: dict[str, datetime]  # queue -> when its oldest queued run became due
+
+
+# Apps register into ops, ops imports no app: the runs app gives its counts and its queues
+# (runs.apps.RunsConfig.ready), so this module stays below every app in the layer map.
+_run_counts: list[Callable[[], RunCounts]] = []
+_queue_sources: list[Callable[[], set[str]]] = []
+
+
+def register_run_counts(reader: Callable[[], RunCounts]) -> None:
+    if reader not in _run_counts:
+        _run_counts.append(reader)
+
+
+def register_queue_source(source: Callable[[], set[str]]) -> None:
+    if source not in _queue_sources:
+        _queue_sources.append(source)
+
+
+def known_queues() -> set[str]:
+    """The queues operators configured: the default, housekeeping, readiness', every source's."""
     queues = {str(settings.CELERY_TASK_DEFAULT_QUEUE), "housekeeping", *settings.READY_QUEUES}
-    try:
-        queues |= {program.queue for program in all_programs().values() if program.queue}
-    except Exception as error:  # a broken programs file is reported at launch, not here
-        log.warning("metrics_programs_unreadable", error=str(error)[:200])
+    for source in _queue_sources:
+        try:
+            queues |= source()
+        except Exception as error:  # a broken programs file is reported at launch, not here
+            log.warning("metrics_queues_unreadable", error=str(error)[:200])
     return queues
 
 
@@ -69,10 +94,8 @@ def broker_queue_depths(queues: set[str]) -> dict[str, int]:
             client.close()
         width = len(_PRIORITY_SUFFIXES)
         return {queue: sum(lengths[i * width : (i + 1) * width]) for i, queue in enumerate(ordered)}
-    from controlplane.celery import app
-
     depths = {}
-    with app.connection_for_read() as connection:
+    with current_app.connection_for_read() as connection:
         channel: Any = connection.default_channel  # a kombu virtual channel: it can count
         for queue in queues:
             try:
@@ -103,24 +126,9 @@ class WebStateCollector(Collector):
         yield from self._broker(queues)
 
     def _database(self, queues: set[str]) -> Iterator[Metric]:
-        from runs.models import Run, RunStatus
-
         now = timezone.now()
         try:
-            by_status = {
-                row["status"]: row
-                for row in Run.objects.values("status").annotate(
-                    n=Count("pk"), open=Count("pk", filter=Q(discarded_at__isnull=True))
-                )
-            }
-            # A queued run is due from when it was queued (updated_at) or its backoff ends.
-            due = Greatest("updated_at", Coalesce("not_before", "updated_at"), output_field=DateTimeField())
-            oldest = dict(
-                Run.objects.filter(status=RunStatus.QUEUED)
-                .values("queue")
-                .annotate(since=Min(due))
-                .values_list("queue", "since")
-            )
+            counts = [reader() for reader in _run_counts]
             finished = finished_counts()
             breakers = breaker_states()
         except Exception as error:  # a scrape must answer whatever fails; /readyz names the cause
@@ -131,21 +139,28 @@ class WebStateCollector(Collector):
             )
             log.warning(kind, error=str(error)[:200])
             return
-        runs, dead = metrics.RUNS.build(), metrics.DEAD_LETTERS.build()
-        for status in RunStatus.values:
-            runs.add_metric([status], by_status.get(status, {}).get("n", 0))
-        dead.add_metric([], by_status.get(RunStatus.DEAD, {}).get("open", 0))
-        ages = metrics.QUEUE_OLDEST_AGE.build()
-        for queue in sorted(queues | set(oldest)):
-            since = oldest.get(queue)
-            ages.add_metric([queue], max(0.0, (now - since).total_seconds()) if since else 0.0)
+        yield from self._run_families(counts, queues, now)
         done = metrics.RUNS_FINISHED.build()
         for program, outcome, failure_kind, count in finished:
             done.add_metric([program, outcome, failure_kind], count)
         states = metrics.CIRCUIT_BREAKER_STATE.build()
         for name, state, _ in breakers:
             states.add_metric([name], BREAKER_STATE_VALUES.get(state, 0))
-        yield from (runs, dead, ages, done, states)
+        yield from (done, states)
+
+    def _run_families(self, counts: list[RunCounts], queues: set[str], now: datetime) -> Iterator[Metric]:
+        if not counts:
+            return  # no runs app registered (a process that does not serve /metrics)
+        runs, dead = metrics.RUNS.build(), metrics.DEAD_LETTERS.build()
+        for status, n in sorted(counts[0].by_status.items()):
+            runs.add_metric([status], n)
+        dead.add_metric([], counts[0].dead_letters_open)
+        ages = metrics.QUEUE_OLDEST_AGE.build()
+        oldest = counts[0].oldest_due
+        for queue in sorted(queues | set(oldest)):
+            since = oldest.get(queue)
+            ages.add_metric([queue], max(0.0, (now - since).total_seconds()) if since else 0.0)
+        yield from (runs, dead, ages)
 
     def _workers(self, queues: set[str]) -> Iterator[Metric]:
         try:

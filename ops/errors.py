@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
-from accounts.pages import PolicyDenied
+
+class ExplainedDenial(PermissionDenied):
+    """A refusal whose message is our own sentence, safe to show on the 403 page (the policy's
+    reasons subclass it: accounts.pages.PolicyDenied)."""
 
 
 def _wants_json(request: HttpRequest) -> bool:
@@ -22,7 +26,7 @@ def permission_denied(request: HttpRequest, exception: Exception | None = None) 
     if _wants_json(request):
         return JsonResponse({"detail": "You do not have permission to perform this action."}, status=403)
     # The policy's reasons are our own sentences ("Your role (viewer) may not launch runs."), safe to show.
-    reason = str(exception) if isinstance(exception, PolicyDenied) else ""
+    reason = str(exception) if isinstance(exception, ExplainedDenial) else ""
     return render(request, "errors/403.html", {"reason": reason}, status=403)
 
 

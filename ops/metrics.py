@@ -159,9 +159,6 @@ def register() -> None:
         HTTP_REQUESTS_REJECTED.labels(reason=reason)
     for kind in INGEST_KINDS:
         INGEST_BATCH_SIZE.labels(kind=kind)
-    from workers.registry import active_supervisors
-
-    RUNS_SUPERVISED.set_function(lambda: float(active_supervisors.count()))
 
 
 def websocket_opened(consumer: object) -> None:

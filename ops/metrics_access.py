@@ -11,24 +11,10 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Iterable
 from typing import Literal
-
-from controlplane.env import ConfigError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Refusal = Literal["metrics_token", "metrics_network"]
-
-
-def parse_networks(name: str, items: Iterable[str]) -> tuple[Network, ...]:
-    """CIDRs (or single addresses) from a comma-list setting; a bad one stops the process."""
-    networks = []
-    for item in items:
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ConfigError(f"{name}: {item!r} is not an IP network (e.g. 10.0.0.0/8)") from None
-    return tuple(networks)
 
 
 def _address_allowed(address: str, networks: tuple[Network, ...]) -> bool:

@@ -12,11 +12,11 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import structlog
 from django.conf import settings
-from django.db import DatabaseError
 from django.utils import timezone
 from prometheus_client import REGISTRY, start_http_server
 
@@ -43,17 +43,10 @@ _lock = threading.Lock()
 _clock = time.monotonic
 
 
-def process_started(run_id: int, program: str) -> None:
+def process_started(run_id: int, program: str, queue: str, enqueued_at: datetime | None) -> None:
     """The run's training process has started: dispatch latency, and step metering from now."""
     with _lock:
         _meters[run_id] = _Meter(program=program)
-    from runs.models import Run
-
-    try:
-        row = Run.objects.filter(pk=run_id).values_list("queue", "enqueued_at").first()
-    except DatabaseError:
-        return  # a metric is not worth failing a run for; the supervisor copes with the outage
-    queue, enqueued_at = row if row is not None else ("", None)
     if enqueued_at is None:
         return  # dispatched by hand (no recorded send), nothing to measure from
     DISPATCH_LATENCY.labels(queue=queue).observe(max(0.0, (timezone.now() - enqueued_at).total_seconds()))

@@ -4,3 +4,11 @@ from django.apps import AppConfig
 class RunsConfig(AppConfig):
     name = "runs"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # The runs app registers into ops (ops imports no app): its counts for /metrics.
+        from ops.collectors import register_queue_source, register_run_counts
+        from runs.metrics import program_queues, read_run_counts
+
+        register_run_counts(read_run_counts)
+        register_queue_source(program_queues)

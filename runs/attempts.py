@@ -18,7 +18,7 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from controlplane.redaction import redact
+from redaction import redact
 from ops.outcomes import count_finished
 from runs import events
 from runs.ingest import PointRow, insert_log_lines, series_ids, upsert_metric_points

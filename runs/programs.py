@@ -19,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 
-from controlplane.env import ConfigError
+from ops.configuration import ConfigError
 
 _TYPES = {"integer", "number", "string", "boolean"}
 _KEYWORDS = {
@@ -148,18 +148,31 @@ def resolve_params(program: Program, raw: Any) -> dict[str, Any]:
     return resolved
 
 
-def _builtin_programs() -> dict[str, Program]:
-    from workers.programs.tinygpt import schema as tinygpt_schema
+# Built-in programs are registered by the app that ships them (workers.apps), because the
+# registry sits below the workers package in the layer map.
+_builtin: dict[str, Program] = {}
 
-    tinygpt = Program(
-        name="tinygpt",
-        command=(sys.executable, "-m", "workers.programs.tinygpt"),
-        description=tinygpt_schema.DESCRIPTION,
-        params=_check_schema("tinygpt", tinygpt_schema.PARAMS),
+
+def register_builtin(
+    name: str,
+    *,
+    command: tuple[str, ...],
+    description: str,
+    params: dict[str, Any],
+    cross_check: Callable[[dict[str, Any]], dict[str, str]] | None = None,
+) -> None:
+    _builtin[name] = Program(
+        name=name,
+        command=command,
+        description=description,
+        params=_check_schema(name, params),
         builtin=True,
-        cross_check=tinygpt_schema.cross_field_errors,
+        cross_check=cross_check,
     )
-    return {tinygpt.name: tinygpt}
+
+
+def _builtin_programs() -> dict[str, Program]:
+    return dict(_builtin)
 
 
 def load_programs_file(path: Path) -> dict[str, Program]:

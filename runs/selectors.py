@@ -7,7 +7,7 @@ from datetime import datetime
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.cache import cache
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.db.models import Avg, F, Max, Min, OuterRef, Prefetch, QuerySet, Subquery
 from django.http import Http404
 
@@ -353,3 +353,13 @@ def _buckets(series_id: int, shift: int, first_step: int, last_step: int) -> lis
     return sorted(
         (bucket, step, ts.timestamp() * 1000, mean, low, high) for bucket, step, ts, mean, low, high in rows
     )
+
+
+def dispatch_record(run_id: int) -> tuple[str, datetime | None]:
+    """The run's queue and when its message was sent (None: dispatched by hand), for the
+    dispatch-latency metric; a database outage gives ("", None): a metric never fails a run."""
+    try:
+        row = Run.objects.filter(pk=run_id).values_list("queue", "enqueued_at").first()
+    except DatabaseError:
+        return "", None
+    return row if row is not None else ("", None)

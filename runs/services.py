@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from celery import current_app as celery_app  # the project app (controlplane.celery), set as current
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from audit import chain as audit
-from controlplane.celery import app as celery_app
 from ops.outcomes import count_finished
 from runs.attempts import broadcast_status_on_commit
 from runs.models import Run, RunStatus

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from accounts.roles import Role, role_of
 from audit import chain as audit
-from controlplane.redaction import MIN_SECRET_LENGTH
+from redaction import MIN_SECRET_LENGTH
 from vault import crypto
 from vault.models import NAME_PATTERN, Secret
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
+from ops.metrics import RUNS_SUPERVISED
+
 
 class Stoppable(Protocol):
     def request_shutdown(self) -> None: ...
@@ -36,3 +38,5 @@ class _ActiveSupervisors:
 
 
 active_supervisors = _ActiveSupervisors()
+# Workers register into ops (ops imports no app): the gauge reads this process's registry.
+RUNS_SUPERVISED.set_function(lambda: float(active_supervisors.count()))

@@ -28,12 +28,13 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
-from controlplane.redaction import Redactor, registry
+from redaction import Redactor, registry
 from ops import worker_metrics
 from runs import attempts
 from runs.attempts import Batch, Claim, Outcome, StaleAttempt, system_line
 from runs.models import ErrorKind, LogStream, RunStatus
 from runs.programs import Program, get_program
+from runs.selectors import dispatch_record
 from runs.safetensors_header import HeaderError, read_header
 from runs.storage import hash_file, resolve_inside, run_dir, store_artifact
 from workers.failures import classify_exit
@@ -261,7 +262,7 @@ class Supervisor:
         command = " ".join(program.command)
         self._batch.lines.append(system_line(f"attempt {claim.attempt} started on {self.worker}: {command}"))
         self.log.info("process_started", pid=self._process.pid, program=program.name)
-        worker_metrics.process_started(self.run_id, program.name)
+        worker_metrics.process_started(self.run_id, program.name, *dispatch_record(self.run_id))
 
     # -- the loop --------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import tokens, users
+from accounts import signins, tokens, users
 from accounts.api.serializers import (
     IssuedTokenSerializer,
     PasswordSerializer,
@@ -35,7 +35,6 @@ from accounts.drf import PolicyPermission, request_principal
 from accounts.models import ApiToken
 from accounts.policy import Action
 from accounts.throttles import AnonymousThrottle, TokenRequestThrottle
-from audit import signins
 
 MAX_CREDENTIAL_LENGTH = 256
 

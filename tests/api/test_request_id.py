@@ -14,7 +14,7 @@ import pytest
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
-from controlplane.logging import structured_formatter
+from ops.logs import structured_formatter
 from runs.models import Run
 
 pytestmark = pytest.mark.django_db

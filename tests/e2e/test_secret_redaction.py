@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from accounts.tokens import do_issue_token
-from controlplane.redaction import MASK, leak_forms
+from redaction import MASK, leak_forms
 from tests.conftest import Stack, make_user, wait_for_status
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]

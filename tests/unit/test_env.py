@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.env import ConfigError, env_bool, env_int, env_list, parse_database_url
-from controlplane.request_id import clean_request_id
+from ops.request_id import clean_request_id
 
 ROOT = Path(__file__).resolve().parents[2]
 

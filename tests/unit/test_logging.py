@@ -21,7 +21,7 @@ import pytest
 import structlog
 from prometheus_client import REGISTRY
 
-from controlplane.logging import (
+from ops.logs import (
     FLOOD_SUMMARY_EVENT,
     GuardedHandler,
     LogConfig,
@@ -30,7 +30,7 @@ from controlplane.logging import (
     error_kind_of,
     structured_formatter,
 )
-from controlplane.redaction import registry
+from redaction import registry
 
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = ROOT / "test-output" / "logging-figures.json"
@@ -280,7 +280,7 @@ def test_a_flood_window_sums_up_in_one_line_when_it_ends() -> None:
     logger, stream, handler = _capture("tests.window")
     logger.removeHandler(handler)
     logger.addHandler(GuardedHandler(guard, [handler]))
-    summary_logger, summary_stream, summary_handler = _capture("controlplane.logging")
+    summary_logger, summary_stream, summary_handler = _capture("ops.logs")
     try:
         for _ in range(10):
             logger.info("tick")

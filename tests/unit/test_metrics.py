@@ -21,7 +21,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from ops.metrics_access import parse_networks
+from controlplane.env import parse_networks
 from ops.models import CircuitBreaker
 from ops.worker_heartbeat import Heartbeat
 from runs.attempts import Outcome, claim_run, finish_attempt

@@ -18,6 +18,7 @@ from ops import gpu, metrics, worker_metrics
 from ops.audit_metrics import AuditStateCollector, audit_state
 from runs.attempts import Batch
 from runs.models import Run
+from runs.selectors import dispatch_record
 from tests.conftest import free_port
 
 # The instruments under test only: the process-wide registry may also hold the web's collectors
@@ -114,10 +115,12 @@ def test_dispatch_latency_runs_from_the_send_to_the_process_start(owner: User) -
         queue="latency-q",
         enqueued_at=timezone.now() - timedelta(seconds=7),
     )
-    worker_metrics.process_started(run.pk, "scripted")
+    worker_metrics.process_started(run.pk, "scripted", *dispatch_record(run.pk))
     worker_metrics.supervision_ended(run.pk)
     unsent = Run.objects.create(name="u", owner=owner, program="scripted", queue="latency-q")
-    worker_metrics.process_started(unsent.pk, "scripted")  # sent by hand: nothing to measure from
+    worker_metrics.process_started(
+        unsent.pk, "scripted", *dispatch_record(unsent.pk)
+    )  # sent by hand: nothing to measure from
     worker_metrics.supervision_ended(unsent.pk)
     assert sample("controlplane_dispatch_latency_seconds_count", queue="latency-q") == 1
     assert 7.0 <= sample("controlplane_dispatch_latency_seconds_sum", queue="latency-q") < 9.0

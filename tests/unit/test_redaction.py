@@ -9,7 +9,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from controlplane.redaction import MASK, Redactor, leak_forms, redact, redact_event, redact_value, registry
+from redaction import MASK, Redactor, leak_forms, redact, redact_event, redact_value, registry
 
 VALUE = "s3cr3t/Value+with&odd=chars"
 

@@ -35,12 +35,12 @@ def attempted_username(value: Any) -> str:
     return value[:MAX_USERNAME] if isinstance(value, str) else ""
 
 
-@receiver(user_logged_in, dispatch_uid="audit.signins.signed_in")
+@receiver(user_logged_in, dispatch_uid="accounts.signins.signed_in")
 def _signed_in(sender: Any, request: HttpRequest | None, user: Any, **_: Any) -> None:
     chain.record("auth.sign_in", actor=user, target=user, details={"method": _method(request)})
 
 
-@receiver(user_login_failed, dispatch_uid="audit.signins.sign_in_failed")
+@receiver(user_login_failed, dispatch_uid="accounts.signins.sign_in_failed")
 def _sign_in_failed(
     sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **_: Any
 ) -> None:
@@ -51,7 +51,7 @@ def _sign_in_failed(
     )
 
 
-@receiver(user_logged_out, dispatch_uid="audit.signins.signed_out")
+@receiver(user_logged_out, dispatch_uid="accounts.signins.signed_out")
 def _signed_out(sender: Any, request: HttpRequest | None, user: Any, **_: Any) -> None:
     if user is not None and user.is_authenticated:
         chain.record("auth.sign_out", actor=user, target=user)

@@ -7,10 +7,10 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from controlplane.request_id import clean_request_id, enter_request, leave_request
 from ops.collectors import register_web_collectors
 from ops.metrics import HTTP_REQUESTS_REJECTED
 from ops.metrics_access import refusal
+from ops.request_id import clean_request_id, enter_request, leave_request
 
 log = structlog.get_logger(__name__)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 import uvicorn
+from celery import current_app as celery_app  # the project app (controlplane.celery), set as current
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
@@ -22,7 +23,6 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections
 
 from audit.tasks import housekeeping_audit_checkpoint
-from controlplane.celery import app as celery_app
 from runs.reconciler import reconcile, recover_in_process_broker
 from workers.registry import active_supervisors
 

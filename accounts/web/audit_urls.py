@@ -1,6 +1,6 @@
 from django.urls import path
 
-from audit.web import views
+from accounts.web import audit as views
 
 urlpatterns = [
     path("", views.audit_list, name="audit-list"),

@@ -4,7 +4,7 @@ Standard-library records (Django, Celery, uvicorn) are rendered by the same proc
 line is one JSON object with `timestamp` (UTC), `level`, `logger`, `event` and the context bound
 in `structlog.contextvars` (`request_id`, `run_id`, `attempt`, `task_id`) plus `user_id` on
 authenticated requests. Error lines carry `error_kind` and `error_code`, and the full traceback in
-`exception` when there is one. Secrets registered in `controlplane.redaction.registry` are masked
+`exception` when there is one. Secrets registered in `redaction.registry` are masked
 in every rendered line.
 
 All records pass one `LogGuard` before any handler sees them: DEBUG lines are sampled
@@ -29,15 +29,15 @@ from typing import Any
 
 import structlog
 
-from controlplane.env import ConfigError
-from controlplane.redaction import redact_event
-from controlplane.request_id import add_request_context
+from ops.configuration import ConfigError
+from ops.request_id import add_request_context
+from redaction import redact_event
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 FORMATS = ("json", "console")
 FLOOD_WINDOW_SECONDS = 1.0
 FLOOD_SUMMARY_EVENT = "log_flood_suppressed"
-_GUARD_LOGGER = "controlplane.logging"
+_GUARD_LOGGER = "ops.logs"
 # Loggers that install their own handlers (uvicorn's CLI does) are brought back to the root
 # handler, so their lines are JSON too.
 _ADOPTED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "django")
