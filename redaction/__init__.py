@@ -1,7 +1,8 @@
 """Secret redaction: the one place that turns secret values into `***`.
 
-A value is matched in the forms it commonly leaks in: as is, base64 (standard and URL-safe, with
-and without padding), hex (lower and upper case) and URL-encoded. Secrets shorter than
+A value is matched in the forms it commonly leaks in (redaction.forms says which): as is, base64
+and hex (also inside a longer base64 string), and with any of its characters percent-encoded,
+JSON-, Python- or HTML-escaped. Secrets shorter than
 `MIN_SECRET_LENGTH` are refused when they are stored, so redaction never eats ordinary words.
 
 The process-wide `registry` holds the values of the secrets in use in this process (a worker
@@ -11,46 +12,47 @@ redacted too, whatever code path produced it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import threading
 from collections.abc import Iterable, MutableMapping
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 
-MIN_SECRET_LENGTH = 8
+from redaction.forms import MIN_SECRET_LENGTH, leak_pattern, literal_forms
+
+__all__ = [
+    "MASK",
+    "MIN_SECRET_LENGTH",
+    "RedactionRegistry",
+    "Redactor",
+    "leak_forms",
+    "redact",
+    "redact_event",
+    "redact_value",
+    "registry",
+]
+
 MASK = "***"
 
 
 def leak_forms(value: str) -> set[str]:
-    """The strings a secret value may appear as in output."""
-    raw = value.encode()
-    forms = {
-        value,
-        base64.b64encode(raw).decode(),
-        base64.urlsafe_b64encode(raw).decode(),
-        binascii.hexlify(raw).decode(),
-        quote(value, safe=""),
-        quote_plus(value, safe=""),
-    }
-    forms |= {form.rstrip("=") for form in forms}
-    forms.add(binascii.hexlify(raw).decode().upper())
-    return {form for form in forms if len(form) >= MIN_SECRET_LENGTH}
+    """The plain strings a secret value may appear as (its escapes are matched by pattern)."""
+    return literal_forms(value) | {quote(value, safe="")} if len(value) >= MIN_SECRET_LENGTH else set()
 
 
 class Redactor:
-    """Replaces every leak form of a fixed set of values."""
+    """Replaces every recognised leak form of a fixed set of values (redaction.forms)."""
 
     def __init__(self, values: Iterable[str] = ()) -> None:
-        forms: set[str] = set()
-        for value in values:
-            if value:
-                forms |= leak_forms(value)
-        # Longest first, so a value's base64 is masked whole rather than around a shorter form.
-        ordered = sorted(forms, key=len, reverse=True)
-        self._forms = tuple(ordered)
-        self._pattern = re.compile("|".join(re.escape(form) for form in ordered)) if ordered else None
+        kept = sorted({value for value in values if len(value) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+        literals: set[str] = set()
+        for value in kept:
+            literals |= leak_forms(value)
+        # For a line cut inside a value: its beginning in any plain form is masked too.
+        self._forms = tuple(sorted(literals, key=len, reverse=True))
+        # Longest value first, so a value that contains another is masked whole.
+        patterns = [leak_pattern(value) for value in kept]
+        self._pattern = re.compile("|".join(patterns)) if patterns else None
 
     def __bool__(self) -> bool:
         return self._pattern is not None

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from accounts.roles import Role, role_of
 from audit import chain as audit
-from redaction import MIN_SECRET_LENGTH
+from redaction import MIN_SECRET_LENGTH, Redactor
 from vault import crypto
 from vault.models import NAME_PATTERN, Secret
 
@@ -311,3 +311,23 @@ def resolve_for_run(*, run_id: int, attempt: int, owner: Any, names: Iterable[st
             )
         Secret.objects.filter(name__in=wanted).update(last_used_at=timezone.now())
     return values
+
+
+def masking_redactor(names: Iterable[str]) -> Redactor:
+    """A redactor for the current values of the named secrets, for what a program wrote and the
+    web reads back at request time (a model file's header). Masking is not a use: no audit record;
+    a secret gone or undecryptable here is skipped (its stored copies were masked when written)."""
+    wanted = list(dict.fromkeys(names))
+    if not wanted:
+        return Redactor()
+    try:
+        ring = crypto.keyring()
+    except crypto.NotConfigured:
+        return Redactor()
+    values = []
+    for secret in Secret.objects.filter(name__in=wanted):
+        try:
+            values.append(ring.decrypt(secret.ciphertext))
+        except crypto.Undecryptable:
+            continue
+    return Redactor(values)

@@ -30,6 +30,7 @@ from runs.api.views import int_param
 from runs.models import Run
 from runs.safetensors_header import HeaderError, read_header
 from runs.storage import artifact_path
+from vault.services import masking_redactor
 
 MAX_STATE_IDS = 200
 DEFAULT_CHART_POINTS = 2_000
@@ -170,6 +171,9 @@ class ArtifactPreviewView(APIView):
             header = read_header(path)
         except HeaderError as error:
             return Response({"detail": f"Unreadable header: {error}", "code": "bad_header"}, 422)
+        # The header is the program's own writing, read now from the file: mask the run's secrets
+        # in it as the supervisor masked everything else it stored.
+        mask = masking_redactor(artifact.run.secrets)
         return Response(
             {
                 "id": artifact.pk,
@@ -179,10 +183,15 @@ class ArtifactPreviewView(APIView):
                 "parameters": header.parameters,
                 "tensor_count": len(header.tensors),
                 "tensors": [
-                    {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "parameters": t.parameters}
+                    {
+                        "name": mask.text(t.name),
+                        "dtype": t.dtype,
+                        "shape": list(t.shape),
+                        "parameters": t.parameters,
+                    }
                     for t in header.tensors[:MAX_PREVIEW_TENSORS]
                 ],
-                "metadata": header.metadata,
+                "metadata": mask.value(header.metadata),
             }
         )
 

@@ -102,3 +102,52 @@ def test_the_structlog_processor_masks_every_string_field() -> None:
         registry.discard(handle)
     assert VALUE not in json.dumps(event)
     assert event == {"event": f"saw {MASK}", "preview": MASK, "count": 3, "extra": {"k": MASK}}
+
+
+# Issue 11: the value inside larger encodings and in the escapes programs commonly produce.
+ODD = 'pässwörd"/\\:🔑 x&<y>'
+
+
+def _escaped_forms(value: str) -> dict[str, str]:
+    import html
+    from urllib.parse import quote as q
+
+    return {
+        "json_ascii": json.dumps(value)[1:-1],
+        "json_utf8": json.dumps(value, ensure_ascii=False)[1:-1],
+        "json_slash": json.dumps(value)[1:-1].replace("/", "\\/"),
+        "repr": repr(value)[1:-1],
+        "ascii": ascii(value)[1:-1],
+        "bytes_repr": repr(value.encode())[2:-1],
+        "quote_default_safe": q(value),
+        "quote_lower_hex": q(value, safe="").lower(),
+        "quote_custom_safe": q(value, safe="&=:/"),
+        "html": html.escape(value),
+        "html_numeric": "".join(f"&#{ord(c)};" for c in value),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_escaped_forms(ODD)))
+def test_escaped_forms_of_a_value_are_masked(name: str) -> None:
+    form = _escaped_forms(ODD)[name]
+    assert Redactor([ODD]).text(f"<<{form}>>") == f"<<{MASK}>>", form
+
+
+@pytest.mark.parametrize("prefix", ["", "u", "us", "user:", "Authorization: Basic "])
+def test_the_value_inside_a_longer_base64_string_is_masked(prefix: str) -> None:
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        encoded = encode(f"{prefix}{VALUE}@host/path".encode()).decode()
+        masked = Redactor([VALUE]).text(f"Basic {encoded}")
+        # All but the at most 3 characters shared with the neighbours' bytes are gone.
+        assert MASK in masked
+        assert len(masked) <= len(f"Basic {encoded}") - (len(VALUE) * 4 // 3 - 3) + len(MASK)
+
+
+def test_a_value_spelled_with_mixed_escapes_is_masked() -> None:
+    mixed = "s%33cr\\u0033t/V&#97;lue+with&odd=chars"
+    assert Redactor([VALUE]).text(f"x {mixed} y") == f"x {MASK} y"
+
+
+def test_text_that_only_resembles_the_value_is_left_alone() -> None:
+    for near in ["s3cr3t/Value+with&odd=char", "S3CR3T/VALUE+WITH&ODD=CHARS", "s3cr3t%2FValue"]:
+        assert Redactor([VALUE]).text(near) == near
