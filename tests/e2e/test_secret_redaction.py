@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import string
 import subprocess
@@ -19,7 +20,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from accounts.tokens import do_issue_token
-from redaction import MASK, leak_forms
+from redaction import MASK
+from redaction.forms import leak_pattern
 from tests.conftest import Stack, make_user, wait_for_status
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -36,8 +38,9 @@ def canary_value() -> str:
 
 
 def leaks(text: str, value: str) -> list[str]:
-    """The leak forms of `value` found in `text`, plus its head (a line cut inside the value)."""
-    found = sorted(form for form in leak_forms(value) if form in text)
+    """The leak forms of `value` found in `text` (every form redaction knows: plain, base64 and
+    hex also at an offset, escaped), plus its head (a line cut inside the value)."""
+    found = sorted(set(re.findall(leak_pattern(value), text)))
     if value[:10] in text:
         found.append(f"head:{value[:10]}")
     return found
@@ -77,6 +80,9 @@ def rest_responses(api: httpx.Client, run_id: int) -> dict[str, str]:
         f"{base}/charts/",
     ]
     responses = {path: api.get(path) for path in paths}
+    for artifact in responses[f"{base}/artifacts/"].json():
+        if artifact["name"].endswith(".safetensors"):
+            responses[f"preview {artifact['name']}"] = api.get(f"/api/v1/artifacts/{artifact['id']}/preview/")
     keys = responses[f"{base}/metrics/"].json()["key"][0].split(": ", 1)[1].split(", ")
     for key in keys:
         responses[f"metrics {key}"] = api.get(f"{base}/metrics/", params={"key": key})
@@ -97,12 +103,15 @@ def database_text(run_id: int) -> dict[str, str]:
         audit = cursor.fetchall()
         cursor.execute("SELECT key FROM runs_metricseries")
         keys = cursor.fetchall()
+        cursor.execute("SELECT row_to_json(a)::text FROM runs_artifact a WHERE run_id = %s", [run_id])
+        artifacts = cursor.fetchall()
     return {
         "runs_logline": json.dumps(lines, ensure_ascii=False),
         "runs_run": json.dumps(run, ensure_ascii=False),
         "runs_runattempt": json.dumps(attempts, ensure_ascii=False),
         "audit_auditrecord": json.dumps(audit, ensure_ascii=False),
         "runs_metricseries": json.dumps(keys, ensure_ascii=False),
+        "runs_artifact": json.dumps(artifacts, ensure_ascii=False),
     }
 
 
@@ -160,10 +169,18 @@ def test_a_canary_secret_reaches_its_program_and_nothing_else(
     long_line = next(line for line in text if line.startswith("xxxx"))
     assert long_line.endswith(f"x{MASK} … [{len(value) - 10 + len(' and more') + 1} more bytes truncated]")
     assert any(line.startswith("RuntimeError: the canary *** escaped (***)") for line in text)
-    assert any(line.startswith("skipped a malformed event") and MASK in line for line in text)
     assert "the canary *** escaped" in run["error"]["message"]
     assert any(f'"phase": "{MASK}"' in frame or f'"phase":"{MASK}"' in frame for frame in frames)
     assert f"leak/{MASK}" in responses[f"/api/v1/runs/{run_id}/metrics/"]
+    # A model file's header: the stored metadata and the preview read from the file, both masked.
+    preview = json.loads(responses["preview model.safetensors"])
+    assert preview["metadata"] == {"token": MASK, MASK: "k"}
+    assert [tensor["name"] for tensor in preview["tensors"]] == [f"w.{MASK}"]
+    model = next(a for a in json.loads(responses[f"/api/v1/runs/{run_id}/artifacts/"]) if a["kind"] == "model")
+    assert model["metadata"]["safetensors"] == {"token": MASK, MASK: "k"}
+    # Escaped forms, base64 at an offset and the malformed event's escaped preview: masked.
+    assert any(line.startswith("json {") and MASK in line for line in text)
+    assert sum(line.startswith("skipped a malformed event") and MASK in line for line in text) == 2
 
     stored = database_text(run_id)
     dump = pg_dump()
