@@ -364,6 +364,11 @@ METRICS_ALLOWED_NETWORKS = parse_networks(
     "CONTROLPLANE_METRICS_ALLOWED_NETWORKS", env_list("CONTROLPLANE_METRICS_ALLOWED_NETWORKS", [])
 )
 WORKER_METRICS_PORT = env_int("CONTROLPLANE_WORKER_METRICS_PORT", 9808, minimum=0, maximum=65535)
+# Dataset fetches reach only public unicast addresses, plus these networks (ops.netguard): an
+# internal mirror or object store must be listed, never reachable by default.
+DATASET_ALLOWED_NETWORKS = parse_networks(
+    "CONTROLPLANE_DATASET_ALLOWED_NETWORKS", env_list("CONTROLPLANE_DATASET_ALLOWED_NETWORKS", [])
+)
 READY_QUEUES = env_list("CONTROLPLANE_READY_QUEUES", [CELERY_TASK_DEFAULT_QUEUE])
 READY_MIN_FREE_BYTES = env_int("CONTROLPLANE_READY_MIN_FREE_BYTES", 1024**3, minimum=0)
 

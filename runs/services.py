@@ -20,6 +20,7 @@ from django.utils import timezone
 from audit import chain as audit
 from ops.outcomes import count_finished
 from runs.attempts import broadcast_status_on_commit
+from runs.dataset_params import check_dataset_params
 from runs.models import Run, RunStatus
 from runs.programs import ParamsError, Program, get_program, resolve_params
 from vault import services as secret_services
@@ -113,6 +114,7 @@ def check_launch(
             resolved = resolve_params(found, params)
         except ParamsError as error:
             errors.update(error.errors)
+        errors.update(check_dataset_params(resolved))
     secret_names: list[str] = []
     if secrets is not None:
         if not isinstance(secrets, list) or not all(isinstance(s, str) for s in secrets):

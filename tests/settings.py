@@ -18,6 +18,8 @@ os.environ.setdefault("CONTROLPLANE_AUDIT_KEY", base64.urlsafe_b64encode(os.uran
 os.environ.setdefault("CONTROLPLANE_THROTTLE_ANON", "100000/min")
 os.environ.setdefault("CONTROLPLANE_THROTTLE_USER", "100000/min")
 os.environ.setdefault("CONTROLPLANE_THROTTLE_AUTH", "100000/min")
+# The suite's dataset sources listen on loopback only; the refusal tests override this.
+os.environ.setdefault("CONTROLPLANE_DATASET_ALLOWED_NETWORKS", "127.0.0.1/32")
 os.environ.setdefault(
     "CONTROLPLANE_PROGRAMS_FILE", os.path.join(os.path.dirname(__file__), "fixtures", "programs.toml")
 )

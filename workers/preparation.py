@@ -54,11 +54,13 @@ def stage_run_dataset(
     if not isinstance(url, str) or not url:
         return None, None
     expected = str(claim.params.get("dataset_sha256") or "")
+    # The breaker is keyed by owner too, so one user's bad source never fails another's runs.
+    owner_id = Run.objects.filter(pk=run_id).values_list("owner_id", flat=True).first()
     outcome: list[StagedDataset | Exception] = []
 
     def fetch() -> None:
         try:
-            outcome.append(stage_dataset(url, expected, directory / DATASET_PATH))
+            outcome.append(stage_dataset(url, expected, directory / DATASET_PATH, owner_id=owner_id))
         except Exception as error:  # handed back to the supervisor, which classifies it
             outcome.append(error)
         finally:

@@ -108,7 +108,7 @@ def test_the_breaker_opens_after_repeated_failures_and_refuses_fast(source: str,
     with override_settings(CONTROLPLANE=config):
         with pytest.raises(SourceUnavailable, match="after 3 tries"):
             stage_dataset(f"{source}/flaky", "", tmp_path / "corpus.txt")
-        assert ("dataset:127.0.0.1", "open", 3) in breaker_states()
+        assert ("dataset:-:127.0.0.1", "open", 3) in breaker_states()
         calls = len(Source.requests)
         started = time.monotonic()
         with pytest.raises(SourceUnavailable, match="breaker"):
@@ -119,11 +119,11 @@ def test_the_breaker_opens_after_repeated_failures_and_refuses_fast(source: str,
 
 def test_after_the_cooldown_one_trial_call_closes_the_breaker(source: str, tmp_path: Path) -> None:
     CircuitBreaker.objects.create(
-        name="dataset:127.0.0.1", state="open", consecutive_failures=5, opened_until="2000-01-01T00:00:00Z"
+        name="dataset:-:127.0.0.1", state="open", consecutive_failures=5, opened_until="2000-01-01T00:00:00Z"
     )
     staged = stage_dataset(f"{source}/good", "", tmp_path / "corpus.txt")
     assert staged.size == len(CORPUS)
-    assert ("dataset:127.0.0.1", "closed", 0) in breaker_states()
+    assert ("dataset:-:127.0.0.1", "closed", 0) in breaker_states()
 
 
 def test_breaker_open_carries_the_time_to_the_next_try() -> None:
