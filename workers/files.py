@@ -1,0 +1,67 @@
+"""Registering the files a program reports: checkpoints are hashed in place, artifacts are stored.
+
+Events name paths relative to the run directory; anything that resolves outside it (symlinks
+included) is refused, so a program cannot make the control plane read or publish another file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from runs import attempts
+from runs.safetensors_header import HeaderError, read_header
+from runs.storage import hash_file, resolve_inside, store_artifact
+from workers.preparation import Say
+
+
+def register_file(run_id: int, attempt: int, directory: Path, event: dict[str, Any], say: Say) -> str | None:
+    """Register one checkpoint or artifact event; a message when the event is refused.
+
+    Raises DatabaseError (the caller keeps the event for the next try) and StaleAttempt.
+    """
+    relative = str(event["path"])
+    path = resolve_inside(directory, relative)
+    if path is None:
+        return f"path {relative[:200]!r} is outside the run directory"
+    if not path.is_file():
+        return f"{relative[:200]!r} is not a file"
+    try:
+        if event["type"] == "checkpoint":
+            size, sha256 = hash_file(path)
+            attempts.register_checkpoint(
+                run_id, attempt, int(event["step"]), str(path.relative_to(directory.resolve())), size, sha256
+            )
+            return None
+        _store_artifact(run_id, attempt, path, event, say)
+    except OSError as error:
+        return f"could not read {relative[:200]!r}: {error.strerror or error}"
+    return None
+
+
+def _store_artifact(run_id: int, attempt: int, path: Path, event: dict[str, Any], say: Say) -> None:
+    name = path.name
+    kind = event.get("kind") if isinstance(event.get("kind"), str) else "file"
+    storage_key, size, sha256 = store_artifact(run_id, attempt, path, name)
+    attempts.register_artifact(
+        run_id,
+        attempt,
+        name=name,
+        kind=str(kind),
+        size=size,
+        sha256=sha256,
+        storage_key=storage_key,
+        metadata=_artifact_metadata(path),
+    )
+    say(attempts.system_line(f"artifact {name} stored ({size} bytes, sha256 {sha256})"))
+
+
+def _artifact_metadata(path: Path) -> dict[str, Any]:
+    """A `.safetensors` file's header metadata, shown on the artifact; a broken header is noted."""
+    if not path.name.endswith(".safetensors"):
+        return {}
+    try:
+        header = read_header(path)
+    except HeaderError as error:
+        return {"header_error": str(error)}
+    return {"safetensors": header.metadata, "parameters": header.parameters}

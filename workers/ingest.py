@@ -1,0 +1,80 @@
+"""Turning what a program prints and reports into the batch: log lines, events, the stderr tail.
+
+Secret values are masked here, before anything reaches the batch, so the database never holds
+them. Malformed events are skipped with a note in the run's log, never fatal.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import queue
+from typing import Any
+
+from django.utils import timezone
+
+from ops import worker_metrics
+from redaction import Redactor
+from runs.attempts import system_line
+from runs.models import LogStream
+from workers.protocol import MAX_EVENT_LINE_BYTES, apply_event
+from workers.streams import Chunk, decode_line
+from workers.writer import AttemptWriter
+
+# Enough of stderr to classify how the program ended (workers.failures.classify_exit).
+STDERR_TAIL_LINES = 50
+
+
+class Ingest:
+    def __init__(self, run_id: int, writer: AttemptWriter, log: Any) -> None:
+        self.run_id = run_id
+        self.writer = writer
+        self.log = log
+        self.redactor = Redactor()  # replaced by one holding the run's secrets, when it has some
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+
+    def take(self, chunk: Chunk) -> None:
+        """Add one line of the program's output (not an end-of-file chunk) to the batch."""
+        assert chunk.data is not None
+        if chunk.source == "events":
+            self._take_event(chunk.data, chunk.truncated)
+            return
+        text = self._redacted_line(chunk.data, chunk.truncated)
+        if chunk.source == "stderr":
+            self.stderr_tail.append(text)
+        self.writer.say((timezone.now(), LogStream(chunk.source).value, text))
+
+    def drain(self, chunks: queue.Queue[Chunk]) -> None:
+        """Take every line still queued once the program is gone."""
+        while True:
+            try:
+                chunk = chunks.get_nowait()
+            except queue.Empty:
+                return
+            if chunk.data is not None:
+                self.take(chunk)
+
+    def _redacted_line(self, data: bytes, truncated: int) -> str:
+        if not self.redactor:
+            return decode_line(data, truncated)
+        # Masked before the truncation note is added: a line cut inside a secret hides its head too.
+        text = self.redactor.text(decode_line(data), cut=bool(truncated))
+        return text + decode_line(b"", truncated) if truncated else text
+
+    def _take_event(self, data: bytes, truncated: int) -> None:
+        problem = None
+        event: Any = None
+        if truncated:
+            problem = f"event line longer than {MAX_EVENT_LINE_BYTES} bytes"
+        else:
+            try:
+                event = self.redactor.value(json.loads(data))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                problem = f"not JSON ({error.__class__.__name__})"
+        if problem is None:
+            problem = apply_event(event, self.writer.batch, self.writer.pending_files)
+            worker_metrics.observe_event(self.run_id, event)
+        if problem is not None:
+            preview = self._redacted_line(data, truncated)[:200]
+            self.log.warning("malformed_event_skipped", problem=problem, preview=preview)
+            self.writer.say(system_line(f"skipped a malformed event ({problem}): {preview}"))

@@ -1,0 +1,60 @@
+"""What a training program starts with: its command, its run directory and its environment.
+
+The environment is the program protocol's contract (docs/architecture.md, "The program protocol"):
+a minimal set of the worker's variables, the control plane's own, then the run's secrets and the
+program's `env` table. Never the worker's configuration (database URL, keys).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runs.attempts import Claim
+from runs.programs import Program
+
+PASSED_THROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
+# On the program's PYTHONPATH, so `import workers.sdk` works from any run directory.
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One attempt's program, ready to start."""
+
+    run_id: int
+    program: Program
+    claim: Claim
+    directory: Path
+    params_file: Path
+    resume_from: str | None = None  # a run-relative checkpoint path, on a later attempt
+    dataset: str | None = None  # the staged dataset's path, when the run names a dataset_url
+    secrets: Mapping[str, str] = field(default_factory=dict)
+
+    def environment(self, events_fd: int) -> dict[str, str]:
+        """The program's whole environment, with `events_fd` as the write end of its events pipe."""
+        env = {name: os.environ[name] for name in PASSED_THROUGH_ENV if name in os.environ}
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env.setdefault("LANG", "C.UTF-8")
+        env.update(
+            {
+                "PYTHONPATH": str(SOURCE_ROOT),
+                "PYTHONUNBUFFERED": "1",
+                "CONTROLPLANE_RUN_ID": str(self.run_id),
+                "CONTROLPLANE_RUN_DIR": str(self.directory),
+                "CONTROLPLANE_PARAMS": str(self.params_file),
+                "CONTROLPLANE_EVENTS_FD": str(events_fd),
+                "CONTROLPLANE_REQUEST_ID": self.claim.request_id,
+                "CONTROLPLANE_ATTEMPT": str(self.claim.attempt),
+            }
+        )
+        for name, value in self.secrets.items():
+            env.setdefault(name, value)  # never over the control plane's own variables
+        if self.resume_from is not None:
+            env["CONTROLPLANE_RESUME_FROM"] = self.resume_from
+        if self.dataset is not None:
+            env["CONTROLPLANE_DATASET_PATH"] = self.dataset
+        env.update(self.program.env)
+        return env

@@ -1,0 +1,155 @@
+"""The loop that watches a running program until it is gone.
+
+One thread does everything, in turn: take the queued output into the batch, flush every
+FLUSH_INTERVAL (or at MAX_BATCH_LINES), renew the lease every HEARTBEAT and read the run's status
+every second in between (cancel → SIGTERM), and enforce the worker's shutdown and the run's maximum
+duration, with SIGKILL after the grace period. One thread, so the batch needs no lock.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from django.db import DatabaseError, close_old_connections
+
+from runs import attempts
+from runs.attempts import Claim, StaleAttempt, system_line
+from runs.models import RunStatus
+from workers.ingest import Ingest
+from workers.process import READER_COUNT, ProgramProcess
+from workers.streams import Chunk
+from workers.writer import MAX_BACKOFF_SECONDS, AttemptWriter
+
+MAX_BATCH_LINES = 5_000
+STATUS_POLL_SECONDS = 1.0
+# After the program exits, children that kept its pipes open get this long before the group is
+# killed, and the readers this long to reach end of file before the loop stops waiting for them.
+PIPES_GRACE_SECONDS = 2.0
+PIPES_GIVE_UP_SECONDS = 5.0
+
+
+class Watch:
+    def __init__(
+        self,
+        claim: Claim,
+        directory: Path,
+        chunks: queue.Queue[Chunk],
+        *,
+        process: ProgramProcess,
+        ingest: Ingest,
+        writer: AttemptWriter,
+        config: Mapping[str, Any],
+        shutdown: threading.Event,
+        log: Any,
+    ) -> None:
+        self.claim = claim
+        self.directory = directory
+        self.chunks = chunks
+        self.process = process
+        self.ingest = ingest
+        self.writer = writer
+        self.shutdown = shutdown
+        self.log = log
+        self.timed_out = False
+        self.flush_every = float(config["FLUSH_INTERVAL_SECONDS"])
+        self.heartbeat_every = float(config["HEARTBEAT_SECONDS"])
+        self.lease_seconds = float(config["LEASE_SECONDS"])
+        self.grace = float(config["CANCEL_GRACE_SECONDS"])
+        self._open_streams = READER_COUNT
+        now = time.monotonic()
+        self._started = now
+        self._last_renewal = now
+        self._next_flush = now + self.flush_every
+        self._next_heartbeat = now + self.heartbeat_every
+        self._next_status_poll = now + STATUS_POLL_SECONDS
+
+    def run(self) -> int:
+        """Watch until the program and its pipes are done; the program's exit code."""
+        assert self.process.popen is not None
+        exited_at: float | None = None
+        while True:
+            self._take_output()
+            now = time.monotonic()
+            self._flush_if_due(now)
+            self._poll_run_if_due(now)
+            self._enforce_limits(now)
+            if exited_at is None and self.process.popen.poll() is not None:
+                exited_at = now
+            if exited_at is not None and self._done_after_exit(now - exited_at):
+                break
+        self.ingest.drain(self.chunks)
+        return self.process.popen.returncode
+
+    def _take_output(self) -> None:
+        """Wait for output until the next timer, then take what is queued (up to a full batch)."""
+        timeout = max(0.0, min(self._next_flush, self._next_status_poll) - time.monotonic())
+        try:
+            self._take(self.chunks.get(timeout=timeout))
+            while len(self.writer.batch.lines) < MAX_BATCH_LINES:
+                self._take(self.chunks.get_nowait())
+        except queue.Empty:
+            pass
+
+    def _take(self, chunk: Chunk) -> None:
+        if chunk.data is None:
+            self._open_streams -= 1
+        else:
+            self.ingest.take(chunk)
+
+    def _flush_if_due(self, now: float) -> None:
+        full = len(self.writer.batch.lines) >= MAX_BATCH_LINES and not self.writer.flush_failures
+        if now < self._next_flush and not full:
+            return
+        self.writer.flush()
+        self.writer.register_files(self.directory)
+        # After a failed write, back off (up to 5 s) instead of hammering a sick database.
+        self._next_flush = now + min(MAX_BACKOFF_SECONDS, self.flush_every * 2**self.writer.flush_failures)
+
+    def _poll_run_if_due(self, now: float) -> None:
+        """Renew the lease when due, else read the run's status; both say whether it is cancelling."""
+        if now < self._next_heartbeat and now < self._next_status_poll:
+            return
+        try:
+            if now >= self._next_heartbeat:
+                status = attempts.renew_lease(self.claim.run_id, self.claim.attempt)
+                self._last_renewal = now
+                self._next_heartbeat = now + self.heartbeat_every
+            else:
+                status = attempts.current_status(self.claim.run_id, self.claim.attempt)
+            if status == RunStatus.CANCELLING:
+                self._terminate("cancel requested")
+        except StaleAttempt:
+            self.writer.fence_off()
+        except DatabaseError as error:
+            self.log.warning("heartbeat_failed", error=str(error)[:200])
+            close_old_connections()
+            if now - self._last_renewal > self.lease_seconds * 0.9:
+                # We can no longer prove we own the run: stop before someone else starts.
+                self.writer.fence_off("could not renew the lease in time")
+        self._next_status_poll = now + STATUS_POLL_SECONDS
+
+    def _enforce_limits(self, now: float) -> None:
+        if self.shutdown.is_set():
+            self._terminate("worker shutting down")
+        limit = self.claim.max_duration_seconds
+        if limit and not self.timed_out and now - self._started > limit:
+            self.timed_out = True
+            self._terminate(f"maximum duration of {limit} s reached")
+        self.process.escalate_if_needed(self.grace)
+
+    def _terminate(self, reason: str) -> None:
+        if self.process.terminate(reason):
+            self.writer.say(system_line(f"stopping the program: {reason}"))
+
+    def _done_after_exit(self, since_exit: float) -> bool:
+        """Once the program exited: whether its pipes are done (or waited for long enough)."""
+        if self._open_streams == 0 or since_exit > PIPES_GRACE_SECONDS:
+            # The program is gone; children that kept its pipes open are ended with the group.
+            self.process.end_group()
+            return self._open_streams == 0 or since_exit > PIPES_GIVE_UP_SECONDS
+        return False

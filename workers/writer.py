@@ -1,0 +1,167 @@
+"""Everything one attempt writes to the database, fenced by (run, attempt).
+
+The batch being built (lines, metric points, progress, phase), the checkpoint and artifact events
+waiting to be registered, and the writes themselves: a batch every flush, buffered (bounded)
+through a database outage; the final flush and the outcome, retried while the lease lasts.
+
+Every write is conditional on the attempt (runs/attempts.py). When one finds that another attempt
+owns the run, this attempt is fenced off: the supervisor stops the program and writes nothing more.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from django.db import DatabaseError, close_old_connections
+
+from ops import worker_metrics
+from runs import attempts
+from runs.attempts import Batch, Outcome, StaleAttempt, system_line
+from runs.models import RunStatus
+from workers.files import register_file
+
+MAX_BACKOFF_SECONDS = 5.0
+# A retry must land before the lease expires, or the reconciler may already requeue the run.
+LEASE_SHARE = 0.9
+
+
+class AttemptWriter:
+    def __init__(
+        self,
+        run_id: int,
+        attempt: int,
+        config: Mapping[str, Any],
+        log: Any,
+        on_fenced_off: Callable[[str], None],
+    ) -> None:
+        self.run_id = run_id
+        self.attempt = attempt
+        self.config = config
+        self.log = log
+        self.batch = Batch()  # replaced at every flush: add lines through `say`, never a saved copy
+        self.pending_files: list[dict[str, Any]] = []
+        self.fenced_off = False
+        self.flush_failures = 0
+        self._on_fenced_off = on_fenced_off
+        self._series_cache: dict[str, int] = {}
+        self._dropped_lines = 0
+
+    def say(self, line: tuple[datetime, str, str]) -> None:
+        """Add a line to the batch being built."""
+        self.batch.lines.append(line)
+
+    def fence_off(self, reason: str = "another attempt owns the run") -> None:
+        """This attempt may no longer write: stop its program before it trains on for nobody."""
+        self.fenced_off = True
+        self._on_fenced_off(reason)
+
+    def flush(self) -> bool:
+        """Write the pending batch; on a database error keep it (bounded) for the next try."""
+        if not self.batch:
+            return True
+        # The buffer lost its oldest lines, so the gap sits right before what it still holds: the
+        # note goes first, and only counts as written once the batch is.
+        gap_note = self._dropped_lines > 0
+        if gap_note:
+            self.batch.lines.insert(
+                0,
+                system_line(
+                    f"{self._dropped_lines} log lines were dropped while the database was unreachable"
+                ),
+            )
+        batch, self.batch = self.batch, Batch()
+        try:
+            attempts.write_batch(self.run_id, self.attempt, batch, self._series_cache)
+            worker_metrics.batch_written(batch)
+        except StaleAttempt:
+            self.fence_off()
+        except DatabaseError as error:
+            self.flush_failures += 1
+            self.log.warning(
+                "batch_write_failed",
+                error=str(error)[:200],
+                lines=len(batch.lines),
+                failures=self.flush_failures,
+            )
+            close_old_connections()
+            if gap_note:
+                del batch.lines[0]  # written again, with the new count, at the next try
+            self._keep_for_next_try(batch)
+            return False
+        if self.flush_failures:
+            self.log.info("batch_write_recovered", failures=self.flush_failures)
+        self.flush_failures = 0
+        self._dropped_lines = 0
+        return True
+
+    def _keep_for_next_try(self, batch: Batch) -> None:
+        """Put a batch that failed to write back in front of what arrived since, within bounds."""
+        batch.lines.extend(self.batch.lines)
+        batch.points.extend(self.batch.points)
+        batch.progress = self.batch.progress or batch.progress
+        batch.phase = self.batch.phase or batch.phase
+        limit = int(self.config["MAX_BUFFERED_LINES"])
+        if len(batch.lines) > limit:
+            # Keep the newest lines: memory stays bounded and the tail (the cause of trouble,
+            # usually) survives. The gap is reported once the database is back.
+            excess = len(batch.lines) - limit
+            del batch.lines[:excess]
+            self._dropped_lines += excess
+        if len(batch.points) > limit:
+            del batch.points[: len(batch.points) - limit]
+        self.batch = batch
+
+    def final_flush(self, directory: Path | None = None) -> bool:
+        """Flush what is left (lines, points, files), retrying with backoff while the lease lasts."""
+        deadline = time.monotonic() + float(self.config["LEASE_SECONDS"]) * LEASE_SHARE
+        delay = float(self.config["FLUSH_INTERVAL_SECONDS"])
+        while True:
+            files_done = directory is None or self.register_files(directory)
+            if self.flush() and files_done:
+                return not self.fenced_off
+            if self.fenced_off or time.monotonic() + delay > deadline:
+                self.log.error(
+                    "final_flush_failed", lines=len(self.batch.lines), files=len(self.pending_files)
+                )
+                return False
+            time.sleep(delay)
+            delay = min(MAX_BACKOFF_SECONDS, delay * 2)
+
+    def finish(self, outcome: Outcome) -> RunStatus | Literal["unreachable"] | None:
+        """finish_attempt, retried through a database outage for as long as the lease lasts."""
+        deadline = time.monotonic() + float(self.config["LEASE_SECONDS"]) * LEASE_SHARE
+        delay = float(self.config["FLUSH_INTERVAL_SECONDS"])
+        while True:
+            try:
+                return attempts.finish_attempt(self.run_id, self.attempt, outcome)
+            except DatabaseError as error:
+                close_old_connections()
+                if time.monotonic() + delay > deadline:
+                    self.log.error("finish_failed", error=str(error)[:200])
+                    return "unreachable"
+                time.sleep(delay)
+                delay = min(MAX_BACKOFF_SECONDS, delay * 2)
+
+    def register_files(self, directory: Path) -> bool:
+        """Register pending checkpoints and artifacts; False when the database was unreachable."""
+        while self.pending_files:
+            event = self.pending_files[0]
+            try:
+                problem = register_file(self.run_id, self.attempt, directory, event, self.say)
+            except StaleAttempt:
+                self.fence_off()
+                problem = None
+            except DatabaseError as error:
+                # Keep the event, in order, for the next try.
+                self.log.warning("file_registration_failed", error=str(error)[:200])
+                close_old_connections()
+                return False
+            self.pending_files.pop(0)
+            if problem:
+                self.log.warning("file_event_refused", problem=problem, path=str(event.get("path"))[:200])
+                self.say(system_line(f"refused {event.get('type')} event: {problem}"))
+        return True
