@@ -24,6 +24,7 @@ from controlplane.env import (
     env_str,
     parse_database_url,
 )
+from controlplane_web import STATIC_DIR, TEMPLATES_DIR
 from ops.logs import LogConfig, configure_logging
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -110,7 +111,7 @@ ASGI_APPLICATION = "controlplane.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        "DIRS": [TEMPLATES_DIR],  # templates/ in a checkout, package data in a wheel (controlplane_web)
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -277,7 +278,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = env_path("STATIC_ROOT", BASE_DIR / "staticfiles")
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on every start without it
-STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_DIRS = [STATIC_DIR]  # as TEMPLATES_DIR
 WHITENOISE_USE_FINDERS = True
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024

@@ -22,7 +22,8 @@ _IMPORT = re.compile(
 
 
 def static_root() -> Path:
-    return Path(settings.BASE_DIR) / "static"
+    # STATICFILES_DIRS' static/: the repository's in a checkout, package data in an installed wheel.
+    return Path(settings.STATICFILES_DIRS[0])
 
 
 @functools.cache

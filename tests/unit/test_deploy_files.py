@@ -51,13 +51,122 @@ def test_compose_runs_the_production_topology_with_health_gated_starts() -> None
     assert services["beat"]["command"][3] == "beat"
 
 
+def _stages() -> dict[str, str]:
+    """The Dockerfile's stages by name (`FROM … AS name`), each with its instructions."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    return {
+        match.group(1): body
+        for match, body in zip(
+            re.finditer(r"^FROM \S+ AS (\w+)$", dockerfile, flags=re.MULTILINE),
+            re.split(r"^FROM \S+ AS \w+$", dockerfile, flags=re.MULTILINE)[1:],
+            strict=True,
+        )
+    }
+
+
 def test_the_image_runs_as_a_non_root_user_with_a_healthcheck() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     final_stage = dockerfile.rsplit("\nFROM ", 1)[1]
+    assert final_stage.startswith("python:${PYTHON_VERSION}-slim-bookworm AS runtime")
     assert re.search(r"^USER controlplane$", final_stage, flags=re.MULTILINE)
     assert "HEALTHCHECK" in final_stage
     assert "build-essential" not in final_stage
-    assert "node_modules/uplot/dist/uPlot.esm.js" in final_stage  # the dashboard's charts ship in the image
+    assert 'CMD ["uvicorn", "controlplane.asgi:application"' in final_stage
+    assert "collectstatic --noinput" in final_stage
+
+
+def test_the_image_installs_the_wheel_and_carries_no_source_tree() -> None:
+    stages = _stages()
+    assert list(stages) == ["assets", "build", "runtime"]
+    build, runtime = stages["build"], stages["runtime"]
+    # The wheel is built after the npm-built files land in static/vendor/ (setup.py checks them).
+    vendor = build.index("node_modules/uplot/dist/uPlot.esm.js")
+    assert build.index("static/vendor/uplot/", vendor) < build.index(
+        "pip wheel --no-deps --wheel-dir /wheels ."
+    )
+    # The runtime stage installs that wheel and copies nothing of the source tree but manage.py.
+    assert re.search(r"pip install --no-deps --no-index .*/wheels/controlplane-\*\.whl", runtime)
+    assert "pip check" in runtime
+    copies = re.findall(r"^COPY (.+)$", runtime, flags=re.MULTILINE)
+    assert copies == ["--from=build /opt/venv /opt/venv", "manage.py ./"], copies
+    assert "PYTHONPATH=" not in (ROOT / "Dockerfile").read_text()
+    assert not re.search(r"^COPY .*\s\.\s+\.$", runtime, flags=re.MULTILINE)
+
+
+def test_the_wheel_carries_every_app_and_the_pages_files() -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    setuptools = pyproject["tool"]["setuptools"]
+    patterns = setuptools["packages"]["find"]["include"]
+    apps = {path.parent.name for path in ROOT.glob("*/apps.py")}
+    for package in apps | {"controlplane", "controlplane_web", "workers", "redaction"}:
+        assert any(re.fullmatch(pattern.replace("*", ".*"), package) for pattern in patterns), package
+    assert setuptools["package-data"]["*"] == ["*.html"]  # apps' own templates/
+    assert pyproject["project"]["scripts"]["controlplane-manage"] == "controlplane.manage:main"
+    manifest = (ROOT / "MANIFEST.in").read_text()
+    assert "graft templates" in manifest
+    assert "graft static" in manifest
+
+
+def _setup_module() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("controlplane_setup", ROOT / "setup.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # not __main__: setup() does not run
+    return module
+
+
+def test_the_wheel_build_names_the_vendor_files_the_pages_need_and_lack(tmp_path: Path) -> None:
+    setup = _setup_module()
+    (tmp_path / "templates" / "runs").mkdir(parents=True)
+    (tmp_path / "static" / "js").mkdir(parents=True)
+    (tmp_path / "templates" / "runs" / "detail.html").write_text(
+        '<link rel="stylesheet" href="{% static \'vendor/uplot/uPlot.min.css\' %}">'
+    )
+    (tmp_path / "static" / "js" / "chart.js").write_text(
+        'import uPlot from "../vendor/uplot/uPlot.esm.js";\n'
+    )
+    assert setup.missing_vendor_files(tmp_path) == ["vendor/uplot/uPlot.esm.js", "vendor/uplot/uPlot.min.css"]
+    (tmp_path / "static" / "vendor" / "uplot").mkdir(parents=True)
+    (tmp_path / "static" / "vendor" / "uplot" / "uPlot.esm.js").write_text("export default 1;\n")
+    assert setup.missing_vendor_files(tmp_path) == ["vendor/uplot/uPlot.min.css"]
+    # The repository's pages name the files ./dev setup copies there.
+    named = setup.missing_vendor_files(ROOT) + [
+        f"vendor/uplot/{name}" for name in ("uPlot.esm.js", "uPlot.min.css")
+    ]
+    assert {"vendor/uplot/uPlot.esm.js", "vendor/uplot/uPlot.min.css"} <= set(named)
+
+
+def test_settings_find_templates_and_static_in_a_checkout_and_in_a_wheel(tmp_path: Path) -> None:
+    import importlib.util
+
+    from django.conf import settings
+
+    import controlplane_web
+
+    # A checkout (and an editable install): the repository's own directories.
+    assert controlplane_web.TEMPLATES_DIR == ROOT / "templates"
+    assert controlplane_web.STATIC_DIR == ROOT / "static"
+    template_dirs = settings.TEMPLATES[0]["DIRS"]
+    assert isinstance(template_dirs, list)
+    assert ROOT / "templates" in template_dirs
+    assert ROOT / "static" in settings.STATICFILES_DIRS
+    # Installed from a wheel: the copies beside the package.
+    package = tmp_path / "site-packages" / "controlplane_web"
+    (package / "templates").mkdir(parents=True)
+    (package / "static").mkdir()
+    (package / "__init__.py").write_text((ROOT / "controlplane_web" / "__init__.py").read_text())
+    spec = importlib.util.spec_from_file_location("installed_web", package / "__init__.py")
+    assert spec is not None
+    assert spec.loader is not None
+    installed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(installed)
+    assert package / "templates" == installed.TEMPLATES_DIR
+    assert package / "static" == installed.STATIC_DIR
 
 
 # The CI workflows (split by concern; ci.yml is gone) are checked in tests/unit/test_ci_workflows.py.
@@ -141,6 +250,8 @@ def test_prometheus_scrapes_the_web_and_every_worker_metrics_port() -> None:
 def test_the_build_context_leaves_out_local_state_and_secrets() -> None:
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", "var", "node_modules", ".env", ".env.*"} <= ignored
+    # No stale build/lib in the wheel; the vendor files come from the image's npm stage.
+    assert {"build", "dist", "static/vendor", "*.egg-info"} <= ignored
 
 
 def _anchors(markdown: str) -> set[str]:
