@@ -7,7 +7,8 @@ SQLite serializes writers itself) so two concurrent records cannot both claim th
 
 A rewrite of the whole chain (every hash recomputed) is consistent with itself; the signed
 checkpoints of the chain head (`audit.checkpoints`) catch it, and a truncation of the tail below
-the newest checkpoint. `verify_chain` checks both.
+the newest checkpoint. Checkpoints deleted along with the rewrite are caught by the external
+anchors (`audit.anchor_check`). `verify_chain` checks all three.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection, transaction
 from django.utils import timezone
 
+from audit.anchor_check import check_anchors
 from audit.context import current
 from audit.models import AuditRecord
 from redaction import redact_value
@@ -135,6 +137,10 @@ class Verification:
     broken_checkpoint_id: int | None = None
     checkpoint_problem: str = ""
     covered_up_to: int = 0  # the newest signed checkpoint vouches for records 1..covered_up_to
+    anchor_sinks_checked: int = 0
+    anchored_checkpoint_id: int = 0  # the newest checkpoint found in an external anchor
+    anchored_up_to: int = 0  # ... which vouches for records 1..anchored_up_to from outside the database
+    anchor_problem: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -146,6 +152,10 @@ class Verification:
             "broken_checkpoint_id": self.broken_checkpoint_id,
             "checkpoint_problem": self.checkpoint_problem,
             "covered_up_to": self.covered_up_to,
+            "anchor_sinks_checked": self.anchor_sinks_checked,
+            "anchored_checkpoint_id": self.anchored_checkpoint_id,
+            "anchored_up_to": self.anchored_up_to,
+            "anchor_problem": self.anchor_problem,
         }
 
 
@@ -171,23 +181,34 @@ def walk_records() -> ChainWalk:
 
 
 def verify_chain() -> Verification:
-    """The records, then the signed checkpoints against them; the first problem of each."""
+    """The records, the signed checkpoints against them, and the database against the newest
+    external anchors; the first problem of each, and the earliest record any of them places."""
     from audit.checkpoints import check_checkpoints  # checkpoints build on this module
 
     walk = walk_records()
     checks = check_checkpoints()
-    first_broken_id, reason = walk.first_broken_id, walk.reason
-    if checks.first_broken_id is not None and (
-        first_broken_id is None or checks.first_broken_id < first_broken_id
-    ):
-        first_broken_id, reason = checks.first_broken_id, checks.problem
+    anchors = check_anchors()
+    placed = [
+        (broken, reason)
+        for broken, reason in (
+            (walk.first_broken_id, walk.reason),
+            (checks.first_broken_id, checks.problem),
+            (anchors.first_broken_id, anchors.problem),
+        )
+        if broken is not None
+    ]
+    first_broken_id, reason = min(placed, key=lambda pair: pair[0], default=(None, ""))
     return Verification(
-        ok=walk.ok and checks.ok,
+        ok=walk.ok and checks.ok and anchors.ok,
         checked=walk.checked,
         first_broken_id=first_broken_id,
-        reason=reason or checks.problem,
+        reason=reason or checks.problem or anchors.problem,
         checkpoints_checked=checks.checked,
         broken_checkpoint_id=checks.broken_id,
         checkpoint_problem=checks.problem,
         covered_up_to=checks.covered_up_to,
+        anchor_sinks_checked=anchors.sinks_checked,
+        anchored_checkpoint_id=anchors.checkpoint_id,
+        anchored_up_to=anchors.anchored_up_to,
+        anchor_problem=anchors.problem,
     )

@@ -8,18 +8,26 @@ database (`audit.keys`), over "records 1..N end in hash H", written periodically
 every checkpoint: a valid signature, a link to the previous checkpoint, and record N still
 carrying hash H. Records appended since the newest checkpoint are covered by the chain only,
 until the next one.
+
+Checkpoints in the database can be deleted with the records, so each one is also appended to the
+external anchor sinks (`audit.anchors`) once it has committed. A pass also anchors the newest
+checkpoint wherever a sink lacks it (a sink that failed last time, a first run after upgrading),
+so a failed append heals at the next pass instead of leaving a false alarm behind.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import structlog
 from django.db import connection, transaction
 from django.utils import timezone
 
+from audit.anchor_check import AnchorCheck, check_anchors
+from audit.anchors import anchor_of, configured_sinks, signed_message
 from audit.chain import GENESIS, ChainWalk, walk_records
 from audit.keys import SigningKey, current_key, key_by_id
 from audit.models import AuditCheckpoint, AuditRecord
@@ -27,25 +35,10 @@ from audit.models import AuditCheckpoint, AuditRecord
 log = structlog.get_logger(__name__)
 
 _LOCK_KEY = 0x0A0D18  # serializes checkpoint writers (the chain's own lock is 0x0A0D17)
-_FORMAT = "controlplane-audit-checkpoint-v1"
-
-
-def _message(checkpoint: AuditCheckpoint) -> bytes:
-    fields = [
-        _FORMAT,
-        str(checkpoint.pk),
-        checkpoint.created_at.isoformat(),
-        str(checkpoint.head_id),
-        checkpoint.head_hash,
-        str(checkpoint.record_count),
-        checkpoint.key_id,
-        checkpoint.prev_signature,
-    ]
-    return "|".join(fields).encode()
 
 
 def sign(checkpoint: AuditCheckpoint, key: SigningKey) -> str:
-    return hmac.new(key.secret, _message(checkpoint), hashlib.sha256).hexdigest()
+    return hmac.new(key.secret, signed_message(anchor_of(checkpoint)), hashlib.sha256).hexdigest()
 
 
 def signature_valid(checkpoint: AuditCheckpoint) -> bool | None:
@@ -129,10 +122,22 @@ class CheckpointOutcome:
     checks: CheckpointCheck
     checkpoint: AuditCheckpoint | None
     note: str
+    anchors: AnchorCheck = field(default_factory=lambda: AnchorCheck(ok=True))
+    anchor_failures: tuple[str, ...] = ()  # sinks that could not take the newest checkpoint
+    anchored_at: float | None = None  # every record that existed at this Unix time is anchored
 
     @property
     def ok(self) -> bool:
-        return self.walk.ok and self.checks.ok
+        # "No anchor yet" is healed by this very pass; a failed append is not a broken chain.
+        return self.walk.ok and self.checks.ok and (self.anchors.ok or self.anchors.unanchored)
+
+    @property
+    def problem(self) -> str:
+        return self.walk.reason or self.checks.problem or self.anchors.problem
+
+    @property
+    def first_broken_id(self) -> int | None:
+        return self.walk.first_broken_id or self.checks.first_broken_id or self.anchors.first_broken_id
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -141,28 +146,36 @@ class CheckpointOutcome:
             "checkpoint_id": self.checkpoint.pk if self.checkpoint is not None else None,
             "head_id": self.walk.head_id,
             "note": self.note,
+            "anchor_failures": list(self.anchor_failures),
         }
 
 
-def do_write_checkpoint() -> CheckpointOutcome:
-    """Verify the chain, then sign its head; a broken chain is never signed (that would bless it).
+def anchor_newest() -> tuple[AuditCheckpoint | None, tuple[str, ...]]:
+    """Append the newest checkpoint to every sink whose newest anchor is older; the sinks that failed."""
+    newest = AuditCheckpoint.objects.order_by("-id").first()
+    if newest is None:
+        return None, ()
+    failed = []
+    for sink in configured_sinks():
+        try:
+            held = sink.newest()
+            if held is None or held.checkpoint_id < newest.pk:
+                sink.append(anchor_of(newest))
+        except Exception as error:  # a full disk or a missing mount must not stop the next sink
+            failed.append(sink.name)
+            log.error(
+                "audit_anchor_failed",
+                sink=sink.name,
+                checkpoint_id=newest.pk,
+                error=repr(error)[:300],
+                error_kind="storage",
+                error_code="audit_anchor_failed",
+            )
+    return newest, tuple(failed)
 
-    The walk runs without the append lock (appends go on meanwhile); it reads one snapshot, and the
-    checkpoint vouches for exactly the records the walk verified.
-    """
-    walk = walk_records()
-    checks = check_checkpoints()
-    if not (walk.ok and checks.ok):
-        log.error(
-            "audit_checkpoint_refused",
-            first_broken_id=walk.first_broken_id or checks.first_broken_id,
-            reason=walk.reason or checks.problem,
-            error_kind="integrity",
-            error_code="audit_chain_broken",
-        )
-        return CheckpointOutcome(walk, checks, None, "the chain is broken; nothing was signed")
-    if walk.head_id == 0:
-        return CheckpointOutcome(walk, checks, None, "the chain is empty; nothing to sign")
+
+def _sign_head(walk: ChainWalk) -> tuple[AuditCheckpoint | None, str]:
+    """Write a checkpoint of the verified head unless one already covers it."""
     key = current_key()
     with transaction.atomic():
         if connection.vendor == "postgresql":
@@ -170,7 +183,7 @@ def do_write_checkpoint() -> CheckpointOutcome:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
         last = AuditCheckpoint.objects.order_by("-id").first()
         if last is not None and last.head_id >= walk.head_id:
-            return CheckpointOutcome(walk, checks, None, f"records up to {last.head_id} are already signed")
+            return None, f"records up to {last.head_id} are already signed"
         checkpoint = AuditCheckpoint(
             pk=(last.pk + 1) if last is not None else 1,
             created_at=timezone.now(),
@@ -182,13 +195,49 @@ def do_write_checkpoint() -> CheckpointOutcome:
         )
         checkpoint.signature = sign(checkpoint, key)
         checkpoint.save(force_insert=True)
-    # Logged too, so a copy of each checkpoint lives outside the database (the log pipeline).
+    # Logged too, so a copy of each checkpoint lives in the log pipeline (evidence for a person).
     log.info(
         "audit_checkpoint_written",
         checkpoint_id=checkpoint.pk,
         head_id=checkpoint.head_id,
         head_hash=checkpoint.head_hash,
+        record_count=checkpoint.record_count,
+        created_at=checkpoint.created_at.isoformat(),
         key_id=checkpoint.key_id,
+        prev_signature=checkpoint.prev_signature,
         signature=checkpoint.signature,
     )
-    return CheckpointOutcome(walk, checks, checkpoint, f"signed records 1-{checkpoint.head_id}")
+    return checkpoint, f"signed records 1-{checkpoint.head_id}"
+
+
+def do_write_checkpoint() -> CheckpointOutcome:
+    """Verify the chain (records, checkpoints, anchors), sign its head, then anchor it outside the
+    database; a broken chain is never signed (that would bless it).
+
+    The walk runs without the append lock (appends go on meanwhile); it reads one snapshot, and the
+    checkpoint vouches for exactly the records the walk verified. The anchors are appended after
+    the checkpoint committed: an anchor of a checkpoint that then rolled back would be a false alarm.
+    """
+    started = time.time()
+    walk = walk_records()
+    checks = check_checkpoints()
+    anchors = check_anchors()
+    outcome = CheckpointOutcome(walk, checks, None, "", anchors)
+    if not outcome.ok:
+        log.error(
+            "audit_checkpoint_refused",
+            first_broken_id=outcome.first_broken_id,
+            reason=outcome.problem,
+            error_kind="integrity",
+            error_code="audit_chain_broken",
+        )
+        return CheckpointOutcome(walk, checks, None, "the chain is broken; nothing was signed", anchors)
+    checkpoint, note = (
+        (None, "the chain is empty; nothing to sign") if walk.head_id == 0 else _sign_head(walk)
+    )
+    newest, failed = anchor_newest()
+    # Everything the walk saw is anchored when the newest checkpoint covers the walked head and
+    # every sink took it; records appended since `started` wait for the next pass.
+    covered = newest is None or newest.head_id >= walk.head_id
+    anchored_at = started if covered and not failed else None
+    return CheckpointOutcome(walk, checks, checkpoint, note, anchors, failed, anchored_at)

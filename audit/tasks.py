@@ -15,5 +15,5 @@ def housekeeping_audit_checkpoint() -> dict[str, object]:
     outcome = do_write_checkpoint()
     from ops.audit_metrics import audit_state  # the gauges live in the process that verified
 
-    audit_state.set(outcome.ok, time.time())
+    audit_state.set(outcome.ok, time.time(), outcome.anchored_at)
     return outcome.as_dict()

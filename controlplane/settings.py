@@ -339,8 +339,9 @@ if any(len(key) < 32 for key in AUDIT_KEYS):
     raise ConfigError("CONTROLPLANE_AUDIT_KEY: each key needs at least 32 characters")
 CELERY_BEAT_SCHEDULE["audit-checkpoint"] = {
     "task": "audit.tasks.housekeeping_audit_checkpoint",
-    "schedule": env_float("CONTROLPLANE_AUDIT_CHECKPOINT_SECONDS", 3600.0, minimum=10.0),
-    "options": {"queue": "housekeeping"},
+    "schedule": AUDIT_CHECKPOINT_SECONDS,
+    # A pass that waited longer than one period is superseded by the next: no backlog of walks.
+    "options": {"queue": "housekeeping", "expires": AUDIT_CHECKPOINT_SECONDS},
 }
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
@@ -353,11 +354,21 @@ configure_logging(
         fmt=LOG_FORMAT,
         file=Path(_log_file).expanduser().resolve() if _log_file else None,
         max_bytes=env_int("CONTROLPLANE_LOG_MAX_BYTES", 100 * 1024 * 1024, minimum=0),
+# Seconds down to 1: the window in which records not yet checkpointed and anchored could be
+# deleted unnoticed (each pass walks the whole chain, so small values cost database reads).
+AUDIT_CHECKPOINT_SECONDS = env_float("CONTROLPLANE_AUDIT_CHECKPOINT_SECONDS", 3600.0, minimum=1.0)
         backups=env_int("CONTROLPLANE_LOG_BACKUPS", 5, minimum=0),
         debug_sample_rate=env_float("CONTROLPLANE_LOG_DEBUG_SAMPLE_RATE", 1.0, minimum=0.0, maximum=1.0),
         flood_limit=env_int("CONTROLPLANE_LOG_FLOOD_LIMIT", 500, minimum=0),
     )
 )
+# Where each signed checkpoint is also kept, outside the database (audit.anchors): comma-separated
+# file:///absolute/path sinks (JSON lines, append-only, 0600); verification checks the newest.
+AUDIT_ANCHORS = env_list("CONTROLPLANE_AUDIT_ANCHORS", [f"file://{DATA_DIR / 'audit-anchors.jsonl'}"])
+if not AUDIT_ANCHORS or not all(re.fullmatch(r"file:///\S+", sink) for sink in AUDIT_ANCHORS):
+    raise ConfigError(
+        f"CONTROLPLANE_AUDIT_ANCHORS must list file:///absolute/path sinks, got {AUDIT_ANCHORS!r}"
+    )
 
 # Observability: who may scrape /metrics, the worker's metrics port, what /readyz requires.
 METRICS_TOKEN = env_str("CONTROLPLANE_METRICS_TOKEN", "")

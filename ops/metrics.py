@@ -78,6 +78,12 @@ AUDIT_LAST_VERIFIED = Family(
     "gauge",
     "Unix time of the last audit chain verification",
 )
+AUDIT_UNANCHORED = Family(
+    "controlplane_audit_unanchored_seconds",
+    "gauge",
+    "Seconds since every audit record was last covered by a signed checkpoint in every external "
+    "anchor sink: the window in which records could be deleted unnoticed",
+)
 
 # Worker process, only where NVML and a GPU exist (ops.gpu).
 GPU_MEMORY_USED = Family("controlplane_gpu_memory_used_bytes", "gauge", "GPU memory in use", ("gpu",))

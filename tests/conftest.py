@@ -69,6 +69,13 @@ def make_user(username: str, role: str = "operator") -> User:
     return user
 
 
+@pytest.fixture(autouse=True)
+def _audit_anchors_of_this_test(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Each test's database starts without checkpoints, so each gets an audit anchor file of its
+    own: an anchor left by an earlier test would name checkpoints this database never had."""
+    settings.AUDIT_ANCHORS = [f"file://{tmp_path_factory.mktemp('anchors') / 'audit-anchors.jsonl'}"]
+
+
 @pytest.fixture
 def owner(db: Any) -> User:
     return make_user("olivia", "operator")
@@ -203,6 +210,7 @@ def stack(
             "--port",
             str(port),
             "--no-access-log",
+            "--no-proxy-headers",  # as in production: the app decides which proxies to believe
         ],
         cwd=ROOT,
         env=env,

@@ -47,6 +47,10 @@ class VerificationSerializer(serializers.Serializer[None]):
     checkpoint_problem = serializers.CharField(allow_blank=True)
     covered_up_to = serializers.IntegerField(help_text="the newest signed checkpoint covers records 1..N")
 
+    anchor_sinks_checked = serializers.IntegerField(help_text="anchor sinks compared with the database")
+    anchored_checkpoint_id = serializers.IntegerField(help_text="the newest checkpoint in an external anchor")
+    anchored_up_to = serializers.IntegerField(help_text="the newest external anchor covers records 1..N")
+    anchor_problem = serializers.CharField(allow_blank=True)
 
 class AuditCursorPagination(CursorPagination):
     ordering = "-id"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
@@ -251,13 +252,16 @@ def test_verify_audit_reports_the_first_broken_record_and_the_checkpoint_problem
     call_command("checkpoint_audit", stdout=io.StringIO())
     out = io.StringIO()
     call_command("verify_audit", stdout=out)
-    assert out.getvalue().strip() == "audit chain ok: 3 records, 1 signed checkpoints (records 1-3 covered)"
+    assert (
+        out.getvalue().splitlines()[0]
+        == "audit chain ok: 3 records, 1 signed checkpoints (records 1-3 covered)"
+    )
     _rewrite_chain_from(3)
     err = io.StringIO()
     with pytest.raises(SystemExit) as exited:
         call_command("verify_audit", stderr=err)
     assert exited.value.code == 1
-    assert err.getvalue().strip() == (
+    assert err.getvalue().splitlines()[0] == (
         "audit chain broken at record 1: checkpoint 1: record 3's hash differs from the signed one: "
         "records 1-3 were rewritten"
     )
@@ -280,6 +284,13 @@ def test_the_verify_endpoint_reports_the_checkpoint_problem() -> None:
         "broken_checkpoint_id": 1,
         "checkpoint_problem": "checkpoint 1: it vouches for records up to 3, but the chain ends at 1 (truncated)",
         "covered_up_to": 0,
+        "anchor_sinks_checked": 1,
+        "anchored_checkpoint_id": 1,
+        "anchored_up_to": 3,
+        "anchor_problem": (
+            f"anchor of checkpoint 1 in {settings.AUDIT_ANCHORS[0]}: it vouches for records up to 3, "
+            "but the chain ends at 1 (truncated)"
+        ),
     }
 
 
@@ -305,4 +316,10 @@ def test_a_real_housekeeping_worker_runs_the_checkpoint_task(stack: Any) -> None
     checkpoint = wait_for(lambda: AuditCheckpoint.objects.first(), 60, message="the worker's checkpoint")
     assert (checkpoint.head_id, checkpoint.record_count) == (3, 3)
     assert signature_valid(checkpoint) is True
-    assert verify_chain().ok
+    # The worker anchored it in its own data directory, after the commit.
+    anchors = stack.data_dir / "audit-anchors.jsonl"
+    wait_for(
+        lambda: anchors.exists() and '"checkpoint_id":1,' in anchors.read_text(), 10, message="the anchor"
+    )
+    with override_settings(AUDIT_ANCHORS=[f"file://{anchors}"]):
+        assert verify_chain().ok

@@ -43,6 +43,7 @@ GAUGES = {
     "controlplane_runs_supervised",
     "controlplane_audit_chain_ok",
     "controlplane_audit_last_verified_timestamp_seconds",
+    "controlplane_audit_unanchored_seconds",
     "controlplane_gpu_memory_used_bytes",
     "controlplane_gpu_memory_total_bytes",
     "controlplane_gpu_utilization_ratio",
@@ -218,6 +219,7 @@ def test_the_issues_signals_each_have_an_alert() -> None:
         "controlplane_dead_letters",
         "node_filesystem_avail_bytes",  # disk nearly full
         "controlplane_audit_chain_ok",
+        "controlplane_audit_unanchored_seconds",  # the window in which records are not anchored
         "controlplane_stream_lag_seconds_bucket",
     ):
         assert signal in used, signal

@@ -17,8 +17,12 @@ class Command(BaseCommand):
         outcome = do_write_checkpoint()
         if outcome.ok:
             self.stdout.write(f"audit checkpoint: {outcome.note}")
+            if outcome.anchor_failures:
+                # Signed, but not yet outside the database: the next pass retries (exit 1 to say so).
+                self.stderr.write(f"could not anchor in {', '.join(outcome.anchor_failures)}")
+                sys.exit(1)
             return
-        problem = outcome.walk.reason or outcome.checks.problem
-        broken = outcome.walk.first_broken_id or outcome.checks.first_broken_id
-        self.stderr.write(f"audit chain broken at record {broken}: {problem}; nothing was signed")
+        self.stderr.write(
+            f"audit chain broken at record {outcome.first_broken_id}: {outcome.problem}; nothing was signed"
+        )
         sys.exit(1)

@@ -1,6 +1,7 @@
 """`python manage.py verify_audit`: exit 0 when the chain holds, 1 naming the first broken record.
 
-The signed checkpoints are checked too; a checkpoint problem is printed on its own line.
+The signed checkpoints and the external anchors are checked too; a checkpoint or anchor problem
+is printed on its own line.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from audit.chain import verify_chain
 
 
 class Command(BaseCommand):
-    help = "Verify the hash chain of the audit log and its signed checkpoints."
+    help = "Verify the hash chain of the audit log, its signed checkpoints and their external anchors."
 
     def handle(self, *args: Any, **options: Any) -> None:
         result = verify_chain()
@@ -23,8 +24,15 @@ class Command(BaseCommand):
                 f"audit chain ok: {result.checked} records, {result.checkpoints_checked} signed "
                 f"checkpoints (records 1-{result.covered_up_to} covered)"
             )
+            self.stdout.write(
+                f"external anchors: checkpoint {result.anchored_checkpoint_id} (records "
+                f"1-{result.anchored_up_to}) in {result.anchor_sinks_checked} sink(s)"
+            )
             return
-        self.stderr.write(f"audit chain broken at record {result.first_broken_id}: {result.reason}")
+        where = f" at record {result.first_broken_id}" if result.first_broken_id is not None else ""
+        self.stderr.write(f"audit chain broken{where}: {result.reason}")
         if result.checkpoint_problem and result.checkpoint_problem != result.reason:
             self.stderr.write(result.checkpoint_problem)
+        if result.anchor_problem and result.anchor_problem != result.reason:
+            self.stderr.write(result.anchor_problem)
         sys.exit(1)

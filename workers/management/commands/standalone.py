@@ -55,6 +55,9 @@ class Command(BaseCommand):
                 lifespan="on",
                 log_config=None,
                 access_log=False,
+                # The app applies CONTROLPLANE_TRUSTED_PROXIES itself (ops.forwarded) and needs the
+                # real peer; uvicorn's own rule would trust X-Forwarded-For from 127.0.0.1.
+                proxy_headers=False,
                 ws_max_size=1024 * 1024,
             )
         )
@@ -119,13 +122,17 @@ class Command(BaseCommand):
                 try:
                     reconcile()
                     if time.monotonic() >= next_checkpoint:
-                        housekeeping_audit_checkpoint()
+                        # Moved on first: a pass that raises waits its period, never a busy loop.
                         next_checkpoint = time.monotonic() + checkpoint_every
+                        housekeeping_audit_checkpoint()
                 except Exception as error:  # one bad pass must not end the loop
                     log.error("reconcile_failed", error=repr(error)[:300])
                 finally:
                     close_old_connections()
-                stop.wait(float(settings.CONTROLPLANE["RECONCILE_SECONDS"]))
+                # Wake for whichever is due first, so a checkpoint period shorter than the
+                # reconcile period (CONTROLPLANE_AUDIT_CHECKPOINT_SECONDS=5) is honoured.
+                until_checkpoint = max(0.0, next_checkpoint - time.monotonic())
+                stop.wait(min(float(settings.CONTROLPLANE["RECONCILE_SECONDS"]), until_checkpoint))
 
         threading.Thread(target=loop, name="reconciler", daemon=True).start()
         return stop
