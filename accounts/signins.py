@@ -7,7 +7,9 @@ and reports its successes and malformed requests itself. A failure records the u
 
 Refused bearer tokens are recorded at most once a minute per client address, reason and token
 prefix: authentication runs before any throttle, so an unbounded loop of bad tokens must not
-turn into an unbounded stream of append-only rows.
+turn into an unbounded stream of append-only rows. Failed sign-ins are collapsed the same way but
+counted (`audit.repeats`): the first failure per username, method, reason and address in a minute
+is recorded in full, the rest only counted, and one summary record carries the `count`.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from django.http import HttpRequest
 
 from audit import chain
 from audit.context import current
+from audit.repeats import record_repeated
 
 MAX_USERNAME = 150
 TOKEN_API_PATH = "/api/v1/auth/token/"  # noqa: S105 - a path, not a password
 _REFUSAL_WINDOW_SECONDS = 60
+FAILURE_WINDOW_SECONDS = 60
 
 
 def _method(request: HttpRequest | None) -> str:
@@ -58,12 +62,16 @@ def _signed_out(sender: Any, request: HttpRequest | None, user: Any, **_: Any) -
 
 
 def record_sign_in_failed(username: Any, *, method: str, reason: str) -> None:
-    """`reason`: `invalid` (unknown user or wrong password, not told apart), `locked_out`, `malformed`."""
-    chain.record(
+    """`reason`: `invalid` (unknown user or wrong password, not told apart), `locked_out`, `malformed`.
+
+    Repeats within FAILURE_WINDOW_SECONDS from the same address become one summary record."""
+    name = attempted_username(username)
+    record_repeated(
         "auth.sign_in_failed",
-        actor=None,
+        key=(name, method, reason, current().ip),
+        details={"username": name, "method": method, "reason": reason},
         outcome="failure",
-        details={"username": attempted_username(username), "method": method, "reason": reason},
+        window=FAILURE_WINDOW_SECONDS,
     )
 
 

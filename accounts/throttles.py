@@ -1,4 +1,5 @@
-"""DRF rate limits: anonymous callers, signed-in callers, and token requests (stricter).
+"""DRF rate limits: anonymous callers, signed-in callers, token requests (stricter), and the
+sign-in form (`accounts.web.signin`, the same rate as token requests, counted apart).
 
 Rates come from `REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]` (the `CONTROLPLANE_THROTTLE_*`
 variables), read when a throttle is built rather than when this module is imported, so a settings
@@ -38,3 +39,13 @@ class TokenRequestThrottle(_LiveRate):
 
     def get_cache_key(self, request: Request, view: Any) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+class SignInFormThrottle(TokenRequestThrottle):
+    """POSTs to the sign-in form, per address, at `CONTROLPLANE_THROTTLE_AUTH`: a password loop
+    through the form is refused before it reaches authentication, django-axes or the audit log."""
+
+    cache_format = "throttle_signin_form_%(ident)s"
+
+    def get_cache_key(self, request: Request, view: Any) -> str:
+        return self.cache_format % {"ident": self.get_ident(request)}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.http import HttpRequest, HttpResponse
@@ -24,6 +25,16 @@ _current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar(
 
 def current() -> RequestContext:
     return _current.get()
+
+
+@contextmanager
+def use_context(context: RequestContext) -> Iterator[None]:
+    """For work done on a request's behalf later (a task): records carry that request's context."""
+    token = _current.set(context)
+    try:
+        yield
+    finally:
+        _current.reset(token)
 
 
 class AuditContextMiddleware:

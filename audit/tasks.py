@@ -1,4 +1,5 @@
-"""Celery beat task: verify the audit chain, sign its head, and publish the result as gauges."""
+"""Celery tasks of the audit log: the beat task that verifies the chain, signs and anchors its head
+and publishes the result as gauges; and the summary of a window of repeated records."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 from celery import shared_task
 
 from audit.checkpoints import do_write_checkpoint
+from audit.repeats import flush_repeated
 
 
 @shared_task(name="audit.tasks.housekeeping_audit_checkpoint", acks_late=True, ignore_result=True)
@@ -17,3 +19,11 @@ def housekeeping_audit_checkpoint() -> dict[str, object]:
 
     audit_state.set(outcome.ok, time.time(), outcome.anchored_at)
     return outcome.as_dict()
+
+
+@shared_task(name="audit.tasks.flush_repeated_records", acks_late=True, ignore_result=True)
+def flush_repeated_records(token: str) -> int | None:
+    # Sent with a countdown when a window of repeated records opens (audit.repeats); the id of the
+    # summary record, None when the window saw no repeat.
+    summary = flush_repeated(token)
+    return summary.pk if summary is not None else None

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import URLPattern, URLResolver, include, path
 
 from accounts.api.views import SchemaView
+from accounts.web.signin import SignInView
 from ops import health
 from runs.downloads import download_artifact
 
@@ -16,7 +17,7 @@ api_patterns: list[URLPattern | URLResolver] = [
 urlpatterns = [
     path("", include("runs.web.urls")),
     path("", include("accounts.web.urls")),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", SignInView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("secrets/", include("vault.page_urls")),
     path("audit/", include("accounts.web.audit_urls")),

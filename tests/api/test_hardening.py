@@ -83,9 +83,9 @@ def test_repeated_failures_lock_the_username_on_that_address_with_the_same_answe
     failures = AuditRecord.objects.filter(
         action="auth.sign_in_failed", ip=address, details__username="olivia"
     )
-    assert [r.details["reason"] for r in failures.order_by("id")] == ["invalid"] * (LIMIT - 1) + [
-        "locked_out"
-    ] * 2
+    # Repeats within a minute are counted, not recorded (the summaries come when the window
+    # closes: tests/api/test_audit_sign_in_flood.py).
+    assert [r.details["reason"] for r in failures.order_by("id")] == ["invalid", "locked_out"]
 
 
 def test_a_lockout_is_per_username_and_address(owner: User) -> None:
@@ -138,9 +138,7 @@ def test_the_lockout_holds_under_the_asgi_server(stack: Any) -> None:
     }
     assert answers[-1].headers["Retry-After"] == str(15 * 60)
     reasons = AuditRecord.objects.filter(action="auth.sign_in_failed", details__username=username)
-    assert [r.details["reason"] for r in reasons.order_by("id")] == ["invalid"] * (LIMIT - 1) + [
-        "locked_out"
-    ] * 2
+    assert [r.details["reason"] for r in reasons.order_by("id")] == ["invalid", "locked_out"]
 
 
 # -- API rate limits --------------------------------------------------------------------------
