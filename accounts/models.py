@@ -42,7 +42,7 @@ class UserRole(models.Model):
     """A user's role: the one source of truth for what the user may do.
 
     Django's `is_staff`/`is_superuser` flags follow the role (`accounts.users.do_set_role` keeps
-    them in step) only so that Django's own admin site opens for admins; nothing in the product
+    them in step) but grant nothing: there is no Django admin site, and nothing in the product
     reads them.
     """
 

@@ -45,7 +45,8 @@ def _check_password(password: Any, user: User | None = None) -> str:
 
 
 def _sync_django_flags(user: User, role: Role) -> None:
-    # Django's admin site opens for staff; the product itself only reads the role.
+    # Nothing reads these flags (there is no Django admin site; the product reads the role); kept in
+    # step so `createsuperuser` and the flags never tell a different story from the role.
     user.is_staff = user.is_superuser = role == Role.ADMIN
 
 

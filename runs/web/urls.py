@@ -1,6 +1,6 @@
 from django.urls import path
 
-from runs.web import views
+from runs.web import dead_letters, views
 
 urlpatterns = [
     path("", views.run_list, name="run-list"),
@@ -8,4 +8,15 @@ urlpatterns = [
     path("runs/<int:run_id>/", views.run_detail, name="run-detail"),
     path("runs/<int:run_id>/live/", views.run_fragments, name="run-fragments"),
     path("compare/", views.compare, name="run-compare"),
+    path("dead-letters/", dead_letters.dead_letter_list, name="dead-letter-list"),
+    path(
+        "dead-letters/<int:run_id>/requeue/",
+        dead_letters.dead_letter_requeue,
+        name="dead-letter-requeue-page",
+    ),
+    path(
+        "dead-letters/<int:run_id>/discard/",
+        dead_letters.dead_letter_discard,
+        name="dead-letter-discard-page",
+    ),
 ]

@@ -8,6 +8,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.tokens import do_issue_token
+from audit.models import AuditRecord
 from runs.attempts import Outcome, claim_run, finish_attempt
 from runs.models import ErrorKind, Run, RunStatus
 
@@ -82,15 +83,28 @@ def test_discard_hides_a_dead_letter_and_keeps_the_run(owner: User, admin_api: A
     assert run.discarded_at is not None
 
 
-def test_the_admin_page_lists_dead_letters_and_requeues_them(owner: User, admin_user: User) -> None:
+def test_the_dead_letter_page_lists_dead_letters_and_requeues_them(owner: User, admin_user: User) -> None:
     run = dead_run(owner)
     browser = Client()
     browser.force_login(admin_user)
-    page = browser.get("/admin/runs/run/?dead_letter=open")
+    audited = AuditRecord.objects.count()
+    page = browser.get("/dead-letters/")
     assert page.status_code == 200
     assert b"doomed" in page.content
-    response = browser.post(
-        "/admin/runs/run/", {"action": "requeue_dead_letters", "_selected_action": [run.pk]}, follow=True
-    )
+    response = browser.post(f"/dead-letters/{run.pk}/requeue/", follow=True)
     assert response.status_code == 200
+    assert f"Run {run.pk} requeued.".encode() in response.content
     assert Run.objects.get(pk=run.pk).status == RunStatus.QUEUED
+    assert AuditRecord.objects.count() > audited  # the same audited service as the API
+
+
+def test_the_dead_letter_page_discards_and_refuses_non_admins(owner: User, admin_user: User) -> None:
+    run = dead_run(owner)
+    admin_browser, owner_browser = Client(), Client()
+    admin_browser.force_login(admin_user)
+    owner_browser.force_login(owner)
+    assert owner_browser.get("/dead-letters/").status_code == 403
+    assert owner_browser.post(f"/dead-letters/{run.pk}/discard/").status_code == 403
+    assert admin_browser.post(f"/dead-letters/{run.pk}/discard/").status_code == 302
+    assert Run.objects.get(pk=run.pk).discarded_at is not None
+    assert b"No dead letters." in admin_browser.get("/dead-letters/").content

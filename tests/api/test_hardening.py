@@ -319,7 +319,6 @@ def test_every_html_page_carries_the_security_headers_and_every_post_form_a_csrf
     ("url", "who", "status"),
     [
         ("/login/", "anonymous", 200),
-        ("/admin/login/", "anonymous", 200),
         ("/no-such-page/", "anonymous", 404),
         ("/audit/", "viewer", 403),
         ("/runs/999999/", "viewer", 404),

@@ -79,7 +79,9 @@ MATRIX: list[Row] = [
     r("login", "GET", 200, 200, 200, 200, 200),
     r("login", "POST", 200, 200, 200, 200, 200, body={"username": "nobody", "password": "wrong"}, form=True),
     r("logout", "POST", 302, 302, 302, 302, 302, form=True),
-    r("admin:index", "GET", 302, 302, 302, 302, 200),
+    r("dead-letter-list", "GET", *PAGE_ADMIN),
+    r("dead-letter-requeue-page", "POST", 302, 403, 403, 403, 302, target="dead_run", form=True),
+    r("dead-letter-discard-page", "POST", 302, 403, 403, 403, 302, target="dead_run", form=True),
     r("account-tokens", "GET", *PAGE_READ),
     r("account-tokens", "POST", 302, 201, 201, 201, 201, body={"name": "m", "scopes": "read"}, form=True),
     r("account-token-revoke", "POST", 302, 404, 302, 404, 302, target="token", form=True),
@@ -372,9 +374,6 @@ def _walk(patterns: list[Any], prefix: str = "", namespace: str = "") -> dict[st
     found: dict[str, str] = {}
     for pattern in patterns:
         if isinstance(pattern, URLResolver):
-            if pattern.namespace == "admin":
-                found["admin:index"] = "admin/"  # Django's admin site: staff only, staff follows the role
-                continue
             inner = f"{namespace}{pattern.namespace}:" if pattern.namespace else namespace
             found.update(_walk(pattern.url_patterns, prefix + str(pattern.pattern), inner))
         elif isinstance(pattern, URLPattern) and pattern.name:
