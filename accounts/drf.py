@@ -58,7 +58,7 @@ class PolicyPermission(BasePermission):
         action = view_action(request, view)
         if action is None:
             return False
-        decision = decide(request_principal(request), action, run=obj)
+        decision = decide(request_principal(request), action, row=obj)
         if not decision.allowed:
             _refuse(request, action, decision, target=obj)
         return True

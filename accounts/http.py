@@ -27,7 +27,7 @@ def http_principal(request: HttpRequest) -> Principal:
 
 def refusal(principal: Principal, action: Action, target: Any = None) -> JsonResponse | None:
     """None when `principal` may act; else the JSON 401/403 answer (a 403 is audited)."""
-    decision: Decision = decide(principal, action, run=target)
+    decision: Decision = decide(principal, action, row=target)
     if decision.allowed:
         return None
     response = JsonResponse({"detail": decision.reason}, status=decision.status)

@@ -46,7 +46,6 @@ class RunConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels shi
                 await database_sync_to_async(record_denial)(principal, Action.RUN_READ, decision)
             await self.close(code=CLOSE_UNAUTHENTICATED if decision.status == 401 else CLOSE_FORBIDDEN)
             return
-        user = principal.user
         self.run_id = int(self.scope["url_route"]["kwargs"]["run_id"])
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         try:
@@ -54,14 +53,14 @@ class RunConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels shi
         except ValueError:
             self.last_seq = 0
         try:
-            run = await database_sync_to_async(selectors.access_run)(user, self.run_id)
+            run = await database_sync_to_async(selectors.access_run)(principal, self.run_id)
         except Http404:
             await self.close(code=CLOSE_NOT_FOUND)
             return
         await self.channel_layer.group_add(events.run_group(self.run_id), self.channel_name)
         # Read the status again now that the group is joined: a run that finished between the
         # first read and the join broadcast its final status to a group we were not in yet.
-        run = await database_sync_to_async(selectors.access_run)(user, self.run_id)
+        run = await database_sync_to_async(selectors.access_run)(principal, self.run_id)
         await self.accept()
         metrics.websocket_opened(self)
         await self._send(status_frame(run))

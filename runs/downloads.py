@@ -82,7 +82,7 @@ def _find(request: HttpRequest, artifact_id: int) -> tuple[Artifact, Path, Any] 
     if refused is not None:
         return refused
     try:
-        artifact = access_artifact(principal.user, artifact_id)
+        artifact = access_artifact(principal, artifact_id)
     except Http404:
         return JsonResponse({"detail": "Not found."}, status=404)
     path = artifact_path(artifact.storage_key)

@@ -5,45 +5,45 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.cache import cache
 from django.db import DatabaseError, connection
 from django.db.models import Avg, F, Max, Min, OuterRef, Prefetch, QuerySet, Subquery
 from django.http import Http404
 
-from accounts.roles import role_of
+from accounts.policy import Action, Principal, restrict
 from runs.models import Artifact, LogLine, MetricPoint, MetricSeries, Run, RunAttempt, RunStatus
 
 MAX_LOG_PAGE = 5_000
 MAX_RAW_POINTS = 100_000
 
 
-def visible_runs(user: AbstractBaseUser | AnonymousUser) -> QuerySet[Run]:
-    """The one place that decides which runs a user may see."""
-    # Every role reads every run (viewers included); acting on a run is `accounts.policy`'s call.
-    if role_of(user) is None:
-        return Run.objects.none()
-    return Run.objects.all()
+def visible_runs(principal: Principal) -> QuerySet[Run]:
+    """The runs `principal` may see: `accounts.policy.restrict` with `run.read` (the rule lives there)."""
+    return restrict(principal, Action.RUN_READ, Run.objects.all())
 
 
-def access_run(user: AbstractBaseUser | AnonymousUser, run_id: int) -> Run:
-    """The run, or 404 for one that does not exist or the user may not see (same answer)."""
-    run = visible_runs(user).select_related("owner").filter(pk=run_id).first()
+def access_run(principal: Principal, run_id: int) -> Run:
+    """The run, or 404 for one that does not exist or the caller may not see (same answer).
+    Acting on it is checked on the row afterwards (`decide`: a 403)."""
+    run = visible_runs(principal).select_related("owner").filter(pk=run_id).first()
     if run is None:
         raise Http404("No such run.")
     return run
 
 
-def access_artifact(user: AbstractBaseUser | AnonymousUser, artifact_id: int) -> Artifact:
-    artifact = Artifact.objects.filter(pk=artifact_id, run__in=visible_runs(user)).first()
+def access_artifact(principal: Principal, artifact_id: int) -> Artifact:
+    """The artifact, seen through its run (`runs.artifact`'s row rule), or 404."""
+    artifact = restrict(principal, Action.RUN_READ, Artifact.objects.all()).filter(pk=artifact_id).first()
     if artifact is None:
         raise Http404("No such artifact.")
     return artifact
 
 
-def dead_letters() -> QuerySet[Run]:
+def dead_letters(principal: Principal) -> QuerySet[Run]:
+    """The dead letters `principal` may handle (every one for an admin with the admin scope)."""
+    dead = Run.objects.filter(status=RunStatus.DEAD, discarded_at__isnull=True)
     return (
-        Run.objects.filter(status=RunStatus.DEAD, discarded_at__isnull=True)
+        restrict(principal, Action.DEAD_LETTER_MANAGE, dead)
         .select_related("owner")
         .prefetch_related(Prefetch("attempts", queryset=RunAttempt.objects.order_by("number")))
     )
@@ -157,10 +157,10 @@ def filter_runs(queryset: QuerySet[Run], filters: RunFilters) -> QuerySet[Run]:
     return queryset
 
 
-def run_states(user: AbstractBaseUser | AnonymousUser, run_ids: list[int]) -> list[Run]:
+def run_states(principal: Principal, run_ids: list[int]) -> list[Run]:
     """The live fields of a page of runs (what a list polls): one primary-key lookup."""
     return list(
-        visible_runs(user)
+        visible_runs(principal)
         .filter(pk__in=run_ids)
         .only(
             "id",
@@ -177,8 +177,8 @@ def run_states(user: AbstractBaseUser | AnonymousUser, run_ids: list[int]) -> li
     )
 
 
-def latest_run_id(user: AbstractBaseUser | AnonymousUser) -> int | None:
-    return visible_runs(user).order_by("-id").values_list("pk", flat=True).first()
+def latest_run_id(principal: Principal) -> int | None:
+    return visible_runs(principal).order_by("-id").values_list("pk", flat=True).first()
 
 
 def log_lines_before(run_id: int, before: int | None, limit: int = 1_000) -> list[LogLine]:

@@ -12,6 +12,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.drf import request_principal
 from accounts.policy import Action
 from vault import crypto, selectors, services
 from vault.models import Secret
@@ -95,10 +96,10 @@ class SecretViewSet(viewsets.GenericViewSet[Secret]):
     )
 
     def get_queryset(self) -> QuerySet[Secret]:
-        return selectors.all_secrets()
+        return selectors.managed_secrets(request_principal(self.request))
 
     def get_object(self) -> Secret:
-        secret = selectors.find_secret(str(self.kwargs["name"]))
+        secret = selectors.find_secret(str(self.kwargs["name"]), self.get_queryset())
         if secret is None:
             raise Http404("No such secret.")
         self.check_object_permissions(self.request, secret)
@@ -123,7 +124,8 @@ class SecretViewSet(viewsets.GenericViewSet[Secret]):
         except crypto.NotConfigured:
             return _not_configured()
         return Response(
-            SecretSerializer(selectors.find_secret(secret.name)).data, status=status.HTTP_201_CREATED
+            SecretSerializer(selectors.find_secret(secret.name, self.get_queryset())).data,
+            status=status.HTTP_201_CREATED,
         )
 
     def retrieve(self, request: Request, name: str) -> Response:
@@ -142,7 +144,7 @@ class SecretViewSet(viewsets.GenericViewSet[Secret]):
             raise _invalid(error) from None
         except crypto.NotConfigured:
             return _not_configured()
-        return Response(SecretSerializer(selectors.find_secret(secret.name)).data)
+        return Response(SecretSerializer(selectors.find_secret(secret.name, self.get_queryset())).data)
 
     def destroy(self, request: Request, name: str) -> Response:
         services.do_delete_secret(request.user, self.get_object())

@@ -13,7 +13,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from accounts.pages import requires
+from accounts.pages import page_principal, requires
 from accounts.policy import Action
 from accounts.roles import Role
 from vault import crypto, selectors, services
@@ -24,8 +24,8 @@ MAX_USER_CHOICES = 500
 ROLE_CHOICES = [(Role.OPERATOR.value, "Every operator")]
 
 
-def _secret(ref: str) -> Secret:
-    secret = selectors.find_secret(ref)
+def _secret(request: HttpRequest, ref: str) -> Secret:
+    secret = selectors.find_secret(ref, selectors.managed_secrets(page_principal(request)))
     if secret is None:
         raise Http404("No such secret.")
     return secret
@@ -63,7 +63,10 @@ def secret_list(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "vault/list.html",
-        {"secrets": list(selectors.all_secrets()), "configured": crypto.configured()},
+        {
+            "secrets": list(selectors.managed_secrets(page_principal(request))),
+            "configured": crypto.configured(),
+        },
     )
 
 
@@ -97,7 +100,7 @@ def secret_create(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @requires(Action.SECRET_MANAGE)
 def secret_edit(request: HttpRequest, ref: str) -> HttpResponse:
-    secret = _secret(ref)
+    secret = _secret(request, ref)
     if request.method == "GET":
         users = [user.username for user in secret.allowed_users.all()]
         context = _form_context(
@@ -124,7 +127,7 @@ def secret_edit(request: HttpRequest, ref: str) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @requires(Action.SECRET_MANAGE)
 def secret_delete(request: HttpRequest, ref: str) -> HttpResponse:
-    secret = _secret(ref)
+    secret = _secret(request, ref)
     if request.method == "GET":
         return render(request, "vault/delete.html", {"secret": secret})
     services.do_delete_secret(request.user, secret)

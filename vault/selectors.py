@@ -7,36 +7,35 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from accounts.models import Role
-from accounts.roles import role_of
+from accounts.policy import Action, Principal, principal_for, restrict
 from vault.models import Secret
 
 _REF = re.compile(r"^[A-Za-z0-9_]{1,128}$")
 
 
-def all_secrets() -> QuerySet[Secret]:
-    return Secret.objects.select_related("created_by", "updated_by").prefetch_related("allowed_users")
+def managed_secrets(principal: Principal) -> QuerySet[Secret]:
+    """The secrets `principal` may manage (every one for an admin with the admin scope, else none)."""
+    secrets = Secret.objects.select_related("created_by", "updated_by").prefetch_related("allowed_users")
+    return restrict(principal, Action.SECRET_MANAGE, secrets)
 
 
-def find_secret(ref: str) -> Secret | None:
-    """A secret by id or by name (a name never starts with a digit, so the two cannot clash)."""
+def find_secret(ref: str, queryset: QuerySet[Secret]) -> Secret | None:
+    """A secret of `queryset` by id or by name (a name never starts with a digit, so the two
+    cannot clash)."""
     if not _REF.match(ref):
         return None  # nothing by that name can exist (and NUL would upset Postgres)
-    queryset = all_secrets()
     if ref.isdigit():
         return queryset.filter(pk=int(ref)).first() if len(ref) < 19 else None
     return queryset.filter(name=ref).first()
 
 
+def usable_secrets(user: Any) -> QuerySet[Secret]:
+    """The secrets `user` may give its runs: `accounts.policy`'s row rule for `secret.use` (granted
+    by name or by role; admins every one). The user's own rights, not a token's: a launch is
+    already checked against the caller's token, and a worker claiming a run has none."""
+    return restrict(principal_for(user), Action.SECRET_USE, Secret.objects.all())
+
+
 def usable_secret_names(user: Any) -> list[str]:
-    """Names of the secrets `user` may give its runs (what the launch form offers); the same rule
-    as `vault.services.may_use`, over every secret in two queries."""
-    role = role_of(user)
-    if role is None:
-        return []
-    names: list[str] = []
-    for secret in Secret.objects.order_by("name").prefetch_related("allowed_users"):
-        allowed = {member.pk for member in secret.allowed_users.all()}
-        if role == Role.ADMIN or role.value in secret.allowed_roles or user.pk in allowed:
-            names.append(secret.name)
-    return names
+    """What the launch form offers, in one query."""
+    return list(usable_secrets(user).order_by("name").values_list("name", flat=True))

@@ -16,7 +16,8 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts.roles import Role, role_of
+from accounts.policy import Action, can, principal_for
+from accounts.roles import Role
 from audit import chain as audit
 from redaction import MIN_SECRET_LENGTH, Redactor
 from vault import crypto
@@ -116,13 +117,9 @@ def _roles(roles: Any, errors: dict[str, str]) -> list[str]:
 
 
 def may_use(user: Any, secret: Secret) -> bool:
-    """Admins may use any secret; others when named, or when their role is."""
-    role = role_of(user)
-    if role is None:
-        return False
-    if role == Role.ADMIN or role.value in secret.allowed_roles:
-        return True
-    return secret.allowed_users.filter(pk=user.pk).exists()
+    """Admins may use any secret; others when named, or when their role is (`accounts.policy`'s
+    row rule for `secret.use`, with the user's own rights: see `selectors.usable_secrets`)."""
+    return can(principal_for(user), Action.SECRET_USE, secret)
 
 
 def _grants(secret: Secret) -> dict[str, Any]:

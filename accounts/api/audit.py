@@ -9,7 +9,8 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.policy import Action
+from accounts.drf import request_principal
+from accounts.policy import Action, restrict
 from audit.chain import verify_chain
 from audit.filters import FilterError, filter_records, parse_filters
 from audit.models import AuditRecord
@@ -52,6 +53,7 @@ class VerificationSerializer(serializers.Serializer[None]):
     anchored_up_to = serializers.IntegerField(help_text="the newest external anchor covers records 1..N")
     anchor_problem = serializers.CharField(allow_blank=True)
 
+
 class AuditCursorPagination(CursorPagination):
     ordering = "-id"
     page_size = 50
@@ -81,7 +83,7 @@ class AuditViewSet(viewsets.ReadOnlyModelViewSet[AuditRecord]):
     policy_actions = dict.fromkeys(("list", "retrieve", "verify"), Action.AUDIT_READ)
 
     def get_queryset(self) -> QuerySet[AuditRecord]:
-        queryset = AuditRecord.objects.all()
+        queryset = restrict(request_principal(self.request), Action.AUDIT_READ, AuditRecord.objects.all())
         if self.action != "list":
             return queryset
         try:

@@ -33,7 +33,7 @@ from accounts.api.serializers import (
 )
 from accounts.drf import PolicyPermission, request_principal
 from accounts.models import ApiToken
-from accounts.policy import Action
+from accounts.policy import Action, restrict
 from accounts.throttles import AnonymousThrottle, TokenRequestThrottle
 
 MAX_CREDENTIAL_LENGTH = 256
@@ -161,13 +161,16 @@ class TokenViewSet(viewsets.GenericViewSet[ApiToken]):
     serializer_class = TokenSerializer
     pagination_class = IdCursorPagination
     lookup_value_regex = "[0-9]+"
-    policy_actions = dict.fromkeys(("list", "create", "destroy"), Action.TOKEN_MANAGE)
+    policy_actions = {
+        "list": Action.TOKEN_READ,
+        "create": Action.TOKEN_MANAGE,
+        "destroy": Action.TOKEN_MANAGE,
+    }
 
     def get_queryset(self) -> QuerySet[ApiToken]:
+        # The tokens the caller may see; revoking one of them is checked on the row (a 403).
         principal = request_principal(self.request)
-        queryset = ApiToken.objects.select_related("user")
-        if not principal.is_admin:
-            return queryset.filter(user_id=principal.user.pk)
+        queryset = restrict(principal, Action.TOKEN_READ, ApiToken.objects.select_related("user"))
         wanted = self.request.query_params.get("user")
         return queryset.filter(user__username=wanted[:150]) if wanted else queryset
 
@@ -197,10 +200,12 @@ class TokenViewSet(viewsets.GenericViewSet[ApiToken]):
 
     @extend_schema(responses={200: TokenSerializer})
     def destroy(self, request: Request, pk: str) -> Response:
-        token = self.get_queryset().filter(pk=int(pk)).first()
+        principal = request_principal(request)
+        token = restrict(principal, Action.TOKEN_READ, ApiToken.objects.all()).filter(pk=int(pk)).first()
         if token is None:
             raise Http404("No such token.")
-        token = tokens.do_revoke_token(request_principal(request).user, token)
+        self.check_object_permissions(request, token)  # seen but not one's to revoke: 403, audited
+        token = tokens.do_revoke_token(principal.user, token)
         return Response(TokenSerializer(token).data)
 
 
@@ -215,7 +220,8 @@ class UserViewSet(viewsets.GenericViewSet[User]):
     )
 
     def get_queryset(self) -> QuerySet[User]:
-        return User.objects.select_related("role_record")
+        users = User.objects.select_related("role_record")
+        return restrict(request_principal(self.request), Action.USER_MANAGE, users)
 
     def _user(self, pk: str) -> User:
         user = self.get_queryset().filter(pk=int(pk)).first()

@@ -10,12 +10,13 @@ import json
 from typing import Any
 from urllib.parse import urlencode
 
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from accounts.pages import requires
-from accounts.policy import Action
+from accounts.pages import page_principal, requires
+from accounts.policy import Action, restrict
 from audit.chain import verify_chain
 from audit.filters import ALL_FIELDS, FilterError, filter_records, parse_filters
 from audit.models import AuditRecord
@@ -35,6 +36,10 @@ def _link(params: dict[str, str], **extra: int) -> str:
     return "?" + urlencode({**params, **{name: str(value) for name, value in extra.items()}})
 
 
+def _records(request: HttpRequest) -> QuerySet[AuditRecord]:
+    return restrict(page_principal(request), Action.AUDIT_READ, AuditRecord.objects.all())
+
+
 @require_GET
 @requires(Action.AUDIT_READ)
 def audit_list(request: HttpRequest) -> HttpResponse:
@@ -47,7 +52,7 @@ def audit_list(request: HttpRequest) -> HttpResponse:
     except FilterError as error:
         errors = error.errors
     else:
-        queryset = filter_records(AuditRecord.objects.all(), filters)
+        queryset = filter_records(_records(request), filters)
         before, after = _cursor(request.GET.get("before")), _cursor(request.GET.get("after"))
         if after is not None:
             # The page just newer than `after`: the oldest PAGE_SIZE above it, shown newest first.
@@ -81,20 +86,15 @@ def audit_list(request: HttpRequest) -> HttpResponse:
 @require_GET
 @requires(Action.AUDIT_READ)
 def audit_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    record = AuditRecord.objects.filter(pk=pk).first() if pk <= MAX_ID else None
+    records = _records(request)
+    record = records.filter(pk=pk).first() if pk <= MAX_ID else None
     if record is None:
         raise Http404("No such audit record.")
     context: dict[str, Any] = {
         "record": record,
         "details_json": json.dumps(record.details, indent=2, sort_keys=True, ensure_ascii=False),
-        "previous_id": AuditRecord.objects.filter(pk__lt=record.pk)
-        .order_by("-id")
-        .values_list("pk", flat=True)
-        .first(),
-        "next_id": AuditRecord.objects.filter(pk__gt=record.pk)
-        .order_by("id")
-        .values_list("pk", flat=True)
-        .first(),
+        "previous_id": records.filter(pk__lt=record.pk).order_by("-id").values_list("pk", flat=True).first(),
+        "next_id": records.filter(pk__gt=record.pk).order_by("id").values_list("pk", flat=True).first(),
     }
     return render(request, "audit/detail.html", context)
 

@@ -10,14 +10,15 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.models import User
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts import tokens, users
 from accounts.models import ApiToken, Role
-from accounts.pages import page_principal, requires
-from accounts.policy import Action
+from accounts.pages import check_row, page_principal, requires
+from accounts.policy import Action, reaches_every_row, restrict
 from accounts.roles import ROLE_SCOPES, SCOPES
 
 EXPIRY_CHOICES = (7, 30, 90, 365)
@@ -31,8 +32,8 @@ def _tokens_page(
     status: int = 200,
 ) -> HttpResponse:
     principal = page_principal(request)
-    queryset = ApiToken.objects.select_related("user").order_by("-id")
-    everyone = principal.is_admin and request.GET.get("all") == "1"
+    queryset = restrict(principal, Action.TOKEN_READ, ApiToken.objects.select_related("user")).order_by("-id")
+    everyone = request.GET.get("all") == "1" and reaches_every_row(principal, Action.TOKEN_READ)
     if not everyone:
         queryset = queryset.filter(user_id=principal.user.pk)
     response = render(
@@ -78,12 +79,10 @@ def token_list(request: HttpRequest) -> HttpResponse:
 @requires(Action.TOKEN_MANAGE)
 def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
     principal = page_principal(request)
-    queryset = ApiToken.objects.filter(pk=token_id)
-    if not principal.is_admin:
-        queryset = queryset.filter(user_id=principal.user.pk)
-    token = queryset.first()
+    token = restrict(principal, Action.TOKEN_READ, ApiToken.objects.all()).filter(pk=token_id).first()
     if token is None:
         raise Http404("No such token.")
+    check_row(request, Action.TOKEN_MANAGE, token)  # seen but not one's to revoke: a 403 page
     tokens.do_revoke_token(principal.user, token)
     messages.success(request, f"Token {token.prefix}… is revoked.")
     return redirect("account-tokens")
@@ -103,7 +102,7 @@ def _users_page(
         request,
         "accounts/users.html",
         {
-            "users": list(User.objects.select_related("role_record").order_by("username")[:500]),
+            "users": list(_users(request).order_by("username")[:500]),
             "roles": Role.choices,
             "errors": errors or {},
             "values": values or {"role": Role.VIEWER},
@@ -132,8 +131,12 @@ def user_list(request: HttpRequest) -> HttpResponse:
     return redirect("user-detail", user_id=user.pk)
 
 
-def _user(user_id: int) -> User:
-    user = User.objects.select_related("role_record").filter(pk=user_id).first()
+def _users(request: HttpRequest) -> QuerySet[User]:
+    return restrict(page_principal(request), Action.USER_MANAGE, User.objects.select_related("role_record"))
+
+
+def _user(request: HttpRequest, user_id: int) -> User:
+    user = _users(request).filter(pk=user_id).first()
     if user is None:
         raise Http404("No such user.")
     return user
@@ -142,7 +145,7 @@ def _user(user_id: int) -> User:
 @require_GET
 @requires(Action.USER_MANAGE)
 def user_detail(request: HttpRequest, user_id: int) -> HttpResponse:
-    return _user_page(request, _user(user_id))
+    return _user_page(request, _user(request, user_id))
 
 
 def _user_page(
@@ -157,7 +160,11 @@ def _user_page(
             "subject_role": record.role if record is not None else Role.VIEWER,
             "roles": Role.choices,
             "role_scopes": {role: sorted(scopes) for role, scopes in ROLE_SCOPES.items()},
-            "tokens": list(ApiToken.objects.filter(user=user).order_by("-id")[:50]),
+            "tokens": list(
+                restrict(
+                    page_principal(request), Action.TOKEN_READ, ApiToken.objects.filter(user=user)
+                ).order_by("-id")[:50]
+            ),
             "errors": errors or {},
         },
         status=status,
@@ -168,7 +175,7 @@ def _user_page(
 @requires(Action.USER_MANAGE)
 def user_change(request: HttpRequest, user_id: int) -> HttpResponse:
     """One endpoint for the user page's forms: `change` is role, active or password."""
-    user = _user(user_id)
+    user = _user(request, user_id)
     actor = page_principal(request).user
     change = request.POST.get("change", "")
     try:
@@ -185,5 +192,5 @@ def user_change(request: HttpRequest, user_id: int) -> HttpResponse:
         else:
             return _user_page(request, user, {"change": "unknown change"})
     except users.UserError as error:
-        return _user_page(request, _user(user_id), error.errors)
+        return _user_page(request, _user(request, user_id), error.errors)
     return redirect("user-detail", user_id=user.pk)

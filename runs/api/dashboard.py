@@ -22,6 +22,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.drf import request_principal
 from accounts.http import http_principal, refusal
 from accounts.policy import Action
 from runs import selectors
@@ -71,12 +72,12 @@ class RunStatesView(APIView):
             raise ValidationError({"ids": ["must be comma-separated run ids"]}) from None
         if len(ids) > MAX_STATE_IDS:
             raise ValidationError({"ids": [f"at most {MAX_STATE_IDS} ids"]})
-        runs = selectors.run_states(request.user, ids) if ids else []
+        runs = selectors.run_states(request_principal(request), ids) if ids else []
         return Response(
             {
                 # The server's clock, so a client can tick durations without trusting its own.
                 "now": timezone.now(),
-                "latest_id": selectors.latest_run_id(request.user),
+                "latest_id": selectors.latest_run_id(request_principal(request)),
                 "runs": [run_state(run) for run in runs],
             }
         )
@@ -96,7 +97,7 @@ class LogTailView(APIView):
         responses={200: OpenApiTypes.OBJECT},
     )
     def get(self, request: Request, run_id: int) -> Response:
-        run = selectors.access_run(request.user, run_id)
+        run = selectors.access_run(request_principal(request), run_id)
         before = int_param(request, "before", None, minimum=1, maximum=2**62)
         limit = int_param(request, "limit", 1_000, minimum=1, maximum=selectors.MAX_LOG_PAGE) or 1_000
         lines = selectors.log_lines_before(run.pk, before, limit)
@@ -126,7 +127,7 @@ class ChartsView(APIView):
         responses={200: OpenApiTypes.OBJECT},
     )
     def get(self, request: Request, run_id: int) -> Response:
-        run = selectors.access_run(request.user, run_id)
+        run = selectors.access_run(request_principal(request), run_id)
         max_points = (
             int_param(request, "max_points", DEFAULT_CHART_POINTS, minimum=2, maximum=MAX_CHART_POINTS)
             or DEFAULT_CHART_POINTS
@@ -161,7 +162,7 @@ class ArtifactPreviewView(APIView):
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
     def get(self, request: Request, artifact_id: int) -> Response:
-        artifact = selectors.access_artifact(request.user, artifact_id)
+        artifact = selectors.access_artifact(request_principal(request), artifact_id)
         if not artifact.name.endswith(".safetensors"):
             return Response({"detail": "Only .safetensors files have a preview.", "code": "no_preview"}, 404)
         path = artifact_path(artifact.storage_key)
@@ -205,7 +206,7 @@ def _access(request: HttpRequest, run_id: int) -> Run | JsonResponse:
     if refused is not None:
         return refused
     try:
-        return selectors.access_run(principal.user, run_id)
+        return selectors.access_run(principal, run_id)
     except Http404:
         return JsonResponse({"detail": "Not found."}, status=404)
 

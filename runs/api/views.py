@@ -14,6 +14,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.drf import request_principal
 from accounts.policy import Action
 from runs import selectors, services
 from runs.api.serializers import (
@@ -68,7 +69,7 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
     }
 
     def get_queryset(self) -> QuerySet[Run]:
-        queryset = selectors.visible_runs(self.request.user).select_related("owner")
+        queryset = selectors.visible_runs(request_principal(self.request)).select_related("owner")
         wanted = self.request.query_params.get("status")
         if wanted:
             statuses = [s.strip() for s in wanted.split(",") if s.strip()]
@@ -94,8 +95,8 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
             run_id = int(self.kwargs["pk"])
         except (TypeError, ValueError):
             raise Http404("No such run.") from None
-        run = selectors.access_run(self.request.user, run_id)
-        self.check_object_permissions(self.request, run)
+        run = selectors.access_run(request_principal(self.request), run_id)  # unseen: 404
+        self.check_object_permissions(self.request, run)  # seen, not one's to act on: 403
         return run
 
     @extend_schema(
@@ -237,7 +238,7 @@ class DeadLetterViewSet(viewsets.GenericViewSet[Run]):
     lookup_value_regex = "[0-9]+"
 
     def get_queryset(self) -> QuerySet[Run]:
-        return selectors.dead_letters()
+        return selectors.dead_letters(request_principal(self.request))
 
     def list(self, request: Request) -> Response:
         page = self.paginate_queryset(self.get_queryset())
@@ -247,6 +248,7 @@ class DeadLetterViewSet(viewsets.GenericViewSet[Run]):
         run = self.get_queryset().filter(pk=int(pk)).first()
         if run is None:
             raise Http404("No such dead letter.")
+        self.check_object_permissions(self.request, run)
         assert isinstance(self.request.user, User)
         try:
             run = action(run, actor=self.request.user)

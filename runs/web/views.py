@@ -93,7 +93,9 @@ def _with(params: QueryDict, **changes: str | None) -> str:
 @requires(Action.RUN_READ)
 def run_list(request: HttpRequest) -> HttpResponse:
     query = parse_list_query(request.GET)
-    runs = selectors.filter_runs(selectors.visible_runs(request.user).select_related("owner"), query.filters)
+    runs = selectors.filter_runs(
+        selectors.visible_runs(page_principal(request)).select_related("owner"), query.filters
+    )
     page = paginate(runs, query)
     now = timezone.now()
     owners = list(
@@ -191,7 +193,7 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
 @require_GET
 @requires(Action.RUN_READ)
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
-    run = selectors.access_run(request.user, run_id)
+    run = selectors.access_run(page_principal(request), run_id)
     return render(request, "runs/detail.html", _run_context(request, run))
 
 
@@ -200,7 +202,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
 def run_fragments(request: HttpRequest, run_id: int) -> HttpResponse:
     """The run page's server-rendered parts that change with its status (summary, timeline,
     artifacts), for the page to swap in when a status frame arrives."""
-    run = selectors.access_run(request.user, run_id)
+    run = selectors.access_run(page_principal(request), run_id)
     return render(request, "runs/fragments.html", _run_context(request, run))
 
 
@@ -251,7 +253,7 @@ def launch_run(request: HttpRequest) -> HttpResponse:
     program_name = request.GET.get("program", "")
     clone = request.GET.get("clone", "")
     if clone.isdigit():
-        clone_of = selectors.access_run(request.user, int(clone))
+        clone_of = selectors.access_run(page_principal(request), int(clone))
         program_name = program_name or clone_of.program
         if program_name == clone_of.program:
             values = dict(clone_of.params)
@@ -332,7 +334,8 @@ def compare(request: HttpRequest) -> HttpResponse:
         problems.append(f"Compare at most {MAX_COMPARE} runs; the first {MAX_COMPARE} are shown.")
         ids = ids[:MAX_COMPARE]
     found = {
-        run.pk: run for run in selectors.visible_runs(request.user).select_related("owner").filter(pk__in=ids)
+        run.pk: run
+        for run in selectors.visible_runs(page_principal(request)).select_related("owner").filter(pk__in=ids)
     }
     missing = [run_id for run_id in ids if run_id not in found]
     if missing:

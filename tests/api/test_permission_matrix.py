@@ -26,6 +26,7 @@ from accounts.policy import RULES, Action
 from accounts.tokens import do_issue_token
 from accounts.websocket import TokenOrSessionAuthMiddleware
 from audit import chain
+from audit.models import AuditRecord
 from controlplane.routing import websocket_urlpatterns
 from runs.models import Artifact, Run, RunStatus
 from runs.storage import artifact_path
@@ -451,3 +452,80 @@ def test_a_view_that_names_no_action_is_refused_even_to_admins(db: Any) -> None:
     response = Forgotten.as_view()(request)
     assert response.status_code == 403
     assert "secret" not in response.data
+
+
+# -- token scopes on row actions --------------------------------------------------------------
+# A token acts with its scopes, not its user's whole role: acting on other people's rows takes the
+# admin scope as well as the admin role. An admin's `read` token sees what an admin sees, but
+# revokes, cancels and retries only its own rows and touches no dead letter, secret, user or audit
+# record. Every refusal is a 403 audited as `access.denied` with the token's prefix.
+
+ADMIN_READ = ("admin", ("read",))
+ADMIN_LAUNCH = ("admin", ("read", "launch"))
+ADMIN_ALL = ("admin", ("read", "launch", "admin"))
+OPERATOR_READ = ("operator_owning", ("read",))
+OPERATOR_LAUNCH = ("operator_owning", ("read", "launch"))
+
+
+@dataclass(frozen=True)
+class ScopedRow:
+    persona: str  # whose token: a role of ROLES
+    scopes: tuple[str, ...]
+    name: str
+    method: str
+    expect: int
+    target: str = ""
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+def s(persona: tuple[str, tuple[str, ...]], name: str, method: str, expect: int, **options: Any) -> ScopedRow:
+    return ScopedRow(persona[0], persona[1], name, method, expect, **options)
+
+
+SCOPED_MATRIX: list[ScopedRow] = [
+    # an admin's read-only token: sees everything an admin sees ...
+    s(ADMIN_READ, "api:token-list", "GET", 200),
+    s(ADMIN_READ, "api:run-detail", "GET", 200, target="run"),
+    # ... but acts on no one else's row
+    s(ADMIN_READ, "api:token-detail", "DELETE", 403, target="token"),  # olivia's token
+    s(ADMIN_READ, "api:run-cancel", "POST", 403, target="run"),
+    s(ADMIN_READ, "api:run-retry", "POST", 403, target="failed_run"),
+    s(ADMIN_READ, "api:dead-letter-list", "GET", 403),
+    s(ADMIN_READ, "api:dead-letter-requeue", "POST", 403, target="dead_run"),
+    s(ADMIN_READ, "api:dead-letter-discard", "POST", 403, target="dead_run"),
+    s(ADMIN_READ, "api:secret-detail", "DELETE", 403, target="secret"),
+    s(ADMIN_READ, "api:secret-detail", "PATCH", 403, target="secret", body={"value": "another-value-456"}),
+    s(ADMIN_READ, "api:user-detail", "PATCH", 403, target="user", body={"role": "viewer"}),
+    s(ADMIN_READ, "api:user-password", "POST", 403, target="user", body={"password": STRONG}),
+    s(ADMIN_READ, "api:audit-list", "GET", 403),
+    # an admin's launch token acts like an operator's: other people's runs and tokens need `admin`
+    s(ADMIN_LAUNCH, "api:run-cancel", "POST", 403, target="run"),
+    s(ADMIN_LAUNCH, "api:run-retry", "POST", 403, target="failed_run"),
+    s(ADMIN_LAUNCH, "api:token-detail", "DELETE", 403, target="token"),
+    s(ADMIN_ALL, "api:token-detail", "DELETE", 200, target="token"),
+    s(ADMIN_ALL, "api:run-cancel", "POST", 202, target="run"),
+    # the owner: a launch token cancels and retries its runs, a read token does not
+    s(OPERATOR_LAUNCH, "api:run-cancel", "POST", 202, target="run"),
+    s(OPERATOR_LAUNCH, "api:run-retry", "POST", 202, target="failed_run"),
+    s(OPERATOR_READ, "api:run-cancel", "POST", 403, target="run"),
+    s(OPERATOR_READ, "api:run-retry", "POST", 403, target="failed_run"),
+    s(OPERATOR_READ, "api:token-detail", "DELETE", 200, target="token"),  # its own token
+]
+
+
+@pytest.mark.parametrize(
+    "row", SCOPED_MATRIX, ids=lambda row: f"{row.persona}[{','.join(row.scopes)}] {row.method} {row.name}"
+)
+def test_a_tokens_scopes_narrow_what_it_may_do_on_each_row(db: Any, row: ScopedRow) -> None:
+    world = build_world()
+    user = world.users[row.persona]
+    assert user is not None
+    issued = do_issue_token(user, scopes=list(row.scopes))
+    plain = Row(row.name, row.method, READ, target=row.target, body=row.body)
+    url = url_for(plain, world)
+    answer = call(Client(), plain, url, {"HTTP_AUTHORIZATION": f"Bearer {issued.plaintext}"})
+    assert answer == row.expect, (url, answer, row.expect)
+    denials = AuditRecord.objects.filter(action="access.denied", details__token_prefix=issued.token.prefix)
+    assert denials.exists() == (row.expect == 403), list(denials.values("details"))
+    if row.name == "api:token-detail" and row.expect == 403:
+        assert ApiToken.objects.get(pk=world.ids["token"]).revoked_at is None
