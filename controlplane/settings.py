@@ -99,6 +99,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # NUL/unpaired surrogates in path, query and forms: a 400 naming the field (ops.inputs).
+    "ops.middleware.InputGuardMiddleware",
     "ops.middleware.DatabaseUnavailableMiddleware",
     "axes.middleware.AxesMiddleware",  # inside CSP & co., so its lockout page gets their headers
     "django_prometheus.middleware.PrometheusAfterMiddleware",
@@ -246,7 +248,8 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["accounts.drf.PolicyPermission"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # DRF's JSON parser plus a depth limit and NUL/surrogate refusal, each a 400 naming the field.
+    "DEFAULT_PARSER_CLASSES": ["ops.parsers.SafeJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PAGINATION_CLASS": "runs.api.pagination.RunCursorPagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

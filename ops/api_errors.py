@@ -10,6 +10,8 @@ from rest_framework.exceptions import Throttled
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from ops.inputs import InvalidInput
+
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, OperationalError | InterfaceError):
@@ -18,6 +20,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "5"},
         )
+    if isinstance(exc, InvalidInput):  # raised below the serializers (ids, cursors): name the field
+        return Response({exc.field: [exc.message]}, status=status.HTTP_400_BAD_REQUEST)
     response = drf_exception_handler(exc, context)
     if isinstance(exc, Throttled) and response is not None:
         # DRF already sets Retry-After; the code lets clients tell a rate limit from other 429s.

@@ -36,6 +36,13 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
     return render(request, "errors/400.html", status=400)
 
 
+def invalid_input(request: HttpRequest, field: str, problem: str) -> HttpResponse:
+    """A 400 naming the field, as the API answers field errors, or a page that names it."""
+    if _wants_json(request):
+        return JsonResponse({field: [problem]}, status=400)
+    return render(request, "errors/400.html", {"field": field, "problem": problem}, status=400)
+
+
 def server_error(request: HttpRequest) -> HttpResponse:
     if _wants_json(request):
         return JsonResponse(

@@ -8,11 +8,18 @@ from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from ops.collectors import register_web_collectors
+from ops.errors import invalid_input
+from ops.inputs import InvalidInput, check_pairs, text_problem
 from ops.metrics import HTTP_REQUESTS_REJECTED
 from ops.metrics_access import refusal
 from ops.request_id import clean_request_id, enter_request, leave_request
 
 log = structlog.get_logger(__name__)
+_FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path_info.startswith("/api/")
 
 
 class RequestIdMiddleware:
@@ -87,4 +94,32 @@ class DatabaseUnavailableMiddleware:
             )
             response["Retry-After"] = "5"
             return response
+        return None
+
+
+class InputGuardMiddleware:
+    """Refuses NUL and unpaired surrogates in the path, query string and form fields, and turns
+    an InvalidInput raised by a view (an id beyond bigint, say) into the same 400 naming the field,
+    for every page and endpoint at once. JSON bodies are checked by ops.parsers.SafeJSONParser."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        try:
+            problem = text_problem(request.path_info)
+            if problem:
+                raise InvalidInput("path", problem)
+            check_pairs(list(request.GET.lists()))
+            # Pages only: the API takes JSON alone (ops.parsers), and parsing a form here would
+            # consume the body DRF reads.
+            if request.method == "POST" and request.content_type in _FORMS and not _is_api(request):
+                check_pairs(list(request.POST.lists()))
+        except InvalidInput as error:
+            return invalid_input(request, error.field, error.message)
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, InvalidInput):
+            return invalid_input(request, exception.field, exception.message)
         return None

@@ -5,7 +5,6 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -14,6 +13,7 @@ from accounts.policy import Action, restrict
 from audit.chain import verify_chain
 from audit.filters import FilterError, filter_records, parse_filters
 from audit.models import AuditRecord
+from ops.pagination import SafeCursorPagination
 
 
 class AuditRecordSerializer(serializers.ModelSerializer[AuditRecord]):
@@ -47,14 +47,14 @@ class VerificationSerializer(serializers.Serializer[None]):
     broken_checkpoint_id = serializers.IntegerField(allow_null=True)
     checkpoint_problem = serializers.CharField(allow_blank=True)
     covered_up_to = serializers.IntegerField(help_text="the newest signed checkpoint covers records 1..N")
-
     anchor_sinks_checked = serializers.IntegerField(help_text="anchor sinks compared with the database")
     anchored_checkpoint_id = serializers.IntegerField(help_text="the newest checkpoint in an external anchor")
     anchored_up_to = serializers.IntegerField(help_text="the newest external anchor covers records 1..N")
     anchor_problem = serializers.CharField(allow_blank=True)
 
 
-class AuditCursorPagination(CursorPagination):
+class AuditCursorPagination(SafeCursorPagination):
+    # ops.pagination: a made-up cursor is a 400 naming `cursor`, never a 404 or a 500.
     ordering = "-id"
     page_size = 50
     page_size_query_param = "page_size"

@@ -15,7 +15,6 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
-from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -35,6 +34,7 @@ from accounts.drf import PolicyPermission, request_principal
 from accounts.models import ApiToken
 from accounts.policy import Action, restrict
 from accounts.throttles import AnonymousThrottle, TokenRequestThrottle
+from ops.pagination import SafeCursorPagination
 
 MAX_CREDENTIAL_LENGTH = 256
 
@@ -148,7 +148,8 @@ class WhoAmIView(APIView):
         )
 
 
-class IdCursorPagination(CursorPagination):
+class IdCursorPagination(SafeCursorPagination):
+    # ops.pagination: a made-up cursor is a 400 naming `cursor`, never a 404 or a 500.
     ordering = "-id"
     page_size = 50
     page_size_query_param = "page_size"

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from accounts.pages import page_principal, requires
 from accounts.policy import Action, can
+from ops.inputs import parse_id
 from runs import selectors, services
 from runs.models import TERMINAL_STATUSES, Artifact, Run, RunStatus
 from runs.programs import Program, all_programs, get_program
@@ -316,12 +317,15 @@ class DiffRow:
 
 
 def _compare_ids(params: QueryDict) -> list[int]:
-    raw = params.getlist("run") + [part for value in params.getlist("runs") for part in value.split(",")]
+    raw = [("run", part) for part in params.getlist("run")]
+    raw += [("runs", part) for value in params.getlist("runs") for part in value.split(",")]
     ids: list[int] = []
-    for part in raw:
-        part = part.strip()
-        if part.isdigit() and int(part) not in ids:
-            ids.append(int(part))
+    for field, part in raw:
+        if not part.strip():
+            continue
+        run_id = parse_id(field, part)  # beyond bigint or not a number: a 400 naming the field
+        if run_id not in ids:
+            ids.append(run_id)
     return ids
 
 

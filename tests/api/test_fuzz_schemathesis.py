@@ -24,6 +24,7 @@ from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections, transaction
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
@@ -199,3 +200,83 @@ def test_the_visibility_check_fails_on_what_a_role_may_not_see() -> None:
     with pytest.raises(AssertionError, match="sees tokens of"):
         viewer(None, Fake(200, {"results": [{"user": "ada"}]}), Case("/api/v1/tokens/"))
     sees_only_what_it_may("admin", "ada")(None, Fake(200, {"results": []}), Case("/api/v1/audit/"))
+
+
+# Values that once gave 500s (ops.inputs): each generated case gets one, in a body string, a body
+# integer, a query parameter, or as a body nested past the depth limit.
+HOSTILE = ["a\x00b", "x\ud800y", 2**63, 10**30, -(2**63) - 2]
+HOSTILE_EXAMPLES = 6
+
+
+def _poison(value: Any, payload: Any) -> tuple[Any, bool]:
+    """`value` with its first string or integer leaf replaced by `payload`."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            new, done = _poison(item, payload)
+            if done:
+                return {**value, key: new}, True
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            new, done = _poison(item, payload)
+            if done:
+                return [*value[:index], new, *value[index + 1 :]], True
+    elif isinstance(value, str | int) and not isinstance(value, bool):
+        return payload, True
+    return value, False
+
+
+def _hostile(case: Any, choice: int) -> Any:
+    payload = HOSTILE[choice % len(HOSTILE)]
+    if choice % 7 == 6 and isinstance(case.body, dict):
+        nested: Any = "x"
+        for _ in range(200):
+            nested = [nested]
+        case.body = {**case.body, "deep": nested}
+    elif isinstance(case.body, dict | list) and choice % 2 == 0:
+        case.body, _ = _poison(case.body, payload)
+    elif case.query is not None or case.method == "GET":
+        # A URL cannot carry a lone surrogate (it arrives as U+FFFD): NUL stands in for it there.
+        text = "a\x00b" if payload == HOSTILE[1] else str(payload)
+        case.query = {**(case.query or {}), "cursor": text, "q": text}
+    return case
+
+
+def test_hostile_values_in_every_operation_never_give_a_5xx() -> None:
+    world = _world()
+    headers = {"Authorization": f"Bearer {world.tokens['admin']}"}
+    seen: Counter[tuple[str, int]] = Counter()
+    failures: list[str] = []
+    with _in_process_requests():
+        schema = schemathesis.openapi.from_wsgi("/api/v1/schema/", WSGIHandler(), headers=headers)
+        schema.config.generation.update(with_security_parameters=False)
+        for operation in [result.ok() for result in schema.get_all_operations()]:  # type: ignore[union-attr]
+            strategy = st.tuples(
+                operation.as_strategy(generation_mode=GenerationMode.POSITIVE), st.integers(0, 99)
+            )
+
+            @given(pair=strategy)
+            @settings(
+                max_examples=HOSTILE_EXAMPLES,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
+            def run(pair: tuple[Any, int]) -> None:
+                with transaction.atomic():
+                    try:
+                        _hostile(*pair).call_and_validate(
+                            headers=headers, checks=[recording(seen), not_a_server_error]
+                        )
+                    finally:
+                        transaction.set_rollback(True)
+
+            try:
+                run()
+            except (Exception, BaseExceptionGroup) as error:
+                failures.append(f"{operation.label}: {str(error)[:1500]}")
+    server_errors = sum(count for (_, status), count in seen.items() if status >= 500)
+    print(f"hostile values: {sum(seen.values())} requests, {server_errors} 5xx")
+    assert not failures, "\n\n".join(failures)
+    assert sum(seen.values()) >= 100
