@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from django.http import HttpRequest, HttpResponse
 
+from ops.forwarded import PEER_KEY
+
 
 @dataclass(frozen=True)
 class RequestContext:
@@ -37,6 +39,17 @@ def use_context(context: RequestContext) -> Iterator[None]:
         _current.reset(token)
 
 
+def audit_address(request: HttpRequest) -> str:
+    """The TCP peer, which no client can forge; behind a trusted proxy also the client it
+    forwarded for ("client via peer"), since only then is that claim believed (ops.forwarded)."""
+    peer = str(request.META.get(PEER_KEY) or request.META.get("REMOTE_ADDR", ""))
+    client = str(request.META.get("REMOTE_ADDR", ""))
+    if client == peer:
+        return peer[:64]
+    both = f"{client} via {peer}"
+    return both if len(both) <= 64 else peer[:64]  # two long IPv6 addresses: the peer wins
+
+
 class AuditContextMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -44,8 +57,7 @@ class AuditContextMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         token = _current.set(
             RequestContext(
-                # REMOTE_ADDR is the peer; behind a proxy, uvicorn --proxy-headers puts the client there.
-                ip=str(request.META.get("REMOTE_ADDR", ""))[:64],
+                ip=audit_address(request),
                 user_agent=request.headers.get("User-Agent", "")[:300],
                 request_id=str(getattr(request, "request_id", ""))[:64],
             )

@@ -95,6 +95,7 @@ def start(queue: str, slots: int, logs: Path) -> Stack:
             "--port",
             str(port),
             "--no-access-log",
+            "--no-proxy-headers",  # as in production (docker-compose.yml)
         ],
         env,
         logs / "web.log",

@@ -86,6 +86,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # First: everything below (metrics networks, audit IP, lockout, throttles) sees the client
+    # address as CONTROLPLANE_TRUSTED_PROXIES allows it, never a header any client can send.
+    "ops.forwarded.TrustedProxyMiddleware",
     "ops.middleware.RequestIdMiddleware",
     "ops.middleware.MetricsAccessMiddleware",
     "audit.context.AuditContextMiddleware",
@@ -315,6 +318,12 @@ AXES_RESET_ON_SUCCESS = True
 AXES_DISABLE_ACCESS_LOG = True  # the audit log records sign-ins
 AXES_LOCKOUT_CALLABLE = "accounts.lockout.lockout_response"
 AXES_VERBOSE = False
+# The lockout's address: the TCP peer, or the forwarded client when the peer is a trusted proxy
+# (ops.forwarded). Not django-ipware's default guess, which believes X-Forwarded-For from anyone.
+AXES_CLIENT_IP_CALLABLE = "ops.forwarded.request_client_ip"
+# Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (CIDRs; empty: none). uvicorn
+# runs with --no-proxy-headers so the app sees the real peer and applies this list itself.
+TRUSTED_PROXIES = parse_networks("CONTROLPLANE_TRUSTED_PROXIES", env_list("CONTROLPLANE_TRUSTED_PROXIES", []))
 
 # API rate limits (accounts.throttles): 429 with Retry-After, counted in the cache (Redis).
 REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = [
@@ -331,7 +340,7 @@ for _scope, _rate in _THROTTLE_RATES.items():
         raise ConfigError(f"CONTROLPLANE_THROTTLE_{_scope.upper()} must look like 60/min, got {_rate!r}")
 REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = _THROTTLE_RATES
 # Throttles key on REMOTE_ADDR, never on a client-sent X-Forwarded-For (anyone could rotate it);
-# behind a proxy, uvicorn --proxy-headers puts the real client address there.
+# behind a trusted proxy (CONTROLPLANE_TRUSTED_PROXIES) ops.forwarded puts the client there.
 REST_FRAMEWORK["NUM_PROXIES"] = 0
 
 # Audit checkpoints are signed with keys kept outside the database (audit.keys): the first key
