@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
-from tests.conftest import Stack, wait_for_status
+from accounts.models import ApiToken
+from accounts.tokens import do_issue_token, do_revoke_token
+from accounts.users import do_set_active
+from audit.models import AuditRecord
+from runs.consumers import RECHECK_SECONDS
+from tests.conftest import Stack, make_user, wait_for_status
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 TERMINAL = {"succeeded", "failed", "cancelled", "dead"}
@@ -90,18 +98,79 @@ def test_a_socket_opened_after_the_run_replays_the_whole_log(
     assert all(len(frame["lines"]) <= 2000 for frame in frames if frame["type"] == "log")
 
 
-def test_sockets_without_credentials_or_for_unknown_runs_are_refused(
+def closed_with(socket: ClientConnection, timeout: float = 10) -> tuple[int | None, float]:
+    """Read until the server closes; its close code and how long that took."""
+    started = time.monotonic()
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.recv(timeout=deadline - time.monotonic())
+        except ConnectionClosed:
+            return socket.close_code, time.monotonic() - started
+    raise AssertionError(f"the socket was still open after {timeout} s")
+
+
+def test_sockets_without_credentials_or_for_unknown_runs_are_refused_with_close_codes(
     stack: Stack, live_api: httpx.Client, live_owner: Any
 ) -> None:
-    with pytest.raises(InvalidStatus):
-        connect(stack.ws_url("/ws/runs/1/"), open_timeout=10)
-    with pytest.raises(InvalidStatus):
-        open_socket(stack, "cp_not_a_token", 1)
-    with pytest.raises(InvalidStatus):
-        open_socket(stack, live_owner[1], 99_999_999)
+    # Accepted, then closed with the code docs/security.md names, so a client can tell
+    # "sign in again" from "not allowed" from "no such run" (a bare HTTP 403 says none of that).
+    with connect(stack.ws_url("/ws/runs/1/"), open_timeout=10) as socket:
+        assert closed_with(socket)[0] == 4401
+    with open_socket(stack, "cp_not_a_token", 1) as socket:
+        assert closed_with(socket)[0] == 4401
+    with open_socket(stack, live_owner[1], 99_999_999) as socket:
+        assert closed_with(socket)[0] == 4404
 
 
-def test_cookie_sockets_from_a_foreign_origin_are_refused(
+@contextmanager
+def _open_run_socket(stack: Stack, live_api: httpx.Client, token: str) -> Iterator[ClientConnection]:
+    run = live_api.post(
+        "/api/v1/runs/", json={"name": "w", "program": "scripted", "params": {"lines": 1}}
+    ).json()
+    with open_socket(stack, token, run["id"]) as socket:
+        assert json.loads(socket.recv(timeout=10))["type"] == "status"
+        yield socket
+
+
+def test_a_socket_is_closed_4401_within_seconds_of_its_token_being_revoked(
+    stack: Stack, live_api: httpx.Client, live_owner: Any
+) -> None:
+    user, _ = live_owner
+    issued = do_issue_token(user, name="watcher")
+    with _open_run_socket(stack, live_api, issued.plaintext) as socket:
+        do_revoke_token(user, issued.token)
+        assert stack.client(issued.plaintext).get("/api/v1/runs/").status_code == 401  # REST: at once
+        code, took = closed_with(socket)
+    assert code == 4401 and took < RECHECK_SECONDS + 3
+
+
+def test_a_socket_is_closed_4401_when_its_user_is_deactivated(
+    stack: Stack, live_api: httpx.Client, live_owner: Any
+) -> None:
+    admin = make_user("ada", "admin")
+    viewer = make_user("vince", "viewer")
+    with _open_run_socket(stack, live_api, do_issue_token(viewer).plaintext) as socket:
+        do_set_active(admin, viewer, False)
+        code, took = closed_with(socket)
+    assert code == 4401 and took < RECHECK_SECONDS + 3
+
+
+def test_a_socket_is_closed_4403_when_its_grant_no_longer_reads_runs(
+    stack: Stack, live_api: httpx.Client, live_owner: Any
+) -> None:
+    # No role lacks `run.read` today, so the grant is narrowed where the policy reads it: the
+    # token's scopes (effective scopes = token scopes ∩ role scopes). Same check, same code.
+    user, _ = live_owner
+    issued = do_issue_token(user, name="narrowed")
+    with _open_run_socket(stack, live_api, issued.plaintext) as socket:
+        ApiToken.objects.filter(pk=issued.token.pk).update(scopes=["launch"])
+        code, took = closed_with(socket)
+    assert code == 4403 and took < RECHECK_SECONDS + 3
+    assert AuditRecord.objects.filter(action="access.denied", details__action="run.read").exists()
+
+
+def test_cookie_sockets_need_an_origin_matching_scheme_host_and_port(
     stack: Stack, live_api: httpx.Client, live_owner: Any
 ) -> None:
     browser = httpx.Client(base_url=stack.base_url)
@@ -121,18 +190,30 @@ def test_cookie_sockets_from_a_foreign_origin_are_refused(
         "/api/v1/runs/", json={"name": "c", "program": "scripted", "params": {"lines": 1}}
     ).json()
     cookie = f"sessionid={browser.cookies['sessionid']}"
-    with connect(
-        stack.ws_url(f"/ws/runs/{run['id']}/"),
-        additional_headers={"Cookie": cookie},
-        origin=Origin("http://127.0.0.1"),
-        open_timeout=10,
-    ) as socket:
-        assert json.loads(socket.recv(timeout=10))["type"] == "status"
-    with pytest.raises(InvalidStatus):
-        connect(
+    port = stack.base_url.rsplit(":", 1)[1]
+
+    def with_origin(origin: str) -> ClientConnection:
+        return connect(
             stack.ws_url(f"/ws/runs/{run['id']}/"),
             additional_headers={"Cookie": cookie},
-            origin=Origin("https://evil.example"),
+            origin=Origin(origin),
             open_timeout=10,
         )
+
+    # The page's own origin: the scheme it was served with (plain http here), host and port.
+    with with_origin(f"http://127.0.0.1:{port}") as socket:
+        assert json.loads(socket.recv(timeout=10))["type"] == "status"
+    refused = {
+        "https://evil.example": "foreign host",
+        "http://evil:8000": "foreign host",
+        f"http://evil:{port}": "foreign host, our port",
+        f"https://127.0.0.1:{port}": "scheme mismatch (the server is plain http/ws)",
+        "http://127.0.0.1:9999": "wrong port",
+        "https://localhost:9999": "wrong scheme and port",
+        "http://127.0.0.1": "default port 80, not ours",
+        "null": "an opaque origin (sandboxed frame, file://)",
+    }
+    for origin, why in refused.items():
+        with with_origin(origin) as socket:
+            assert closed_with(socket)[0] == 4403, why
     wait_for_status(live_api, run["id"], TERMINAL)
