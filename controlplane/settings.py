@@ -164,6 +164,11 @@ def _databases() -> dict[str, Any]:
             "HOST": config.host,
             "PORT": config.port,
             "CONN_MAX_AGE": 0,
+            # Not psycopg_pool's check on checkout: when several idle connections died together
+            # (a restart, a proxy's sweep) it backs off 1 s, 2 s, 4 s... between dead ones and
+            # times out into 503s (measured: bench/db_kill_loop.py). A request that meets a dead
+            # pooled connection is retried once instead (ops.middleware.DatabaseUnavailableMiddleware).
+            "CONN_HEALTH_CHECKS": False,
             "OPTIONS": options,
         }
     }

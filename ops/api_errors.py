@@ -11,10 +11,14 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from ops.inputs import InvalidInput
+from ops.middleware import note_database_error
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, OperationalError | InterfaceError):
+        request = getattr(context.get("request"), "_request", None)
+        if request is not None:
+            note_database_error(request, exc)  # the middleware may repeat the request once
         return Response(
             {"detail": "The database is unavailable; try again shortly.", "code": "database_unavailable"},
             status=status.HTTP_503_SERVICE_UNAVAILABLE,

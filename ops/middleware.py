@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+import psycopg
 import structlog
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.request import RawPostDataException
+from psycopg_pool import PoolTimeout
 
 from ops.collectors import register_web_collectors
 from ops.errors import invalid_input
@@ -71,19 +75,116 @@ class MetricsAccessMiddleware:
         return self.get_response(request)
 
 
+# Statements that change nothing a re-run could duplicate; anything else counts as a write.
+_NOT_WRITES = ("SELECT", "SHOW", "SET ", "SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK")
+
+
+class _WriteWatch:
+    """Execute wrapper: has a statement that may have changed data succeeded in this request?"""
+
+    def __init__(self) -> None:
+        self.wrote = False
+
+    def __call__(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+        result = execute(sql, params, many, context)  # a statement that raised wrote nothing
+        if not self.wrote and not str(sql).lstrip().upper().startswith(_NOT_WRITES):
+            self.wrote = True
+        return result
+
+
+DATABASE_ERROR = "controlplane.database_error"  # request.META key: the error behind a 503
+
+
+def note_database_error(request: HttpRequest, error: Exception) -> None:
+    request.META[DATABASE_ERROR] = error
+
+
+def _held_connection_died(error: Any) -> bool:
+    """The request's pooled connection was lost (terminated backend, closed socket), as opposed to
+    a real outage (no connection to be had: PoolTimeout) or a query's own failure (timeout,
+    deadlock), which a repeat would not cure."""
+    cause = getattr(error, "__cause__", None)
+    if isinstance(cause, PoolTimeout):
+        return False
+    if isinstance(cause, psycopg.InterfaceError):
+        return True
+    # No SQLSTATE: the socket broke; 57P01/57P02: the backend was terminated or crashed.
+    return isinstance(cause, psycopg.OperationalError) and cause.sqlstate in (None, "57P01", "57P02")
+
+
+RETRY_CONNECT_SECONDS = 2.0  # how long a repeat may wait for a fresh connection
+
+
+def _fresh_connection_ready() -> bool:
+    """Return the broken connection (the pool discards it), drain the pool and wait briefly for a
+    new connection: whether the database is there at all.
+
+    Drained, not `pool.check()`ed: connections die together (a restart, a proxy's sweep), and a
+    backend signalled with the others that has not exited yet still answers a check, then dies
+    under the repeat (measured: bench/db_kill_loop.py). A real outage answers within
+    RETRY_CONNECT_SECONDS, not the pool's full timeout, and keeps its 503."""
+    connection.close()
+    pool = getattr(connection, "pool", None)  # None on SQLite and without a pool
+    if pool is None:
+        return True
+    pool.drain()
+    try:
+        fresh = pool.getconn(timeout=RETRY_CONNECT_SECONDS)
+    except PoolTimeout:
+        return False
+    pool.putconn(fresh)  # the repeat's checkout takes it: the pool was just emptied
+    return True
+
+
+def _replayable(request: HttpRequest) -> bool:
+    """Whether the request can be handed to the view a second time: its body, if any, is read
+    into memory first (a stream is consumed by the first try). Large uploads are not repeated."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return True
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return False
+    if length > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+        return False
+    try:
+        request.body  # noqa: B018 - cached on the request, so the repeat parses it again
+    except RawPostDataException:
+        return False  # already read as a stream (a form parsed above us): not repeatable
+    return True
+
+
 class DatabaseUnavailableMiddleware:
-    """Turns a lost database into a short 503 instead of a 500 with a trace."""
+    """Turns a lost database into a short 503 instead of a 500 with a trace, and repeats once a
+    request whose pooled connection had died before the request changed anything."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        return self.get_response(request)
+        replayable = _replayable(request)
+        watch = _WriteWatch()
+        with connection.execute_wrapper(watch):
+            response = self.get_response(request)
+        # Safe to repeat: nothing was written (a read, or a write whose first write statement
+        # failed, so its transaction never committed). Not repeated: a request that wrote (did
+        # its COMMIT land?), and a real outage, where no connection could be had at all.
+        error = request.META.pop(DATABASE_ERROR, None)
+        if response.status_code == 503 and replayable and not watch.wrote and _held_connection_died(error):
+            if not _fresh_connection_ready():
+                return response  # no connection to be had: a real outage
+            log.warning("database_connection_retried", path=request.path, method=request.method)
+            response = self.get_response(request)
+            if response.status_code == 503:
+                again = request.META.pop(DATABASE_ERROR, None)
+                log.warning("database_connection_retry_failed", path=request.path, error=repr(again)[:300])
+        return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if isinstance(exception, OperationalError | InterfaceError) or (
             isinstance(exception, DatabaseError) and "connection" in str(exception).lower()
         ):
+            note_database_error(request, exception)
             log.error(
                 "database_unavailable", path=request.path, error=str(exception)[:200], exc_info=exception
             )
