@@ -86,8 +86,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
-    # First: everything below (metrics networks, audit IP, lockout, throttles) sees the client
-    # address as CONTROLPLANE_TRUSTED_PROXIES allows it, never a header any client can send.
+    # First: all below see the client address CONTROLPLANE_TRUSTED_PROXIES allows (ops.forwarded).
     "ops.forwarded.TrustedProxyMiddleware",
     "ops.middleware.RequestIdMiddleware",
     "ops.middleware.MetricsAccessMiddleware",
@@ -164,10 +163,8 @@ def _databases() -> dict[str, Any]:
             "HOST": config.host,
             "PORT": config.port,
             "CONN_MAX_AGE": 0,
-            # Not psycopg_pool's check on checkout: when several idle connections died together
-            # (a restart, a proxy's sweep) it backs off 1 s, 2 s, 4 s... between dead ones and
-            # times out into 503s (measured: bench/db_kill_loop.py). A request that meets a dead
-            # pooled connection is retried once instead (ops.middleware.DatabaseUnavailableMiddleware).
+            # No check on checkout: it backs off 1, 2, 4 s between connections that died together,
+            # into 503s (bench/db_kill_loop.py); ops.middleware repeats such a request instead.
             "CONN_HEALTH_CHECKS": False,
             "OPTIONS": options,
         }
@@ -323,11 +320,9 @@ AXES_RESET_ON_SUCCESS = True
 AXES_DISABLE_ACCESS_LOG = True  # the audit log records sign-ins
 AXES_LOCKOUT_CALLABLE = "accounts.lockout.lockout_response"
 AXES_VERBOSE = False
-# The lockout's address: the TCP peer, or the forwarded client when the peer is a trusted proxy
-# (ops.forwarded). Not django-ipware's default guess, which believes X-Forwarded-For from anyone.
+# The lockout's address by ops.forwarded's rule, not django-ipware's (it believes anyone's XFF);
+# forwarded headers count only from these proxies (empty: none; uvicorn runs --no-proxy-headers).
 AXES_CLIENT_IP_CALLABLE = "ops.forwarded.request_client_ip"
-# Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (CIDRs; empty: none). uvicorn
-# runs with --no-proxy-headers so the app sees the real peer and applies this list itself.
 TRUSTED_PROXIES = parse_networks("CONTROLPLANE_TRUSTED_PROXIES", env_list("CONTROLPLANE_TRUSTED_PROXIES", []))
 
 # API rate limits (accounts.throttles): 429 with Retry-After, counted in the cache (Redis).
