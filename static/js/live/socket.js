@@ -10,6 +10,7 @@ const BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 15000];
 const PING_EVERY_MS = 15000;
 const SILENCE_LIMIT_MS = 40000;
 const CLOSE_UNAUTHENTICATED = 4401;
+const CLOSE_FORBIDDEN = 4403;
 const CLOSE_NOT_FOUND = 4404;
 
 export class RunSocket extends EventTarget {
@@ -97,6 +98,11 @@ export class RunSocket extends EventTarget {
       if (this.stopped) return;
       if (event.code === CLOSE_UNAUTHENTICATED) {
         this.setState("failed", { reason: "You were signed out; reload the page to sign in again." });
+        return;
+      }
+      if (event.code === CLOSE_FORBIDDEN) {
+        // Refused at the handshake (role, token scope, origin) or later, when the grant changed.
+        this.setState("failed", { reason: "You may no longer watch this run; reload the page." });
         return;
       }
       if (event.code === CLOSE_NOT_FOUND) {
