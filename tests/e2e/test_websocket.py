@@ -203,6 +203,11 @@ def test_cookie_sockets_need_an_origin_matching_scheme_host_and_port(
     # The page's own origin: the scheme it was served with (plain http here), host and port.
     with with_origin(f"http://127.0.0.1:{port}") as socket:
         assert json.loads(socket.recv(timeout=10))["type"] == "status"
+        # Past a re-check of the session (every RECHECK_SECONDS), the socket is still open.
+        time.sleep(RECHECK_SECONDS * 1.5)
+        socket.send("ping")
+        while (message := socket.recv(timeout=10)) != "pong":
+            assert json.loads(message)["type"] in {"log", "status", "metric"}
     refused = {
         "https://evil.example": "foreign host",
         "http://evil:8000": "foreign host",
@@ -217,3 +222,39 @@ def test_cookie_sockets_need_an_origin_matching_scheme_host_and_port(
         with with_origin(origin) as socket:
             assert closed_with(socket)[0] == 4403, why
     wait_for_status(live_api, run["id"], TERMINAL)
+
+
+def test_a_cookie_socket_is_closed_4401_when_its_session_signs_out(
+    stack: Stack, live_api: httpx.Client, live_owner: Any
+) -> None:
+    browser = httpx.Client(base_url=stack.base_url)
+    browser.get("/login/")
+    signed_in = browser.post(
+        "/login/",
+        data={
+            "username": "olivia",
+            "password": "correct-horse-battery-staple-42",
+            "csrfmiddlewaretoken": browser.cookies["csrftoken"],
+        },
+        headers={"Referer": stack.base_url + "/login/"},
+    )
+    assert signed_in.status_code == 302
+    run = live_api.post(
+        "/api/v1/runs/", json={"name": "s", "program": "scripted", "params": {"lines": 1}}
+    ).json()
+    port = stack.base_url.rsplit(":", 1)[1]
+    with connect(
+        stack.ws_url(f"/ws/runs/{run['id']}/"),
+        additional_headers={"Cookie": f"sessionid={browser.cookies['sessionid']}"},
+        origin=Origin(f"http://127.0.0.1:{port}"),
+        open_timeout=10,
+    ) as socket:
+        assert json.loads(socket.recv(timeout=10))["type"] == "status"
+        signed_out = browser.post(
+            "/logout/",
+            data={"csrfmiddlewaretoken": browser.cookies["csrftoken"]},
+            headers={"Referer": stack.base_url + "/"},
+        )
+        assert signed_out.status_code == 302
+        code, took = closed_with(socket)
+    assert code == 4401 and took < RECHECK_SECONDS + 3
