@@ -19,15 +19,13 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from redaction import redact
-from ops.outcomes import count_finished
-from runs import events
+from runs import events, lifecycle
 from runs.ingest import PointRow, insert_log_lines, series_ids, upsert_metric_points
+from runs.lifecycle import LIVE_STATUSES, Trigger
 from runs.models import Artifact, Checkpoint, ErrorKind, LogStream, Run, RunAttempt, RunStatus
 from runs.reliability import after_failure
 
 log = structlog.get_logger(__name__)
-
-_LIVE = (RunStatus.RUNNING.value, RunStatus.CANCELLING.value)
 
 
 class StaleAttempt(Exception):
@@ -63,59 +61,36 @@ def _lease_deadline(now: datetime) -> datetime:
     return now + timedelta(seconds=settings.CONTROLPLANE["LEASE_SECONDS"])
 
 
-def status_frame(run: Run) -> events.StatusFrame:
-    return {
-        "type": "status",
-        "status": run.status,
-        "attempt": run.attempt,
-        "phase": run.phase,
-        "progress_step": run.progress_step,
-        "progress_total": run.progress_total,
-        "error_kind": run.error_kind,
-        "error_message": run.error_message,
-    }
-
-
-def broadcast_status_on_commit(run_id: int) -> None:
-    def send() -> None:
-        run = Run.objects.filter(pk=run_id).first()
-        if run is not None:
-            events.publish(run_id, status_frame(run))
-
-    transaction.on_commit(send)
-
-
 def claim_run(run_id: int, worker: str) -> Claim | None:
     """Take a queued, due run for a new attempt, or None (a duplicate delivery, or not yet due)."""
     now = timezone.now()
     with transaction.atomic():
-        # The status condition makes the claim atomic: of two deliveries of the same task, only
-        # one UPDATE matches; the other sees zero rows and starts nothing.
-        claimed = (
-            Run.objects.filter(pk=run_id, status=RunStatus.QUEUED)
-            .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
-            .update(
-                status=RunStatus.RUNNING,
-                attempt=F("attempt") + 1,
-                worker=worker[:255],
-                started_at=now,
-                heartbeat_at=now,
-                lease_expires_at=_lease_deadline(now),
-                not_before=None,
-                finished_at=None,
-                exit_code=None,
-                error_kind="",
-                error_code="",
-                error_message="",
-                phase="starting",
-                device="",
-            )
+        # The claim row only matches a queued run: of two deliveries of the same task, only one
+        # UPDATE matches; the other sees zero rows and starts nothing.
+        claimed = lifecycle.perform(
+            run_id,
+            Trigger.CLAIM,
+            where=Q(not_before__isnull=True) | Q(not_before__lte=now),
+            changes={
+                "attempt": F("attempt") + 1,
+                "worker": worker[:255],
+                "started_at": now,
+                "heartbeat_at": now,
+                "lease_expires_at": _lease_deadline(now),
+                "not_before": None,
+                "finished_at": None,
+                "exit_code": None,
+                "error_kind": "",
+                "error_code": "",
+                "error_message": "",
+                "phase": "starting",
+                "device": "",
+            },
         )
         if not claimed:
             return None
         run = Run.objects.get(pk=run_id)
-        RunAttempt.objects.create(run=run, number=run.attempt, worker=worker[:255], started_at=now)
-        broadcast_status_on_commit(run_id)
+        lifecycle.open_attempt(run_id, run.attempt, worker, now)
     return Claim(
         run_id=run.pk,
         attempt=run.attempt,
@@ -139,7 +114,7 @@ def note_resume(run_id: int, attempt: int, step: int) -> None:
 def renew_lease(run_id: int, attempt: int) -> str:
     """Extend the lease; returns the run's status (`cancelling` asks the supervisor to stop)."""
     now = timezone.now()
-    renewed = Run.objects.filter(pk=run_id, attempt=attempt, status__in=_LIVE).update(
+    renewed = lifecycle.held_by(run_id, attempt).update(
         heartbeat_at=now, lease_expires_at=_lease_deadline(now)
     )
     if not renewed:
@@ -149,7 +124,7 @@ def renew_lease(run_id: int, attempt: int) -> str:
 
 def current_status(run_id: int, attempt: int) -> str:
     row = Run.objects.filter(pk=run_id, attempt=attempt).values_list("status", flat=True).first()
-    if row is None or row not in _LIVE:
+    if row is None or row not in LIVE_STATUSES:
         raise StaleAttempt(f"run {run_id} attempt {attempt} is no longer live")
     return str(row)
 
@@ -168,12 +143,13 @@ def _reserve_seq(run_id: int, attempt: int, count: int, batch: Batch) -> int:
         assignments.append("device = %s")
         values.append(batch.device[:64])
     table = Run._meta.db_table
+    live = sorted(LIVE_STATUSES)  # the fencing condition of `lifecycle.held_by`, in SQL
     sql = (  # nosemgrep: raw-sql-string-formatting - the SET list is this function's own literals
         f"UPDATE {table} SET {', '.join(assignments)} "  # noqa: S608 - only our own column names
-        "WHERE id = %s AND attempt = %s AND status IN (%s, %s) RETURNING log_seq"
+        f"WHERE id = %s AND attempt = %s AND status IN ({', '.join(['%s'] * len(live))}) RETURNING log_seq"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*values, run_id, attempt, *_LIVE])
+        cursor.execute(sql, [*values, run_id, attempt, *live])
         row = cursor.fetchone()
     if row is None:
         raise StaleAttempt(f"run {run_id} attempt {attempt} may no longer write")
@@ -218,7 +194,7 @@ def write_batch(run_id: int, attempt: int, batch: Batch, series_cache: dict[str,
 def _assert_owner(run_id: int, attempt: int) -> None:
     # Row lock: a concurrent claim by another attempt waits for this transaction, or wins first
     # and makes this check fail. Either way no stale row is written.
-    if not Run.objects.select_for_update().filter(pk=run_id, attempt=attempt, status__in=_LIVE).exists():
+    if not lifecycle.held_by(run_id, attempt).select_for_update().exists():
         raise StaleAttempt(f"run {run_id} attempt {attempt} may no longer write")
 
 
@@ -260,6 +236,8 @@ def register_artifact(
                 "size": size,
                 "sha256": sha256,
                 "storage_key": storage_key,
+                # A program may write a secret into its model file's header: the stored copy (the
+                # artifacts list, the preview) holds it masked, as every other field does.
                 "metadata": metadata,
                 "created_at": timezone.now(),
             },
@@ -283,15 +261,23 @@ def finish_attempt(run_id: int, attempt: int, outcome: Outcome) -> RunStatus | N
     """
     now = timezone.now()
     with transaction.atomic():
-        run = Run.objects.select_for_update().filter(pk=run_id, attempt=attempt, status__in=_LIVE).first()
+        run = lifecycle.held_by(run_id, attempt).select_for_update().first()
         if run is None:
             return None
-        status = _conclude(run, attempt, outcome, now)
+        status = _conclude(run, attempt, outcome, now, lifecycle.EXIT_TRIGGERS)
     return status
 
 
-def _conclude(run: Run, attempt: int, outcome: Outcome, now: datetime) -> RunStatus:
-    """Apply an attempt's outcome to a locked, live run."""
+def _conclude(
+    run: Run,
+    attempt: int,
+    outcome: Outcome,
+    now: datetime,
+    triggers: tuple[Trigger, ...],
+    attempt_status: RunStatus | None = None,
+) -> RunStatus:
+    """Apply an attempt's outcome to a locked, live run, along the one row of `triggers` that
+    ends in the status the outcome (and the retry policy) leads to."""
     status = outcome.status
     # Masks the secrets this worker holds, for messages that did not come through a supervisor.
     message = redact(outcome.error_message)[:4000]
@@ -299,30 +285,23 @@ def _conclude(run: Run, attempt: int, outcome: Outcome, now: datetime) -> RunSta
     if status == RunStatus.FAILED:
         step = after_failure(outcome.error_kind, attempt, run.max_attempts, now)
         status, not_before = step.status, step.not_before
-    RunAttempt.objects.filter(run_id=run.pk, number=attempt).update(
-        finished_at=now,
-        status=outcome.status,
-        exit_code=outcome.exit_code,
-        error_kind=outcome.error_kind,
-        error_code=outcome.error_code[:64],
-        error_message=message,
-    )
+    trigger = lifecycle.trigger_for(triggers, status)
+    errors = {
+        "exit_code": outcome.exit_code,
+        "error_kind": outcome.error_kind,
+        "error_code": outcome.error_code[:64],
+        "error_message": message,
+    }
+    lifecycle.close_attempt(run.pk, attempt, attempt_status or outcome.status, now, **errors)
     requeued = status == RunStatus.QUEUED
     # A run queued again waits for a new message; a finished one keeps its dispatch time.
     requeue_fields = {"enqueued_at": None} if requeued else {}
-    Run.objects.filter(pk=run.pk, attempt=attempt).update(
-        status=status,
-        finished_at=None if requeued else now,
-        lease_expires_at=None,
-        not_before=not_before,
-        **requeue_fields,
-        exit_code=outcome.exit_code,
-        error_kind=outcome.error_kind,
-        error_code=outcome.error_code[:64],
-        error_message=message,
-        phase="",
-        updated_at=now,
-    )
+    changes = {"finished_at": None if requeued else now, "lease_expires_at": None, "not_before": not_before}
+    # Fenced on the attempt: the caller holds the row lock, and the UPDATE still names the attempt.
+    if not lifecycle.perform(
+        run.pk, trigger, attempt=attempt, changes={**changes, **requeue_fields, **errors, "phase": ""}
+    ):
+        raise StaleAttempt(f"run {run.pk} attempt {attempt} may no longer conclude")
     log.info(
         "attempt_concluded",
         run_id=run.pk,
@@ -332,19 +311,15 @@ def _conclude(run: Run, attempt: int, outcome: Outcome, now: datetime) -> RunSta
         error_kind=outcome.error_kind,
         retry_at=not_before.isoformat() if not_before else None,
     )
-    broadcast_status_on_commit(run.pk)
-    count_finished(run.program, status, outcome.error_kind)  # counts terminal statuses only
     return status
 
 
 def expire_lease(run_id: int, now: datetime) -> RunStatus | None:
     """Conclude a live attempt whose lease ran out (its worker is gone or cut off)."""
     with transaction.atomic():
-        run = (
-            Run.objects.select_for_update()
-            .filter(pk=run_id, status__in=_LIVE, lease_expires_at__lt=now)
-            .first()
-        )
+        # Locked and re-checked: a supervisor that renewed its lease (or concluded) since the
+        # reconciler listed it keeps its run.
+        run = lifecycle.live_runs().select_for_update().filter(pk=run_id, lease_expires_at__lt=now).first()
         if run is None:
             return None
         if run.status == RunStatus.CANCELLING:
@@ -359,10 +334,8 @@ def expire_lease(run_id: int, now: datetime) -> RunStatus | None:
                 "lease_expired",
                 f"worker {run.worker or '?'} stopped renewing its lease (last heartbeat {run.heartbeat_at})",
             )
-        status = _conclude(run, run.attempt, outcome, now)
         # The attempt itself was lost, whatever the run does next.
-        RunAttempt.objects.filter(run_id=run.pk, number=run.attempt).update(status=RunStatus.LOST)
-    return status
+        return _conclude(run, run.attempt, outcome, now, lifecycle.LEASE_EXPIRY_TRIGGERS, RunStatus.LOST)
 
 
 def system_line(text: str) -> tuple[datetime, str, str]:

@@ -16,8 +16,7 @@ class RunStatus(models.TextChoices):
     DEAD = "dead"
 
 
-TERMINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.DEAD})
-LIVE_STATUSES = frozenset({RunStatus.RUNNING, RunStatus.CANCELLING})
+# How statuses group (live, terminal, ...) and which changes are allowed: runs/lifecycle/.
 
 
 class ErrorKind(models.TextChoices):
@@ -93,10 +92,6 @@ class Run(models.Model):
 
     def __str__(self) -> str:
         return f"run {self.pk} ({self.name})"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
 
 
 class RunAttempt(models.Model):

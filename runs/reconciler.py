@@ -18,15 +18,15 @@ from datetime import datetime, timedelta
 
 import structlog
 from django.conf import settings
-from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from ops.metrics import LEASE_EXPIRIES, RECONCILER_ACTIONS
-from ops.outcomes import count_finished
-from runs.attempts import broadcast_status_on_commit, expire_lease
+from runs import lifecycle
+from runs.attempts import expire_lease
 from runs.broker import pending_run_ids
-from runs.models import ErrorKind, Run, RunStatus
+from runs.lifecycle import Trigger
+from runs.models import ErrorKind, RunStatus
 from runs.services import enqueue_run
 
 log = structlog.get_logger(__name__)
@@ -62,9 +62,7 @@ def reconcile(now: datetime | None = None) -> Report:
 
 
 def _expire_leases(now: datetime, report: Report) -> None:
-    expired = Run.objects.filter(
-        status__in=[RunStatus.RUNNING, RunStatus.CANCELLING], lease_expires_at__lt=now
-    ).values_list("pk", flat=True)[:BATCH]
+    expired = lifecycle.live_runs().filter(lease_expires_at__lt=now).values_list("pk", flat=True)[:BATCH]
     for run_id in expired:
         status = expire_lease(run_id, now)
         if status is None:
@@ -77,29 +75,26 @@ def _expire_leases(now: datetime, report: Report) -> None:
 
 
 def _expire_queue_ttl(now: datetime, report: Report) -> None:
-    candidates = Run.objects.filter(status=RunStatus.QUEUED, queue_ttl_seconds__isnull=False).values_list(
-        "pk", "created_at", "queue_ttl_seconds", "program"
-    )[:BATCH]
-    for run_id, created_at, ttl, program in candidates:
+    candidates = lifecycle.queued_runs().filter(queue_ttl_seconds__isnull=False)
+    for run_id, created_at, ttl in candidates.values_list("pk", "created_at", "queue_ttl_seconds")[:BATCH]:
         if ttl is None or created_at + timedelta(seconds=ttl) > now:
             continue
-        with transaction.atomic():
-            if Run.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
-                status=RunStatus.FAILED,
-                finished_at=now,
-                error_kind=ErrorKind.TIMEOUT,
-                error_code="queue_ttl",
-                error_message=f"waited in the queue longer than its time-to-live of {ttl} s",
-            ):
-                broadcast_status_on_commit(run_id)
-                count_finished(program, RunStatus.FAILED, ErrorKind.TIMEOUT)
-                report.expired_in_queue.append(run_id)
+        # Conditional on `queued`: a run claimed since it was listed keeps running.
+        if lifecycle.perform(
+            run_id,
+            Trigger.QUEUE_TTL_EXPIRED,
+            changes={
+                "finished_at": now,
+                "error_kind": ErrorKind.TIMEOUT,
+                "error_code": "queue_ttl",
+                "error_message": f"waited in the queue longer than its time-to-live of {ttl} s",
+            },
+        ):
+            report.expired_in_queue.append(run_id)
 
 
 def _dispatch(now: datetime, report: Report) -> None:
-    due = Run.objects.filter(status=RunStatus.QUEUED).filter(
-        Q(not_before__isnull=True) | Q(not_before__lte=now)
-    )
+    due = lifecycle.queued_runs().filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
     # A grace period lets the on-commit enqueue of a fresh launch or retry happen first.
     settled = now - timedelta(seconds=5)
     never_sent = list(
@@ -112,7 +107,7 @@ def _dispatch(now: datetime, report: Report) -> None:
         # When the broker cannot be inspected, a message that was sent is trusted to exist.
         waiting = [] if pending is None else [(pk, queue) for pk, queue in waiting if pk not in pending]
     for run_id, queue in never_sent + waiting:
-        Run.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(enqueued_at=None)
+        lifecycle.queued_runs().filter(pk=run_id).update(enqueued_at=None)
         enqueue_run(run_id, queue, "")
         report.dispatched.append(run_id)
 
@@ -121,9 +116,5 @@ def recover_in_process_broker(now: datetime | None = None) -> None:
     """At standalone start: the in-memory broker is empty and no other worker can exist, so runs
     left running by a previous process are lost now, and queued runs need their message again."""
     now = now or timezone.now()
-    Run.objects.filter(status__in=[RunStatus.RUNNING, RunStatus.CANCELLING]).update(
-        lease_expires_at=now - timedelta(seconds=1)
-    )
-    Run.objects.filter(status=RunStatus.QUEUED).update(
-        enqueued_at=None, updated_at=now - timedelta(minutes=1)
-    )
+    lifecycle.live_runs().update(lease_expires_at=now - timedelta(seconds=1))
+    lifecycle.queued_runs().update(enqueued_at=None, updated_at=now - timedelta(minutes=1))

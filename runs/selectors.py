@@ -11,6 +11,7 @@ from django.db.models import Avg, F, Max, Min, OuterRef, Prefetch, QuerySet, Sub
 from django.http import Http404
 
 from accounts.policy import Action, Principal, restrict
+from runs import lifecycle
 from runs.models import Artifact, LogLine, MetricPoint, MetricSeries, Run, RunAttempt, RunStatus
 
 MAX_LOG_PAGE = 5_000
@@ -317,7 +318,7 @@ def _bucketed(
             rows[chunk] = content
             # A chunk is final once the series has moved past it (or the run has ended); a run
             # that resumes gets a new attempt number, hence new keys.
-            if ((chunk + 1) << chunk_shift) <= high_step or run.is_terminal:
+            if ((chunk + 1) << chunk_shift) <= high_step or lifecycle.is_terminal(run):
                 final[f"{prefix}:{chunk}"] = content
         if final:
             cache.set_many(final, CHART_CACHE_SECONDS)

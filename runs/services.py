@@ -14,14 +14,13 @@ import structlog
 from celery import current_app as celery_app  # the project app (controlplane.celery), set as current
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
-from audit import chain as audit
-from ops.outcomes import count_finished
-from runs.attempts import broadcast_status_on_commit
+from runs import lifecycle
 from runs.dataset_params import check_dataset_params
-from runs.models import Run, RunStatus
+from runs.lifecycle import Trigger
+from runs.models import Run
 from runs.programs import ParamsError, Program, get_program, resolve_params
 from vault import services as secret_services
 
@@ -45,9 +44,6 @@ class CancelError(Exception):
 
 class RetryError(Exception):
     pass
-
-
-RETRYABLE = (RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.DEAD)
 
 
 LIMIT_FIELDS = {
@@ -156,28 +152,29 @@ def enqueue_run(run_id: int, queue: str, request_id: str) -> None:
 def do_launch_run(owner: User, launch: LaunchRequest, *, request_id: str = "") -> Run:
     queue = launch.program.queue or celery_app.conf.task_default_queue
     with transaction.atomic():
-        run = Run.objects.create(
-            name=launch.name,
-            owner=owner,
-            program=launch.program.name,
-            params=launch.params,
-            secrets=launch.secrets,
-            queue=queue,
-            max_attempts=launch.max_attempts,
-            max_duration_seconds=launch.max_duration_seconds,
-            queue_ttl_seconds=launch.queue_ttl_seconds,
-            request_id=request_id[:64],
+        run = lifecycle.create_run(
+            {
+                "name": launch.name,
+                "owner": owner,
+                "program": launch.program.name,
+                "params": launch.params,
+                "secrets": launch.secrets,
+                "queue": queue,
+                "max_attempts": launch.max_attempts,
+                "max_duration_seconds": launch.max_duration_seconds,
+                "queue_ttl_seconds": launch.queue_ttl_seconds,
+                "request_id": request_id[:64],
+            },
+            actor=owner,
+            audit_details={
+                "program": launch.program.name,
+                "params": launch.params,
+                "secrets": launch.secrets,
+            },
         )
         run_id = run.pk
-        audit.record(
-            "run.launch",
-            actor=owner,
-            target=run,
-            details={"program": run.program, "params": run.params, "secrets": run.secrets},
-        )
         # Enqueue only once the row is committed: a worker must never see a run that may roll back.
         transaction.on_commit(lambda: enqueue_run(run_id, queue, request_id))
-        broadcast_status_on_commit(run_id)
     log.info("run_launched", run_id=run_id, program=run.program, owner_id=owner.pk)
     return run
 
@@ -185,48 +182,48 @@ def do_launch_run(owner: User, launch: LaunchRequest, *, request_id: str = "") -
 def do_cancel_run(run: Run, *, actor: User | None = None) -> Run:
     """Cancel a queued run at once; ask the supervisor of a running one to stop it."""
     now = timezone.now()
+    unstarted = {
+        "finished_at": now,
+        "cancel_requested_at": now,
+        "error_kind": "cancelled",
+        "error_message": "cancelled before it started",
+    }
+
+    def cancel(trigger: Trigger, changes: dict[str, Any]) -> bool:
+        details = {"status_before": run.status}
+        return lifecycle.perform(run.pk, trigger, changes=changes, actor=actor, audit_details=details)
+
     with transaction.atomic():
-        audit.record("run.cancel", actor=actor, target=run, details={"status_before": run.status})
-        # Conditional updates: a run that starts or ends while we decide is not overwritten.
-        unstarted = Run.objects.filter(pk=run.pk, status__in=[RunStatus.QUEUED, RunStatus.LOST])
-        cancelled_at_once = unstarted.update(
-            status=RunStatus.CANCELLED,
-            finished_at=now,
-            cancel_requested_at=now,
-            error_kind="cancelled",
-            error_message="cancelled before it started",
+        # Tried in turn, each conditional: a run that starts or ends while we decide is not
+        # overwritten (a claim between the first two makes the second one match).
+        done = (
+            cancel(Trigger.CANCEL_QUEUED, unstarted)
+            or cancel(Trigger.CANCEL_REQUEST, {"cancel_requested_at": now})
+            or cancel(Trigger.CANCEL_REPEATED, {})
         )
-        if cancelled_at_once:
-            count_finished(run.program, RunStatus.CANCELLED, "cancelled")
-        if cancelled_at_once or Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
-            status=RunStatus.CANCELLING, cancel_requested_at=now
-        ):
-            broadcast_status_on_commit(run.pk)
-        else:
-            current = Run.objects.get(pk=run.pk)
-            if current.status != RunStatus.CANCELLING:
-                raise CancelError(f"run {run.pk} is already {current.status}")
+        if not done:
+            raise CancelError(f"run {run.pk} is already {Run.objects.get(pk=run.pk).status}")
     log.info("run_cancel_requested", run_id=run.pk)
     return Run.objects.get(pk=run.pk)
 
 
 def do_retry_run(run: Run, *, request_id: str = "", actor: User | None = None) -> Run:
     """Queue a finished-but-unsuccessful run again; its next attempt continues the same log."""
+    cleared = {
+        "finished_at": None,
+        "enqueued_at": None,
+        "cancel_requested_at": None,
+        "error_kind": "",
+        "error_code": "",
+        "error_message": "",
+        "exit_code": None,
+        "phase": "",
+        "request_id": request_id[:64],
+    }
     with transaction.atomic():
-        audit.record("run.retry", actor=actor, target=run, details={"status_before": run.status})
         # Conditional: two retry clicks (or a retry racing a reconciler) queue the run once.
-        retried = Run.objects.filter(pk=run.pk, status__in=RETRYABLE).update(
-            status=RunStatus.QUEUED,
-            finished_at=None,
-            enqueued_at=None,
-            cancel_requested_at=None,
-            error_kind="",
-            error_code="",
-            error_message="",
-            exit_code=None,
-            phase="",
-            request_id=request_id[:64],
-            updated_at=timezone.now(),
+        retried = lifecycle.perform(
+            run.pk, Trigger.RETRY, changes=cleared, actor=actor, audit_details={"status_before": run.status}
         )
         if not retried:
             current = Run.objects.get(pk=run.pk)
@@ -235,7 +232,6 @@ def do_retry_run(run: Run, *, request_id: str = "", actor: User | None = None) -
             )
         queue = run.queue
         transaction.on_commit(lambda: enqueue_run(run.pk, queue, request_id))
-        broadcast_status_on_commit(run.pk)
     log.info("run_retried", run_id=run.pk)
     return Run.objects.get(pk=run.pk)
 
@@ -248,31 +244,39 @@ def do_requeue_dead_run(run: Run, *, actor: User) -> Run:
     """Give a dead-lettered run a fresh budget of attempts; it resumes from its newest checkpoint."""
     with transaction.atomic():
         # The attempt counter only grows (it is the fencing token), so the budget moves up.
-        requeued = Run.objects.filter(pk=run.pk, status=RunStatus.DEAD).update(
-            status=RunStatus.QUEUED,
-            max_attempts=F("attempt") + F("max_attempts"),
-            finished_at=None,
-            enqueued_at=None,
-            not_before=None,
-            discarded_at=None,
-            updated_at=timezone.now(),
+        # Conditional: a requeue racing a retry or a second requeue gives one fresh budget.
+        requeued = lifecycle.perform(
+            run.pk,
+            Trigger.DEAD_LETTER_REQUEUE,
+            changes={
+                "max_attempts": F("attempt") + F("max_attempts"),
+                "finished_at": None,
+                "enqueued_at": None,
+                "not_before": None,
+                "discarded_at": None,
+            },
+            actor=actor,
+            audit_details={"attempts_spent": run.attempt},
         )
         if not requeued:
             raise DeadLetterError(f"run {run.pk} is not dead-lettered")
-        audit.record("dead_letter.requeue", actor=actor, target=run, details={"attempts_spent": run.attempt})
         queue = run.queue
         transaction.on_commit(lambda: enqueue_run(run.pk, queue, ""))
-        broadcast_status_on_commit(run.pk)
     log.info("dead_letter_requeued", run_id=run.pk, actor_id=actor.pk)
     return Run.objects.get(pk=run.pk)
 
 
 def do_discard_dead_run(run: Run, *, actor: User) -> Run:
     with transaction.atomic():
-        if not Run.objects.filter(pk=run.pk, status=RunStatus.DEAD, discarded_at__isnull=True).update(
-            discarded_at=timezone.now()
+        # Conditional on the open dead letter: a discard racing a requeue leaves the run queued.
+        if not lifecycle.perform(
+            run.pk,
+            Trigger.DEAD_LETTER_DISCARD,
+            where=Q(discarded_at__isnull=True),
+            changes={"discarded_at": timezone.now()},
+            actor=actor,
+            audit_details={"attempts_spent": run.attempt},
         ):
             raise DeadLetterError(f"run {run.pk} is not an open dead letter")
-        audit.record("dead_letter.discard", actor=actor, target=run, details={"attempts_spent": run.attempt})
     log.info("dead_letter_discarded", run_id=run.pk, actor_id=actor.pk)
     return Run.objects.get(pk=run.pk)

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from runs.models import LIVE_STATUSES, TERMINAL_STATUSES, Run, RunStatus
+from runs.lifecycle import LIVE_STATUSES, TERMINAL_STATUSES, WAITING_STATUSES
+from runs.models import Run, RunStatus
 
 STATUS_LABELS = {
     RunStatus.QUEUED: "Queued",
@@ -76,7 +77,7 @@ class TimelineStep:
 def timeline(run: Run) -> list[TimelineStep]:
     """queued → dispatched → running → (cancelling →) the outcome, each with its time."""
     status = run.status
-    waiting = status in {RunStatus.QUEUED, RunStatus.LOST}
+    waiting = status in WAITING_STATUSES
     # A retried run is queued again: the earlier attempt's start does not belong to this wait.
     started = None if waiting else run.started_at
     steps = [("Queued", run.created_at), ("Dispatched", run.enqueued_at), ("Running", started)]

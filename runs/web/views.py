@@ -20,8 +20,8 @@ from django.views.decorators.http import require_GET, require_http_methods
 from accounts.pages import page_principal, requires
 from accounts.policy import Action, can
 from ops.inputs import parse_id
-from runs import selectors, services
-from runs.models import TERMINAL_STATUSES, Artifact, Run, RunStatus
+from runs import lifecycle, selectors, services
+from runs.models import Artifact, Run, RunStatus
 from runs.programs import Program, all_programs, get_program
 from runs.web import display, launch
 from runs.web.assets import module_graph
@@ -181,10 +181,9 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         "artifacts": artifacts,
         "params": _param_rows(run, program),
         "config": json.dumps(run.params, indent=2, sort_keys=True),
-        "terminal": run.status in TERMINAL_STATUSES,
-        "cancellable": run.status in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.LOST)
-        and can(page_principal(request), Action.RUN_CANCEL, run),
-        "retryable": run.status in services.RETRYABLE and can(page_principal(request), Action.RUN_RETRY, run),
+        "terminal": lifecycle.is_terminal(run),
+        "cancellable": lifecycle.may_cancel(run) and can(page_principal(request), Action.RUN_CANCEL, run),
+        "retryable": lifecycle.may_retry(run) and can(page_principal(request), Action.RUN_RETRY, run),
         "elapsed": display.duration_seconds(run, now),
         "now": now,
         "preload": module_graph("js/pages/run.js"),
