@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from controlplane.env import (
-    parse_networks,
     ConfigError,
     env_bool,
     env_float,
@@ -23,14 +22,19 @@ from controlplane.env import (
     env_path,
     env_str,
     parse_database_url,
+    parse_networks,
 )
+from controlplane.fixed_settings import *  # noqa: F403 - constants, listed in its __all__
 from controlplane_web import STATIC_DIR, TEMPLATES_DIR
 from ops.logs import LogConfig, configure_logging
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("DEBUG", False)
-DATA_DIR = env_path("CONTROLPLANE_DATA_DIR", BASE_DIR / "var")
+# ./var of the checkout, or of the working directory when installed from a wheel (where BASE_DIR
+# is site-packages): the documented "data in ./var/ unless CONTROLPLANE_DATA_DIR is set".
+_HOME = BASE_DIR if (BASE_DIR / "manage.py").is_file() else Path.cwd()
+DATA_DIR = env_path("CONTROLPLANE_DATA_DIR", _HOME / "var")
 RUNS_DIR = env_path("CONTROLPLANE_RUNS_DIR", DATA_DIR / "runs")
 ARTIFACTS_DIR = env_path("CONTROLPLANE_ARTIFACTS_DIR", DATA_DIR / "artifacts")
 PROGRAMS_FILE = env_str("CONTROLPLANE_PROGRAMS_FILE", "") or None
@@ -193,16 +197,6 @@ else:
     }
     CACHES = {"default": {"BACKEND": "ops.cache.CountedLocMemCache"}}
 
-# Celery: the run row in the database is the truth; the broker only carries "look at run N".
-CELERY_TASK_SERIALIZER = "json"
-CELERY_ACCEPT_CONTENT = ["json"]
-CELERY_RESULT_BACKEND = None
-CELERY_TASK_IGNORE_RESULT = True
-CELERY_TASK_ACKS_LATE = True
-CELERY_TASK_REJECT_ON_WORKER_LOST = True
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 _VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 6 * 3600, minimum=1)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": _VISIBILITY_TIMEOUT,
@@ -261,18 +255,7 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "ops.api_errors.exception_handler",
     "PAGE_SIZE": 50,
 }
-SPECTACULAR_SETTINGS = {
-    "TITLE": "Training control plane API",
-    "VERSION": "1",
-    "SERVE_INCLUDE_SCHEMA": False,
-}
 
-AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
-    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
-    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
-]
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/login/"
@@ -283,7 +266,7 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = env_path("STATIC_ROOT", BASE_DIR / "staticfiles")
+STATIC_ROOT = env_path("STATIC_ROOT", _HOME / "staticfiles")
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on every start without it
 STATICFILES_DIRS = [STATIC_DIR]  # as TEMPLATES_DIR
 WHITENOISE_USE_FINDERS = True
@@ -348,12 +331,22 @@ REST_FRAMEWORK["NUM_PROXIES"] = 0
 AUDIT_KEYS = env_list("CONTROLPLANE_AUDIT_KEY", [])
 if any(len(key) < 32 for key in AUDIT_KEYS):
     raise ConfigError("CONTROLPLANE_AUDIT_KEY: each key needs at least 32 characters")
+# Seconds down to 1: the window in which records not yet checkpointed and anchored could be
+# deleted unnoticed (each pass walks the whole chain, so small values cost database reads).
+AUDIT_CHECKPOINT_SECONDS = env_float("CONTROLPLANE_AUDIT_CHECKPOINT_SECONDS", 3600.0, minimum=1.0)
 CELERY_BEAT_SCHEDULE["audit-checkpoint"] = {
     "task": "audit.tasks.housekeeping_audit_checkpoint",
     "schedule": AUDIT_CHECKPOINT_SECONDS,
     # A pass that waited longer than one period is superseded by the next: no backlog of walks.
     "options": {"queue": "housekeeping", "expires": AUDIT_CHECKPOINT_SECONDS},
 }
+# Where each signed checkpoint is also kept, outside the database (audit.anchors): comma-separated
+# file:///absolute/path sinks (JSON lines, append-only, 0600); verification checks the newest.
+AUDIT_ANCHORS = env_list("CONTROLPLANE_AUDIT_ANCHORS", [f"file://{DATA_DIR / 'audit-anchors.jsonl'}"])
+if not AUDIT_ANCHORS or not all(re.fullmatch(r"file:///\S+", sink) for sink in AUDIT_ANCHORS):
+    raise ConfigError(
+        f"CONTROLPLANE_AUDIT_ANCHORS must list file:///absolute/path sinks, got {AUDIT_ANCHORS!r}"
+    )
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 LOG_FORMAT = env_str("LOG_FORMAT", "json" if not sys.stderr.isatty() else "console")
@@ -365,21 +358,11 @@ configure_logging(
         fmt=LOG_FORMAT,
         file=Path(_log_file).expanduser().resolve() if _log_file else None,
         max_bytes=env_int("CONTROLPLANE_LOG_MAX_BYTES", 100 * 1024 * 1024, minimum=0),
-# Seconds down to 1: the window in which records not yet checkpointed and anchored could be
-# deleted unnoticed (each pass walks the whole chain, so small values cost database reads).
-AUDIT_CHECKPOINT_SECONDS = env_float("CONTROLPLANE_AUDIT_CHECKPOINT_SECONDS", 3600.0, minimum=1.0)
         backups=env_int("CONTROLPLANE_LOG_BACKUPS", 5, minimum=0),
         debug_sample_rate=env_float("CONTROLPLANE_LOG_DEBUG_SAMPLE_RATE", 1.0, minimum=0.0, maximum=1.0),
         flood_limit=env_int("CONTROLPLANE_LOG_FLOOD_LIMIT", 500, minimum=0),
     )
 )
-# Where each signed checkpoint is also kept, outside the database (audit.anchors): comma-separated
-# file:///absolute/path sinks (JSON lines, append-only, 0600); verification checks the newest.
-AUDIT_ANCHORS = env_list("CONTROLPLANE_AUDIT_ANCHORS", [f"file://{DATA_DIR / 'audit-anchors.jsonl'}"])
-if not AUDIT_ANCHORS or not all(re.fullmatch(r"file:///\S+", sink) for sink in AUDIT_ANCHORS):
-    raise ConfigError(
-        f"CONTROLPLANE_AUDIT_ANCHORS must list file:///absolute/path sinks, got {AUDIT_ANCHORS!r}"
-    )
 
 # Observability: who may scrape /metrics, the worker's metrics port, what /readyz requires.
 METRICS_TOKEN = env_str("CONTROLPLANE_METRICS_TOKEN", "")
@@ -394,21 +377,3 @@ DATASET_ALLOWED_NETWORKS = parse_networks(
 )
 READY_QUEUES = env_list("CONTROLPLANE_READY_QUEUES", [CELERY_TASK_DEFAULT_QUEUE])
 READY_MIN_FREE_BYTES = env_int("CONTROLPLANE_READY_MIN_FREE_BYTES", 1024**3, minimum=0)
-
-# Content Security Policy (django-csp) on every response. The dashboard ships no inline scripts,
-# event handlers or style attributes, so nothing needs 'unsafe-inline' or nonces. 'self' in
-# connect-src also covers the same-origin ws:/wss: websocket (CSP Level 3).
-CONTENT_SECURITY_POLICY = {
-    "DIRECTIVES": {
-        "default-src": ["'self'"],
-        "script-src": ["'self'"],
-        "style-src": ["'self'"],
-        "img-src": ["'self'"],
-        "font-src": ["'self'"],
-        "connect-src": ["'self'"],
-        "object-src": ["'none'"],
-        "base-uri": ["'none'"],
-        "form-action": ["'self'"],
-        "frame-ancestors": ["'none'"],
-    }
-}
