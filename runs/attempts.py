@@ -18,7 +18,7 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from redaction import redact
+from redaction import redact, redact_value
 from runs import events, lifecycle
 from runs.ingest import PointRow, insert_log_lines, series_ids, upsert_metric_points
 from runs.lifecycle import LIVE_STATUSES, Trigger
@@ -238,7 +238,7 @@ def register_artifact(
                 "storage_key": storage_key,
                 # A program may write a secret into its model file's header: the stored copy (the
                 # artifacts list, the preview) holds it masked, as every other field does.
-                "metadata": metadata,
+                "metadata": redact_value(metadata),
                 "created_at": timezone.now(),
             },
         )

@@ -176,7 +176,9 @@ def test_a_canary_secret_reaches_its_program_and_nothing_else(
     preview = json.loads(responses["preview model.safetensors"])
     assert preview["metadata"] == {"token": MASK, MASK: "k"}
     assert [tensor["name"] for tensor in preview["tensors"]] == [f"w.{MASK}"]
-    model = next(a for a in json.loads(responses[f"/api/v1/runs/{run_id}/artifacts/"]) if a["kind"] == "model")
+    model = next(
+        a for a in json.loads(responses[f"/api/v1/runs/{run_id}/artifacts/"]) if a["kind"] == "model"
+    )
     assert model["metadata"]["safetensors"] == {"token": MASK, MASK: "k"}
     # Escaped forms, base64 at an offset and the malformed event's escaped preview: masked.
     assert any(line.startswith("json {") and MASK in line for line in text)
