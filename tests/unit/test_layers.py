@@ -7,14 +7,16 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 NOT_PRODUCT = {"tests", "bench", "scripts", "node_modules", "static", "templates", "docs", "deploy"}
 
 
-def _config() -> dict:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+def _config() -> dict[str, Any]:
+    config: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    return config
 
 
 def _product_packages() -> set[str]:
