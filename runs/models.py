@@ -9,6 +9,9 @@ class RunStatus(models.TextChoices):
     QUEUED = "queued"
     RUNNING = "running"
     CANCELLING = "cancelling"
+    # The fleet scheduler asked a lower-priority run to make room: its program is stopping (a final
+    # checkpoint); when it exits the run is queued again at its old place and resumes later.
+    PREEMPTED = "preempted"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -51,6 +54,16 @@ class Run(models.Model):
     dispatch_count = models.PositiveIntegerField(default=0)
     discarded_at = models.DateTimeField(null=True, blank=True)
     request_id = models.CharField(max_length=64, blank=True)
+
+    # What the run asks of the fleet (fleet/): {"pool": str, "gpus": int, "nodes": int}; the
+    # scheduler admits queued runs by priority (0-100, higher first, aged), quota and best fit.
+    resources = models.JSONField(default=dict, blank=True)
+    priority = models.PositiveSmallIntegerField(default=50)
+    preemptible = models.BooleanField(default=True)
+    preempt_count = models.PositiveSmallIntegerField(default=0)
+    # Why a queued run is not placed yet, in words ("needs 8 GPUs; the largest a100 worker has 4");
+    # empty when it waits only for its turn (its position is counted when read).
+    waiting_reason = models.CharField(max_length=200, blank=True)
 
     created_at = models.DateTimeField(default=timezone.now)
     enqueued_at = models.DateTimeField(null=True, blank=True)
