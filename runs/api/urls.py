@@ -1,7 +1,7 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from runs.api import dashboard
+from runs.api import dashboard, programs
 from runs.api.views import DeadLetterViewSet, RunViewSet
 
 router = SimpleRouter()
@@ -11,6 +11,8 @@ router.register("dead-letters", DeadLetterViewSet, basename="dead-letter")
 urlpatterns = [
     path("", include(router.urls)),
     # Dashboard reads (runs/api/dashboard.py); none collides with the router's numeric run ids.
+    path("programs/", programs.ProgramListView.as_view(), name="program-list"),
+    path("programs/<str:name>/", programs.ProgramDetailView.as_view(), name="program-detail"),
     path("runs/states/", dashboard.RunStatesView.as_view(), name="run-states"),
     path("runs/<int:run_id>/logs/tail/", dashboard.LogTailView.as_view(), name="run-log-tail"),
     path("runs/<int:run_id>/logs.txt", dashboard.log_text, name="run-log-text"),

@@ -57,6 +57,7 @@ class Row:
     query: str = ""
     body: dict[str, Any] = field(default_factory=dict)
     form: bool = False  # send the body as a form (pages) rather than JSON
+    kwargs: dict[str, str] = field(default_factory=dict)  # URL keywords that are not fixture ids
 
 
 def r(name: str, method: str, *expect: Expected, **options: Any) -> Row:
@@ -146,6 +147,8 @@ MATRIX: list[Row] = [
     r("api:run-cancel", "POST", 401, 403, 202, 403, 202, target="run"),
     r("api:run-retry", "POST", 401, 403, 202, 403, 202, target="failed_run"),
     r("api:run-states", "GET", *READ, query="ids={run}"),
+    r("api:program-list", "GET", *READ),
+    r("api:program-detail", "GET", *READ, kwargs={"name": "scripted"}),
     r("api:run-log-tail", "GET", *READ, target="run"),
     r("api:run-log-text", "GET", *READ, target="run"),
     r("api:run-charts", "GET", *READ, target="run"),
@@ -290,7 +293,7 @@ def url_for(row: Row, world: World) -> str:
             for name in KWARG_NAMES
             if f"<{name}>" in pattern or f"<int:{name}>" in pattern
         }
-    url = reverse(row.name, kwargs=kwargs)
+    url = reverse(row.name, kwargs={**kwargs, **row.kwargs})
     return f"{url}?{row.query.format(**world.ids)}" if row.query else url
 
 
