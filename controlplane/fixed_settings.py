@@ -35,6 +35,12 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Training control plane API",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # runs.api.schema adds the plain Django views (downloads, logs.txt) and every operation's
+    # error answers (400/401/403/404/409/429/503), so a generated client has a type for each.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "runs.api.schema.complete_schema",
+    ],
 }
 
 AUTH_PASSWORD_VALIDATORS = [
