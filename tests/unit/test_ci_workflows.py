@@ -177,3 +177,79 @@ def test_the_load_run_fails_loudly_when_its_scripts_are_missing(tmp_path: Path) 
     )
     assert result.returncode == 1
     assert "error: bench/load_test.py is missing: the load test's small run cannot run" in result.stderr
+
+
+def _setup_steps(action: str) -> list[dict[str, Any]]:
+    return [
+        step
+        for path in WORKFLOWS
+        for job in load(path.name)["jobs"].values()
+        for step in job["steps"]
+        if step.get("uses", "").startswith(f"actions/{action}@")
+    ]
+
+
+def test_tools_are_pinned_to_versions_and_caches_are_keyed_on_the_lock_files() -> None:
+    pythons = _setup_steps("setup-python")
+    assert pythons
+    for step in pythons:
+        assert re.fullmatch(r"3\.11\.\d+", step["with"]["python-version"]), step
+        if "cache" in step["with"]:
+            assert step["with"] == step["with"] | {"cache": "pip", "cache-dependency-path": "pyproject.toml"}
+    nodes = _setup_steps("setup-node")
+    assert nodes
+    for step in nodes:
+        assert re.fullmatch(r"\d+\.\d+\.\d+", step["with"]["node-version"]), step
+        assert step["with"]["cache"] == "npm"
+        assert step["with"]["cache-dependency-path"] == "package-lock.json"
+    for path in WORKFLOWS:
+        for name, job in load(path.name)["jobs"].items():
+            for service in job.get("services", {}).values():
+                assert re.fullmatch(r"[a-z]+:\d+\.\d+(\.\d+)?", service["image"]), (name, service["image"])
+
+
+def test_postgres_and_redis_come_from_service_containers_and_apt_starts_no_daemon_on_their_ports() -> None:
+    workflow = load("tests.yml")
+    for name in ("test", "load-test"):
+        job = workflow["jobs"][name]
+        assert {"postgres", "redis"} <= set(job["services"])
+        assert {"5432:5432", "6379:6379"} <= {p for s in job["services"].values() for p in s["ports"]}
+        script = runs(workflow, name)
+        if "redis-server" in script or "postgresql " in script:
+            # Installing the servers' packages would start daemons on the services' ports.
+            before, _, after = script.partition("apt-get install")
+            assert "/usr/sbin/policy-rc.d" in before and "exit 101" in before, name
+            assert "rm /usr/sbin/policy-rc.d" in after, name
+    dev = (ROOT / "dev").read_text()
+    # ./dev reuses whatever already answers (the service containers) before starting anything.
+    assert "if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then return; fi" in dev
+    assert "if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then return; fi" in dev
+
+
+def test_check_deploy_in_lint_needs_no_database() -> None:
+    lint = (ROOT / "dev").read_text().split("cmd_lint() {", 1)[1].split("\n}\n", 1)[0]
+    check = lint.split('say "deployment settings pass check --deploy"', 1)[1]
+    assert 'DATABASE_URL="sqlite:///$scratch/check-deploy.sqlite3"' in check
+    assert "postgres://" not in check
+    assert "services" not in load("lint.yml")["jobs"]["lint"]
+
+
+def test_test_output_junit_and_the_reference_model_are_kept_even_when_a_step_fails() -> None:
+    tests = load("tests.yml")
+    uploads = {
+        step["with"]["name"]: step
+        for step in steps(tests, "test")
+        if step.get("uses", "").startswith("actions/upload-artifact@")
+    }
+    assert uploads["test-output"]["with"]["path"] == "test-output/"
+    junit = uploads["junit-${{ github.sha }}-${{ github.run_id }}-${{ github.run_attempt }}"]
+    assert junit["with"]["path"] == "test-output/junit.xml"
+    assert junit["with"]["retention-days"] >= 90
+    # The name is what scripts/flaky_report.py reads commit and run from.
+    assert re.search(r"junit-(?P<commit>[0-9a-f]{7,40})-(?P<run>\d+)", "junit-0123abc-42-1")
+    assert "--junitxml=test-output/junit.xml" in runs(tests, "test")
+    model = load("reference-model.yml")
+    for workflow, job in ((tests, "test"), (tests, "load-test"), (model, "reference-model")):
+        for step in steps(workflow, job):
+            if step.get("uses", "").startswith("actions/upload-artifact@"):
+                assert step["if"] == "always()", (job, step.get("name"))
