@@ -370,6 +370,7 @@ METRICS_ALLOWED_NETWORKS = parse_networks(
     "CONTROLPLANE_METRICS_ALLOWED_NETWORKS", env_list("CONTROLPLANE_METRICS_ALLOWED_NETWORKS", [])
 )
 WORKER_METRICS_PORT = env_int("CONTROLPLANE_WORKER_METRICS_PORT", 9808, minimum=0, maximum=65535)
+WORKER_HEARTBEAT_FILE = env_str("CONTROLPLANE_WORKER_HEARTBEAT_FILE", "")
 # Dataset fetches reach only public unicast addresses, plus these networks (ops.netguard): an
 # internal mirror or object store must be listed, never reachable by default.
 DATASET_ALLOWED_NETWORKS = parse_networks(

@@ -18,10 +18,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 
 import redis
 import structlog
 from django.conf import settings
+
+from ops.worker_probe import write_heartbeat
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +55,8 @@ class Heartbeat:
         self.queues = tuple(sorted(set(queues)))
         self.interval = interval
         self._url = store_url()
+        # Liveness and readiness probes read this file's age (ops.worker_probe); empty: none.
+        self._file = Path(settings.WORKER_HEARTBEAT_FILE) if settings.WORKER_HEARTBEAT_FILE else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -84,8 +89,18 @@ class Heartbeat:
                 if not failing:  # once per outage, not every few seconds
                     log.warning("worker_heartbeat_failed", worker=self.name, error=str(error)[:200])
                 failing = True
+            self._touch(published=not failing)
             self._stop.wait(self.interval)
         client.close()
+
+    def _touch(self, *, published: bool) -> None:
+        if self._file is None:
+            return
+        try:
+            write_heartbeat(self._file, published)
+        except OSError as error:
+            # A probe will notice the stale file; the Redis heartbeat must go on regardless.
+            log.warning("worker_heartbeat_file_failed", path=str(self._file), error=str(error)[:200])
 
     def stop(self) -> None:
         self._stop.set()

@@ -48,7 +48,9 @@ GENERATOR_KEYS = {"name", "behavior", "literals", "files"}
 PATCH_KEYS = {"target", "patch"}
 TARGET_KEYS = {"kind", "name"}
 IMAGE_KEYS = {"name", "newName", "newTag"}
-POD_OWNERS = {"Deployment", "Job"}
+POD_OWNERS = {"Deployment", "Job", "StatefulSet", "DaemonSet"}
+# kustomize gives these no namespace (deploy/k8s/logging has the RBAC of its DaemonSet).
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 
 
 # --- the renderer ----------------------------------------------------------------------------
@@ -200,7 +202,8 @@ def _load(directory: Path) -> Build:
         _set_image(build.objects, rule)
     if "namespace" in spec:
         for obj in build.everything():
-            obj["metadata"]["namespace"] = spec["namespace"]
+            if obj["kind"] not in CLUSTER_SCOPED:
+                obj["metadata"]["namespace"] = spec["namespace"]
     return build
 
 
@@ -585,3 +588,84 @@ def test_every_environment_variable_the_pods_get_is_documented(rendered: dict[st
     names |= {line.split("=", 1)[0] for line in example if line and not line.startswith("#")}
     # POD_IP only feeds the expansion of ALLOWED_HOSTS on web pods; the product never reads it.
     assert names - documented_variables() == {"POD_IP"}
+
+
+# --- hardening ----------------------------------------------------------------------------------
+
+
+def _mounts(container: Obj) -> dict[str, str]:
+    return {mount["mountPath"]: mount["name"] for mount in container.get("volumeMounts", [])}
+
+
+def test_every_container_has_a_read_only_root_and_mounts_what_it_writes(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    for obj in rendered["prod"]:
+        for pod in pod_specs(obj):
+            volumes = {volume["name"]: volume for volume in pod["volumes"]}
+            for container in containers(pod):
+                where = f"{obj['metadata']['name']}/{container['name']}"
+                assert container["securityContext"]["readOnlyRootFilesystem"] is True, where
+                assert "emptyDir" in volumes[_mounts(container)["/tmp"]], where
+                if container["name"] in {"web", "worker", "housekeeping"}:
+                    assert "persistentVolumeClaim" in volumes[_mounts(container)["/data"]], where
+                if container["name"] == "worker":
+                    assert "emptyDir" in volumes[_mounts(container)["/app/.cache"]], where
+                if container["name"] == "beat":
+                    schedule = container["command"][container["command"].index("--schedule") + 1]
+                    assert schedule.startswith("/var/lib/beat/")
+                    assert "emptyDir" in volumes[_mounts(container)["/var/lib/beat"]], where
+
+
+def _probe(container: Obj, kind: str) -> list[str]:
+    command: list[str] = container[kind]["exec"]["command"]
+    return command
+
+
+def test_workers_and_beat_have_cheap_local_liveness_and_readiness_probes(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    objects = rendered["prod"]
+    heartbeat = config(objects)["CONTROLPLANE_WORKER_HEARTBEAT_FILE"]
+    assert heartbeat.startswith("/tmp/"), "the heartbeat file must be on the writable /tmp"
+    celery_workers = [*worker_pools(objects), one(objects, "Deployment", "controlplane-housekeeping")]
+    for deployment in celery_workers:
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        for kind, mode in (("startupProbe", "live"), ("livenessProbe", "live"), ("readinessProbe", "ready")):
+            assert _probe(container, kind)[:4] == ["python", "-m", "ops.worker_probe", mode], kind
+        live = container["livenessProbe"]
+        max_age = float(_probe(container, "livenessProbe")[-1])
+        # Lax on purpose: the heartbeat ticks every 5 s; killing a training worker costs progress.
+        assert max_age >= 60 and live["failureThreshold"] * live["periodSeconds"] >= 60
+    beat = one(objects, "Deployment", "controlplane-beat")["spec"]["template"]["spec"]["containers"][0]
+    schedule = beat["command"][beat["command"].index("--schedule") + 1]
+    for kind in ("livenessProbe", "readinessProbe"):
+        assert _probe(beat, kind)[:5] == ["python", "-m", "ops.worker_probe", "file", schedule]
+        assert float(_probe(beat, kind)[-1]) >= 600  # beat syncs the file every 3 min
+
+
+def test_only_web_and_prometheus_reach_the_workers_metrics_port(rendered: dict[str, list[Obj]]) -> None:
+    objects = rendered["prod"]
+    (policy,) = find(objects, "NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    guarded = [
+        d
+        for d in find(objects, "Deployment")
+        if matches(spec["podSelector"]["matchLabels"], template_labels(d))
+    ]
+    assert {d["metadata"]["name"] for d in guarded} == {
+        d["metadata"]["name"] for d in worker_pools(objects)
+    } | {"controlplane-housekeeping"}
+    (rule,) = spec["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": "metrics"}]
+    web, prometheus = rule["from"]
+    assert matches(
+        web["podSelector"]["matchLabels"], template_labels(one(objects, "Deployment", "controlplane-web"))
+    )
+    assert "namespaceSelector" not in web  # the web pods of this namespace only
+    assert prometheus["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    assert prometheus["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    for deployment in guarded:
+        ports = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+        assert {"name": "metrics", "containerPort": 9808} in ports
