@@ -30,15 +30,15 @@ class ClientVenv:
         return {**keep, "HOME": str(self.home), "PYTHONDONTWRITEBYTECODE": "1", **extra}
 
     def cpctl(
-        self, *args: str, stdin: str | None = None, timeout: float = 180, **env: str
+        self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(self.path / "bin" / "cpctl"), *args],
             input=stdin,
             capture_output=True,
             text=True,
-            timeout=timeout,
-            env=self.env(**env),
+            timeout=180,
+            env=self.env(**(env or {})),
             check=False,
         )
 

@@ -120,16 +120,16 @@ def test_logs_follow_through_dropped_connections_has_no_gap_or_duplicate(
 ) -> None:
     env = as_user(client_venv, stack, live_owner[1])
     launched = client_venv.cpctl(
-        "launch", "scripted", "-p", "mode=drip", "-p", "lines=300", "-p", "sleep=4", "--json", **env
+        "launch", "scripted", "-p", "mode=drip", "-p", "lines=300", "-p", "sleep=4", "--json", env=env
     )
     run = json.loads(ok(launched))
     # The socket is closed every 3 frames, mid-run; each reconnect resumes after the last seq.
-    followed = client_venv.cpctl("logs", str(run["id"]), "-f", "--json", "--debug-drop-every", "3", **env)
+    followed = client_venv.cpctl("logs", str(run["id"]), "-f", "--json", "--debug-drop-every", "3", env=env)
     seqs = [json.loads(line)["seq"] for line in ok(followed).splitlines()]
     total = live_api.get(f"/api/v1/runs/{run['id']}/").json()
     assert total["status"] == "succeeded"
     assert seqs == list(range(1, len(seqs) + 1))
-    rest = ok(client_venv.cpctl("logs", str(run["id"]), "--json", **env)).splitlines()
+    rest = ok(client_venv.cpctl("logs", str(run["id"]), "--json", env=env)).splitlines()
     assert len(seqs) == len(rest) >= 300
 
 
@@ -137,26 +137,26 @@ def test_wait_cancel_retry_compare_and_their_exit_codes(
     stack: Stack, live_owner: Any, client_venv: ClientVenv
 ) -> None:
     env = as_user(client_venv, stack, live_owner[1])
-    failing = json.loads(ok(client_venv.cpctl("launch", "scripted", "-p", "mode=fail", "--json", **env)))
-    assert client_venv.cpctl("wait", str(failing["id"]), **env).returncode == 1
-    retried = json.loads(ok(client_venv.cpctl("retry", str(failing["id"]), "--json", **env)))
+    failing = json.loads(ok(client_venv.cpctl("launch", "scripted", "-p", "mode=fail", "--json", env=env)))
+    assert client_venv.cpctl("wait", str(failing["id"]), env=env).returncode == 1
+    retried = json.loads(ok(client_venv.cpctl("retry", str(failing["id"]), "--json", env=env)))
     assert retried["id"] == failing["id"]
-    assert client_venv.cpctl("wait", str(failing["id"]), **env).returncode == 1
+    assert client_venv.cpctl("wait", str(failing["id"]), env=env).returncode == 1
 
     sleeper = json.loads(
-        ok(client_venv.cpctl("launch", "scripted", "-p", "mode=sleep", "-p", "sleep=600", "--json", **env))
+        ok(client_venv.cpctl("launch", "scripted", "-p", "mode=sleep", "-p", "sleep=600", "--json", env=env))
     )
-    ok(client_venv.cpctl("cancel", str(sleeper["id"]), **env))
-    assert client_venv.cpctl("wait", str(sleeper["id"]), "--timeout", "60", **env).returncode == 3
+    ok(client_venv.cpctl("cancel", str(sleeper["id"]), env=env))
+    assert client_venv.cpctl("wait", str(sleeper["id"]), "--timeout", "60", env=env).returncode == 3
 
     compared = json.loads(
-        ok(client_venv.cpctl("compare", str(failing["id"]), str(sleeper["id"]), "--json", **env))
+        ok(client_venv.cpctl("compare", str(failing["id"]), str(sleeper["id"]), "--json", env=env))
     )
     assert compared["params"]["mode"] == {"a": "fail", "b": "sleep", "differs": True}
     assert "train/loss" in compared["metrics"]
-    table = ok(client_venv.cpctl("compare", str(failing["id"]), str(sleeper["id"]), **env))
+    table = ok(client_venv.cpctl("compare", str(failing["id"]), str(sleeper["id"]), env=env))
     assert "PARAM" in table and "mode" in table
-    listed = json.loads(ok(client_venv.cpctl("ls", "--status", "cancelled", "--json", **env)))
+    listed = json.loads(ok(client_venv.cpctl("ls", "--status", "cancelled", "--json", env=env)))
     assert [r["id"] for r in listed] == [sleeper["id"]]
 
 
@@ -164,25 +164,25 @@ def test_bad_input_gets_one_error_line_and_a_non_zero_exit(
     stack: Stack, live_owner: Any, client_venv: ClientVenv, tmp_path: Path
 ) -> None:
     env = as_user(client_venv, stack, live_owner[1])
-    one_error_line(client_venv.cpctl("launch", "no-such-program", **env), "program: unknown program")
+    one_error_line(client_venv.cpctl("launch", "no-such-program", env=env), "program: unknown program")
     one_error_line(
-        client_venv.cpctl("launch", "scripted", "-p", "nope=1", **env), "params.nope", "unknown param"
+        client_venv.cpctl("launch", "scripted", "-p", "nope=1", env=env), "params.nope", "unknown param"
     )
-    one_error_line(client_venv.cpctl("launch", "scripted", "-p", "lines=many", **env), "lines")
+    one_error_line(client_venv.cpctl("launch", "scripted", "-p", "lines=many", env=env), "lines")
     one_error_line(
-        client_venv.cpctl("launch", "scripted", "-f", str(tmp_path / "missing.yaml"), **env), "missing.yaml"
+        client_venv.cpctl("launch", "scripted", "-f", str(tmp_path / "missing.yaml"), env=env), "missing.yaml"
     )
-    one_error_line(client_venv.cpctl("logs", "999999", **env), "No such run")
-    one_error_line(client_venv.cpctl("launch", **env), "program")  # usage
-    assert client_venv.cpctl("launch", **env).returncode == 2
+    one_error_line(client_venv.cpctl("logs", "999999", env=env), "No such run")
+    one_error_line(client_venv.cpctl("launch", env=env), "program")  # usage
+    assert client_venv.cpctl("launch", env=env).returncode == 2
 
     revoked = do_issue_token(live_owner[0], name="to-revoke")
     with httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {live_owner[1]}"}) as api:
         assert api.delete(f"/api/v1/tokens/{revoked.token.pk}/").status_code == 200
     one_error_line(
-        client_venv.cpctl("ls", **as_user(client_venv, stack, revoked.plaintext)), "401", "cpctl login"
+        client_venv.cpctl("ls", env=as_user(client_venv, stack, revoked.plaintext)), "401", "cpctl login"
     )
 
     down = {"CONTROLPLANE_URL": f"http://127.0.0.1:{free_port()}", "CONTROLPLANE_TOKEN": "x"}
-    one_error_line(client_venv.cpctl("programs", **down), "cannot reach")
-    one_error_line(client_venv.cpctl("ls", HOME=str(tmp_path)), "cpctl login")  # nothing configured
+    one_error_line(client_venv.cpctl("programs", env=down), "cannot reach")
+    one_error_line(client_venv.cpctl("ls", env={"HOME": str(tmp_path)}), "cpctl login")  # nothing configured
