@@ -42,6 +42,8 @@ class Action(enum.StrEnum):
     USER_MANAGE = "user.manage"
     SECRET_MANAGE = "secret.manage"  # noqa: S105 - an action name, not a secret
     SECRET_USE = "secret.use"  # noqa: S105 - give a secret to one's run: those granted; admins: all
+    FLEET_READ = "fleet.read"  # workers, devices, pools; one's own GPU quota (admins: all)
+    FLEET_MANAGE = "fleet.manage"  # drain workers, set users' GPU quotas
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ RULES: dict[Action, Rule] = {
     Action.SECRET_MANAGE: Rule(Role.ADMIN, "admin", verb="manage secrets"),
     # Secrets are used by the runs one launches, so using one takes what launching takes.
     Action.SECRET_USE: Rule(Role.OPERATOR, "launch", others=ADMINS, verb="use secrets"),
+    Action.FLEET_READ: Rule(Role.VIEWER, "read", verb="see the fleet"),
+    Action.FLEET_MANAGE: Rule(Role.ADMIN, "admin", verb="manage the fleet"),
 }
 
 

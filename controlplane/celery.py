@@ -17,10 +17,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 
 app = Celery("controlplane")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["workers"])
+app.autodiscover_tasks(["workers", "fleet"])
 
 log = structlog.get_logger(__name__)
 _heartbeats: dict[int, Any] = {}
+_agents: dict[int, Any] = {}
 
 
 @signals.before_task_publish.connect
@@ -63,6 +64,23 @@ def _serve_worker_metrics(**_: Any) -> None:
 
 
 @signals.worker_init.connect
+def _join_fleet(sender: Any = None, **_: Any) -> None:
+    # Before the consumer starts: the worker consumes its own queue (where the scheduler sends the
+    # runs it placed here) besides its -Q queues, and heartbeats its row with its devices.
+    if sender is None or not hasattr(sender, "app"):
+        return
+    from fleet.agent import SLOTS_OVERRIDE, Agent, queue_for
+
+    agent = Agent(str(sender.hostname), slots=SLOTS_OVERRIDE.get("slots"))
+    sender.app.amqp.queues.select_add(queue_for(str(sender.hostname)))
+    agent.start()
+    _agents[id(sender)] = agent
+    offered = len(agent.devices)
+    if isinstance(sender.concurrency, int) and sender.concurrency < offered:
+        log.warning("worker_concurrency_below_devices", concurrency=sender.concurrency, devices=offered)
+
+
+@signals.worker_init.connect
 def _start_worker_observability(sender: Any = None, **_: Any) -> None:
     from ops import gpu
     from ops.worker_heartbeat import Heartbeat
@@ -76,6 +94,13 @@ def _start_worker_observability(sender: Any = None, **_: Any) -> None:
         # Tasks run in child processes whose metrics never reach this process's endpoint.
         log.warning("worker_metrics_need_threads_pool", pool="prefork", hint="start with --pool threads")
     log.info("worker_observability_started", queues=queues, heartbeat_key=heartbeat.key)
+
+
+@signals.worker_shutdown.connect
+def _leave_fleet(sender: Any = None, **_: Any) -> None:
+    agent = _agents.pop(id(sender), None)
+    if agent is not None:
+        agent.stop()
 
 
 @signals.worker_shutdown.connect

@@ -85,6 +85,7 @@ INSTALLED_APPS = [
     "ops",
     "audit",
     "vault",
+    "fleet",
     "workers",
 ]
 
@@ -232,11 +233,30 @@ CONTROLPLANE: dict[str, float | int] = {
     "DATASET_RETRIES": env_int("CONTROLPLANE_DATASET_RETRIES", 3, minimum=1),
 }
 
+# The fleet (fleet/, docs/architecture.md "Fleet"). WORKER_GPUS "auto": through NVML; "": none.
+FLEET: dict[str, str | int | float] = {
+    "WORKER_POOL": env_str("CONTROLPLANE_WORKER_POOL", "default"),
+    "WORKER_GPUS": env_str("CONTROLPLANE_WORKER_GPUS", "auto"),
+    "WORKER_SLOTS": env_int("CONTROLPLANE_WORKER_SLOTS", 1, minimum=1),
+    "MAX_PREEMPTIONS": env_int("CONTROLPLANE_MAX_PREEMPTIONS", 3, minimum=0),
+    "MAX_PRIORITY_OPERATOR": env_int("CONTROLPLANE_MAX_PRIORITY_OPERATOR", 70, minimum=0),
+    "GPU_QUOTA_OPERATOR": env_int("CONTROLPLANE_GPU_QUOTA_OPERATOR", 8, minimum=0),
+    "GPU_QUOTA_ADMIN": env_int("CONTROLPLANE_GPU_QUOTA_ADMIN", 1000, minimum=0),
+    "AGING_MINUTES": env_float("CONTROLPLANE_AGING_MINUTES", 10.0, minimum=0.1),
+}
+CELERY_TASK_ROUTES["fleet.tasks.housekeeping_*"] = {"queue": "housekeeping"}
+
 CELERY_BEAT_SCHEDULE = {
     "reconcile": {
         "task": "workers.tasks.housekeeping_reconcile",
         "schedule": CONTROLPLANE["RECONCILE_SECONDS"],
         # A reconcile that waited longer than one period is superseded by the next one.
+        "options": {"queue": "housekeeping", "expires": CONTROLPLANE["RECONCILE_SECONDS"]},
+    },
+    # The scheduler's safety net: passes also run on launch, run end and worker changes.
+    "schedule": {
+        "task": "fleet.tasks.housekeeping_schedule",
+        "schedule": CONTROLPLANE["RECONCILE_SECONDS"],
         "options": {"queue": "housekeeping", "expires": CONTROLPLANE["RECONCILE_SECONDS"]},
     },
 }

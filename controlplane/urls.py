@@ -10,6 +10,7 @@ api_patterns: list[URLPattern | URLResolver] = [
     path("schema/", SchemaView.as_view(), name="schema"),
     path("", include("accounts.api.urls")),
     path("", include("runs.api.urls")),
+    path("", include("fleet.urls")),
     path("", include("vault.urls")),
 ]
 

@@ -8,6 +8,7 @@ from a network partition) from touching a run it no longer owns.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -61,10 +62,20 @@ def _lease_deadline(now: datetime) -> datetime:
     return now + timedelta(seconds=settings.CONTROLPLANE["LEASE_SECONDS"])
 
 
-def claim_run(run_id: int, worker: str) -> Claim | None:
-    """Take a queued, due run for a new attempt, or None (a duplicate delivery, or not yet due)."""
+def claim_run(run_id: int, worker: str, *, admitted: Callable[[int], bool] | None = None) -> Claim | None:
+    """Take a queued, due run for a new attempt, or None (a duplicate delivery, or not yet due).
+
+    `admitted(run_id)` (the fleet's check that the run's devices are reserved on this worker) is
+    asked with the run row locked: the scheduler locks the same row before it moves an admission,
+    so what the check read still holds when the claim commits.
+    """
     now = timezone.now()
     with transaction.atomic():
+        if admitted is not None:
+            if not lifecycle.queued_runs().select_for_update().filter(pk=run_id).exists():
+                return None
+            if not admitted(run_id):
+                return None
         # The claim row only matches a queued run: of two deliveries of the same task, only one
         # UPDATE matches; the other sees zero rows and starts nothing.
         claimed = lifecycle.perform(
@@ -282,10 +293,17 @@ def _conclude(
     # Masks the secrets this worker holds, for messages that did not come through a supervisor.
     message = redact(outcome.error_message)[:4000]
     not_before = None
+    preempted: dict[str, Any] = {}
     if status == RunStatus.FAILED:
         step = after_failure(outcome.error_kind, attempt, run.max_attempts, now)
         status, not_before = step.status, step.not_before
-    trigger = lifecycle.trigger_for(triggers, status)
+    if status == RunStatus.PREEMPTED and run.status == RunStatus.PREEMPTED:
+        # Queued again at its old place (created_at is kept); a preemption spends no retry.
+        status, trigger = RunStatus.QUEUED, Trigger.EXIT_PREEMPTED
+        preempted = {"preempt_count": F("preempt_count") + 1, "max_attempts": F("max_attempts") + 1}
+    else:
+        status = RunStatus.FAILED if status == RunStatus.PREEMPTED else status
+        trigger = lifecycle.trigger_for(triggers, status)
     errors = {
         "exit_code": outcome.exit_code,
         "error_kind": outcome.error_kind,
@@ -299,7 +317,10 @@ def _conclude(
     changes = {"finished_at": None if requeued else now, "lease_expires_at": None, "not_before": not_before}
     # Fenced on the attempt: the caller holds the row lock, and the UPDATE still names the attempt.
     if not lifecycle.perform(
-        run.pk, trigger, attempt=attempt, changes={**changes, **requeue_fields, **errors, "phase": ""}
+        run.pk,
+        trigger,
+        attempt=attempt,
+        changes={**changes, **requeue_fields, **errors, **preempted, "phase": ""},
     ):
         raise StaleAttempt(f"run {run.pk} attempt {attempt} may no longer conclude")
     log.info(

@@ -94,7 +94,9 @@ def _expire_queue_ttl(now: datetime, report: Report) -> None:
 
 
 def _dispatch(now: datetime, report: Report) -> None:
+    # queue = "": waiting for the fleet's admission (fleet.scheduler), which sends it when placed.
     due = lifecycle.queued_runs().filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
+    due = due.exclude(queue="")
     # A grace period lets the on-commit enqueue of a fresh launch or retry happen first.
     settled = now - timedelta(seconds=5)
     never_sent = list(

@@ -7,7 +7,7 @@ through these functions, so a rule lives in exactly one place.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -21,6 +21,7 @@ from runs import lifecycle
 from runs.dataset_params import check_dataset_params
 from runs.lifecycle import Trigger
 from runs.models import Run
+from runs.placement_request import PlacementRequest, check_placement
 from runs.programs import ParamsError, Program, get_program, resolve_params
 from vault import services as secret_services
 
@@ -64,6 +65,7 @@ class LaunchRequest:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     max_duration_seconds: int | None = None
     queue_ttl_seconds: int | None = None
+    placement: PlacementRequest = field(default_factory=PlacementRequest)
 
 
 def _check_limits(limits: dict[str, Any], errors: dict[str, str]) -> dict[str, int]:
@@ -89,9 +91,11 @@ def check_launch(
     secrets: Any = None,
     limits: dict[str, Any] | None = None,
     owner: User | None = None,
+    fleet: dict[str, Any] | None = None,
 ) -> LaunchRequest:
-    """Validate a launch; `owner` (the launching user) must be allowed every secret it names."""
-    errors: dict[str, str] = {}
+    """Validate a launch; `owner` (the launching user) must be allowed every secret it names.
+    `fleet` holds the body's `resources`, `priority` and `preemptible` (runs.placement_request)."""
+    placement, errors = check_placement(fleet or {}, owner)
     checked_limits = _check_limits(limits or {}, errors)
     if not isinstance(name, str) or not name.strip():
         errors["name"] = "a non-empty string is required"
@@ -131,7 +135,12 @@ def check_launch(
         raise LaunchError(errors)
     assert found is not None
     return LaunchRequest(
-        name=name.strip(), program=found, params=resolved, secrets=secret_names, **checked_limits
+        name=name.strip(),
+        program=found,
+        params=resolved,
+        secrets=secret_names,
+        placement=placement,
+        **checked_limits,
     )
 
 
@@ -149,8 +158,19 @@ def enqueue_run(run_id: int, queue: str, request_id: str) -> None:
     log.info("run_enqueued", run_id=run_id, queue=queue)
 
 
+def dispatch_on_commit(run_id: int, queue: str, request_id: str) -> None:
+    """Send the run to `queue` once committed, unless the fleet admits queued runs: then the
+    lifecycle listener runs a scheduler pass instead, which picks the worker and its devices."""
+    if lifecycle.admission_is_external():
+        return
+    # Enqueue only once the row is committed: a worker must never see a run that may roll back.
+    transaction.on_commit(lambda: enqueue_run(run_id, queue, request_id))
+
+
 def do_launch_run(owner: User, launch: LaunchRequest, *, request_id: str = "") -> Run:
-    queue = launch.program.queue or celery_app.conf.task_default_queue
+    # With the fleet, "" until a scheduler pass admits it and names its worker's queue.
+    program_queue = launch.program.queue or celery_app.conf.task_default_queue
+    queue = "" if lifecycle.admission_is_external() else program_queue
     with transaction.atomic():
         run = lifecycle.create_run(
             {
@@ -164,6 +184,9 @@ def do_launch_run(owner: User, launch: LaunchRequest, *, request_id: str = "") -
                 "max_duration_seconds": launch.max_duration_seconds,
                 "queue_ttl_seconds": launch.queue_ttl_seconds,
                 "request_id": request_id[:64],
+                "resources": launch.placement.resources,
+                "priority": launch.placement.priority,
+                "preemptible": launch.placement.preemptible,
             },
             actor=owner,
             audit_details={
@@ -172,9 +195,8 @@ def do_launch_run(owner: User, launch: LaunchRequest, *, request_id: str = "") -
                 "secrets": launch.secrets,
             },
         )
+        dispatch_on_commit(run.pk, queue, request_id)
         run_id = run.pk
-        # Enqueue only once the row is committed: a worker must never see a run that may roll back.
-        transaction.on_commit(lambda: enqueue_run(run_id, queue, request_id))
     log.info("run_launched", run_id=run_id, program=run.program, owner_id=owner.pk)
     return run
 
@@ -230,8 +252,7 @@ def do_retry_run(run: Run, *, request_id: str = "", actor: User | None = None) -
             raise RetryError(
                 f"run {run.pk} is {current.status}; only failed, cancelled or dead runs can be retried"
             )
-        queue = run.queue
-        transaction.on_commit(lambda: enqueue_run(run.pk, queue, request_id))
+        dispatch_on_commit(run.pk, run.queue, request_id)
     log.info("run_retried", run_id=run.pk)
     return Run.objects.get(pk=run.pk)
 
@@ -260,8 +281,7 @@ def do_requeue_dead_run(run: Run, *, actor: User) -> Run:
         )
         if not requeued:
             raise DeadLetterError(f"run {run.pk} is not dead-lettered")
-        queue = run.queue
-        transaction.on_commit(lambda: enqueue_run(run.pk, queue, ""))
+        dispatch_on_commit(run.pk, run.queue, "")
     log.info("dead_letter_requeued", run_id=run.pk, actor_id=actor.pk)
     return Run.objects.get(pk=run.pk)
 

@@ -32,6 +32,9 @@ class Launch:
     resume_from: str | None = None  # a run-relative checkpoint path, on a later attempt
     dataset: str | None = None  # the staged dataset's path, when the run names a dataset_url
     secrets: Mapping[str, str] = field(default_factory=dict)
+    # The GPU indices the fleet reserved for this attempt (() for a CPU slot); None: a run
+    # dispatched without the fleet, which sees the worker's own CUDA_VISIBLE_DEVICES.
+    gpus: tuple[int, ...] | None = None
 
     def environment(self, events_fd: int) -> dict[str, str]:
         """The program's whole environment, with `events_fd` as the write end of its events pipe."""
@@ -52,6 +55,9 @@ class Launch:
         )
         for name, value in self.secrets.items():
             env.setdefault(name, value)  # never over the control plane's own variables
+        if self.gpus is not None:
+            # Exactly its devices: two runs on one host never see each other's GPUs.
+            env["CUDA_VISIBLE_DEVICES"] = env["CONTROLPLANE_GPUS"] = ",".join(str(i) for i in self.gpus)
         if self.resume_from is not None:
             env["CONTROLPLANE_RESUME_FROM"] = self.resume_from
         if self.dataset is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import structlog
 from django.conf import settings
 
+from fleet.admission import Seat
 from ops import worker_metrics
 from redaction import Redactor, registry
 from runs import attempts
@@ -56,10 +57,12 @@ class Supervisor:
     (workers/watch.py) runs the loop until the program is gone.
     """
 
-    def __init__(self, run_id: int, *, worker: str | None = None) -> None:
+    def __init__(self, run_id: int, *, worker: str | None = None, seat: Seat | None = None) -> None:
         self.run_id = run_id
         self.worker = worker or worker_name()
         self.config = settings.CONTROLPLANE
+        # The fleet worker this supervisor runs on; None (a direct call): no reservation check.
+        self.seat = seat
         self._chunks: queue.Queue[Chunk] = queue.Queue(maxsize=CHUNK_QUEUE_SIZE)
         self._shutdown = threading.Event()
         self._redaction: int | None = None
@@ -73,7 +76,7 @@ class Supervisor:
 
     def run(self) -> str:
         """Supervise one attempt; returns what happened (for logs and tests)."""
-        claim = attempts.claim_run(self.run_id, self.worker)
+        claim = attempts.claim_run(self.run_id, self.worker, admitted=self.seat.admits if self.seat else None)
         if claim is None:
             self.log.info("run_not_claimed", reason="not queued (duplicate delivery or cancelled)")
             return "not_claimed"
@@ -171,7 +174,10 @@ class Supervisor:
         dataset, failure = stage_run_dataset(self.run_id, claim, directory, heartbeat, say)
         if failure is not None:
             return failure
-        return Launch(self.run_id, program, claim, directory, params_file, resume_from, dataset, secrets)
+        gpus = self.seat.gpus(self.run_id) if self.seat else None
+        return Launch(
+            self.run_id, program, claim, directory, params_file, resume_from, dataset, secrets, gpus
+        )
 
     def _start(self, launch: Launch) -> None:
         self._process.start(launch, self._chunks, int(self.config["MAX_LOG_LINE_BYTES"]))
@@ -227,6 +233,9 @@ class Supervisor:
                 "max_duration",
                 f"the attempt ran past its maximum duration of {limit} s and was stopped",
             )
+        if self._process.terminated and not self._shutdown.is_set() and self._preempted(claim):
+            message = "preempted to make room for a higher-priority run"
+            return Outcome(RunStatus.PREEMPTED, exit_code, "", "preempted", message)
         if self._process.terminated and not self._shutdown.is_set():
             return Outcome(
                 RunStatus.CANCELLED, exit_code, ErrorKind.CANCELLED, "cancelled", "cancelled by a user"
@@ -243,3 +252,9 @@ class Supervisor:
             return Outcome(RunStatus.SUCCEEDED, exit_code)
         failure = classify_exit(exit_code, list(self._ingest.stderr_tail))
         return Outcome(RunStatus.FAILED, exit_code, failure.kind, failure.code, failure.message)
+
+    def _preempted(self, claim: Claim) -> bool:
+        try:
+            return attempts.current_status(self.run_id, claim.attempt) == RunStatus.PREEMPTED
+        except attempts.StaleAttempt:
+            return False

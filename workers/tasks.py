@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from typing import Any
 
+from celery import Task, shared_task
+
+from fleet.admission import Seat
+from fleet.agent import local_worker
 from workers.supervisor import Supervisor
 
 
-@shared_task(name="workers.tasks.supervise_run", acks_late=True, ignore_result=True)
-def supervise_run(run_id: int) -> str:
+@shared_task(name="workers.tasks.supervise_run", bind=True, acks_late=True, ignore_result=True)
+def supervise_run(self: Task[Any, Any], run_id: int) -> str:
     # The claim inside makes a second delivery of this task a no-op, so acks_late (redelivery
-    # after a lost worker) is safe.
-    return Supervisor(run_id).run()
+    # after a lost worker) is safe. Delivered by a worker, the claim also requires the run's
+    # devices to be reserved on this worker (fleet.admission): a stale message starts nothing.
+    worker = local_worker(getattr(self.request, "hostname", None))
+    return Supervisor(run_id, seat=Seat(worker) if worker else None).run()
 
 
 @shared_task(name="workers.tasks.housekeeping_reconcile", acks_late=True, ignore_result=True)

@@ -121,8 +121,10 @@ class Watch:
                 self._next_heartbeat = now + self.heartbeat_every
             else:
                 status = attempts.current_status(self.claim.run_id, self.claim.attempt)
-            if status == RunStatus.CANCELLING:
-                self._terminate("cancel requested")
+            if status in (RunStatus.CANCELLING, RunStatus.PREEMPTED):
+                # Preempted: stopped like a cancel (SIGTERM, a final checkpoint), queued again after.
+                preempted = status == RunStatus.PREEMPTED
+                self._terminate("preempted by a higher-priority run" if preempted else "cancel requested")
         except StaleAttempt:
             self.writer.fence_off()
         except DatabaseError as error:

@@ -5,6 +5,7 @@ from typing import Any
 from django.urls import reverse
 from rest_framework import serializers
 
+from runs import launch_hooks
 from runs.models import Artifact, LogLine, Run, RunAttempt
 
 
@@ -13,6 +14,9 @@ class RunSerializer(serializers.ModelSerializer[Run]):
     error = serializers.SerializerMethodField()
     progress = serializers.SerializerMethodField()
     links = serializers.SerializerMethodField()
+    assigned = serializers.SerializerMethodField()
+    queue_position = serializers.SerializerMethodField()
+    waiting_reason = serializers.SerializerMethodField()
 
     class Meta:
         model = Run
@@ -40,9 +44,41 @@ class RunSerializer(serializers.ModelSerializer[Run]):
             "started_at",
             "finished_at",
             "updated_at",
+            "resources",
+            "priority",
+            "preemptible",
+            "preempt_count",
+            "assigned",
+            "waiting_reason",
+            "queue_position",
             "links",
         ]
         read_only_fields = fields
+
+    def _placement(self, run: Run) -> dict[str, Any]:
+        cached: dict[str, Any] | None = getattr(run, "_placement_cache", None)
+        if cached is None:
+            cached = launch_hooks.placement_of(run)
+            run._placement_cache = cached  # type: ignore[attr-defined]
+        return cached
+
+    def get_assigned(self, run: Run) -> dict[str, Any] | None:
+        """The worker and devices the fleet reserved for the run (runs.launch_hooks)."""
+        assigned: dict[str, Any] | None = self._placement(run)["assigned"]
+        return assigned
+
+    def get_queue_position(self, run: Run) -> int | None:
+        """Runs ahead of it in its pool, counted when read; None unless it waits for admission."""
+        position: int | None = self._placement(run)["queue_position"]
+        return position
+
+    def get_waiting_reason(self, run: Run) -> str:
+        """The stored reason (quota, no worker, too big), else its place in the queue, in words."""
+        position = self.get_queue_position(run)
+        if run.waiting_reason or position is None:
+            return run.waiting_reason
+        pool = (run.resources or {}).get("pool") or "default"
+        return f"{position} run{'s' if position != 1 else ''} ahead of it in {pool}"
 
     def get_error(self, run: Run) -> dict[str, str] | None:
         if not run.error_kind:

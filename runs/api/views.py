@@ -34,6 +34,9 @@ LAUNCH_FIELDS = {
     "max_attempts",
     "max_duration_seconds",
     "queue_ttl_seconds",
+    "resources",
+    "priority",
+    "preemptible",
 }
 
 
@@ -130,6 +133,7 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
                 secrets=body.get("secrets"),
                 limits={name: body[name] for name in services.LIMIT_FIELDS if name in body},
                 owner=_user(request),
+                fleet={name: body.get(name) for name in ("resources", "priority", "preemptible")},
             )
         except services.LaunchError as error:
             raise ValidationError({field: [message] for field, message in error.errors.items()}) from None

@@ -3,6 +3,7 @@ performs them. Every status write of a run goes through here (see docs/architect
 "Run lifecycle").
 """
 
+from runs.lifecycle.listeners import TransitionEvent, admission_is_external, on_transition
 from runs.lifecycle.perform import (
     broadcast_status_on_commit,
     close_attempt,
@@ -43,7 +44,9 @@ __all__ = [
     "TRANSITIONS",
     "WAITING_STATUSES",
     "Transition",
+    "TransitionEvent",
     "Trigger",
+    "admission_is_external",
     "allowed_pairs",
     "allows",
     "broadcast_status_on_commit",
@@ -57,6 +60,7 @@ __all__ = [
     "may_discard",
     "may_requeue",
     "may_retry",
+    "on_transition",
     "open_attempt",
     "perform",
     "queued_runs",

@@ -23,6 +23,7 @@ from django.utils import timezone
 from audit import chain as audit
 from ops.outcomes import count_finished
 from runs import events
+from runs.lifecycle.listeners import TransitionEvent, notify
 from runs.lifecycle.table import ATTEMPT_OUTCOMES, LIVE_STATUSES, RULES, Trigger
 from runs.models import Run, RunAttempt
 
@@ -112,6 +113,8 @@ def perform(
             audit.record(rule.audit_action, actor=actor, target=Run(pk=run_id), details=audit_details or {})
         if rule.changes_status:
             broadcast_status_on_commit(run_id)
+            # In this transaction: the fleet frees devices atomically with the status change.
+            notify(TransitionEvent(run_id, str(trigger), rule.sources, rule.target))
     log.info("run_transition", run_id=run_id, trigger=str(trigger), status=str(rule.target), attempt=attempt)
     return True
 
@@ -125,6 +128,7 @@ def create_run(
         run = Run.objects.create(**{**fields, "status": rule.target})
         audit.record(rule.audit_action, actor=actor, target=run, details=dict(audit_details or {}))
         broadcast_status_on_commit(run.pk)
+        notify(TransitionEvent(run.pk, str(Trigger.LAUNCH), rule.sources, rule.target))
     return run
 
 

@@ -15,7 +15,9 @@ from typing import Literal
 from runs.models import RunStatus
 
 # An attempt holds the run: a supervisor is (or was, until its lease runs out) working on it.
-LIVE_STATUSES = frozenset({RunStatus.RUNNING, RunStatus.CANCELLING})
+# `preempted`: the scheduler asked the program to stop; the attempt still holds the run (and its
+# devices, and renews its lease) until the program has written its final checkpoint and exited.
+LIVE_STATUSES = frozenset({RunStatus.RUNNING, RunStatus.CANCELLING, RunStatus.PREEMPTED})
 # Waiting for a worker. `lost` is an attempt's outcome; a run row holds it only when an older
 # version wrote it, and such a run waits (and may be cancelled) like a queued one.
 WAITING_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.LOST})
@@ -23,9 +25,11 @@ WAITING_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.LOST})
 # statuses (`retry`, `dead_letter.requeue`); see `REOPENING_TRIGGERS`.
 TERMINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.DEAD})
 # How an attempt row ends (`RunAttempt.status`); `lost`: its lease ran out.
-ATTEMPT_OUTCOMES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.LOST})
+ATTEMPT_OUTCOMES = frozenset(
+    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.LOST, RunStatus.PREEMPTED}
+)
 
-Cause = Literal["user", "admin", "supervisor", "reconciler"]
+Cause = Literal["user", "admin", "supervisor", "reconciler", "scheduler"]
 
 
 class Trigger(StrEnum):
@@ -45,6 +49,8 @@ class Trigger(StrEnum):
     LEASE_EXPIRED_DEAD = "lease_expired.dead"
     LEASE_EXPIRED_CANCELLED = "lease_expired.cancelled"
     QUEUE_TTL_EXPIRED = "queue_ttl.expired"
+    PREEMPT_REQUEST = "preempt.request"
+    EXIT_PREEMPTED = "exit.preempted"
     RETRY = "retry"
     DEAD_LETTER_REQUEUE = "dead_letter.requeue"
     DEAD_LETTER_DISCARD = "dead_letter.discard"
@@ -76,12 +82,14 @@ class Transition:
 
 _QUEUED = frozenset({RunStatus.QUEUED})
 _RUNNING = frozenset({RunStatus.RUNNING})
+_PREEMPTED = frozenset({RunStatus.PREEMPTED})
+_RUNNING_OR_PREEMPTED = frozenset({RunStatus.RUNNING, RunStatus.PREEMPTED})
 _CANCELLING = frozenset({RunStatus.CANCELLING})
 _DEAD = frozenset({RunStatus.DEAD})
 _RETRYABLE = frozenset({RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.DEAD})
 QUEUED, RUNNING, CANCELLING = RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.CANCELLING
 SUCCEEDED, FAILED = RunStatus.SUCCEEDED, RunStatus.FAILED
-CANCELLED, DEAD = RunStatus.CANCELLED, RunStatus.DEAD
+CANCELLED, DEAD, PREEMPTED = RunStatus.CANCELLED, RunStatus.DEAD, RunStatus.PREEMPTED
 
 # fmt: off
 TRANSITIONS: tuple[Transition, ...] = (
@@ -92,8 +100,8 @@ TRANSITIONS: tuple[Transition, ...] = (
                why="a worker takes a due run; the attempt number (fencing token) goes up by one"),
     Transition(Trigger.CANCEL_QUEUED,  WAITING_STATUSES, CANCELLED,  "user", audit_action="run.cancel",
                why="cancel of a run that has not started ends it at once"),
-    Transition(Trigger.CANCEL_REQUEST, _RUNNING,         CANCELLING, "user", audit_action="run.cancel",
-               why="cancel of a running run asks its supervisor to stop the program"),
+    Transition(Trigger.CANCEL_REQUEST, _RUNNING_OR_PREEMPTED, CANCELLING, "user", audit_action="run.cancel",
+               why="cancel of a running (or preempted) run asks its supervisor to stop the program"),
     Transition(Trigger.CANCEL_REPEATED, _CANCELLING,     CANCELLING, "user", audit_action="run.cancel",
                why="a second cancel changes nothing but is recorded"),
     Transition(Trigger.EXIT_SUCCEEDED, LIVE_STATUSES,    SUCCEEDED,  "supervisor", fenced=True,
@@ -106,12 +114,18 @@ TRANSITIONS: tuple[Transition, ...] = (
                why="a transient failure (infrastructure, device) queues the run after a backoff"),
     Transition(Trigger.EXIT_TRANSIENT_DEAD, LIVE_STATUSES, DEAD,     "supervisor", fenced=True,
                why="a transient failure with max_attempts spent: a dead letter"),
-    Transition(Trigger.LEASE_EXPIRED_REQUEUE, _RUNNING,  QUEUED,     "reconciler", fenced=True,
+    Transition(Trigger.LEASE_EXPIRED_REQUEUE, _RUNNING_OR_PREEMPTED, QUEUED,     "reconciler", fenced=True,
                why="the worker stopped renewing its lease: the attempt is lost, the run queued again"),
-    Transition(Trigger.LEASE_EXPIRED_DEAD, _RUNNING,     DEAD,       "reconciler", fenced=True,
+    Transition(Trigger.LEASE_EXPIRED_DEAD, _RUNNING_OR_PREEMPTED, DEAD,       "reconciler", fenced=True,
                why="a lost attempt with max_attempts spent: a dead letter"),
     Transition(Trigger.LEASE_EXPIRED_CANCELLED, _CANCELLING, CANCELLED, "reconciler", fenced=True,
                why="the worker of a cancelling run is gone: the cancel is complete"),
+    Transition(Trigger.PREEMPT_REQUEST, _RUNNING,        PREEMPTED,  "scheduler", fenced=True,
+               why="a higher-priority run needs the devices: the supervisor stops the program (SIGTERM, "
+                   "a final checkpoint)"),
+    Transition(Trigger.EXIT_PREEMPTED, _PREEMPTED,       QUEUED,     "supervisor", fenced=True,
+               why="the preempted program exited: queued again at its old place (created_at kept), "
+                   "to resume from its checkpoint"),
     Transition(Trigger.QUEUE_TTL_EXPIRED, _QUEUED,       FAILED,     "reconciler",
                why="queued longer than its queue_ttl_seconds: fails as timeout"),
     Transition(Trigger.RETRY,          _RETRYABLE,       QUEUED,     "user", audit_action="run.retry",

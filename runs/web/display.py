@@ -15,6 +15,7 @@ STATUS_LABELS = {
     RunStatus.QUEUED: "Queued",
     RunStatus.RUNNING: "Running",
     RunStatus.CANCELLING: "Cancelling",
+    RunStatus.PREEMPTED: "Preempted",
     RunStatus.SUCCEEDED: "Succeeded",
     RunStatus.FAILED: "Failed",
     RunStatus.CANCELLED: "Cancelled",

@@ -22,7 +22,7 @@ from runs.selectors import RunFilters
 
 PAGE_SIZES = (25, 50, 100, 200)
 DEFAULT_PAGE_SIZE = 50
-ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.CANCELLING)
+ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.CANCELLING, RunStatus.PREEMPTED)
 
 
 @dataclass(frozen=True)

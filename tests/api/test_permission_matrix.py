@@ -30,6 +30,7 @@ from audit.models import AuditRecord
 from controlplane.routing import websocket_urlpatterns
 from runs.models import Artifact, Run, RunStatus
 from runs.storage import artifact_path
+from tests.fleet.helpers import gpu_worker
 from vault.services import do_create_secret
 
 ROLES = ("anonymous", "viewer", "operator_owning", "operator_not_owning", "admin")
@@ -158,6 +159,12 @@ MATRIX: list[Row] = [
     r("api:dead-letter-list", "GET", *ADMIN_ONLY),
     r("api:dead-letter-requeue", "POST", 401, 403, 403, 403, 202, target="dead_run"),
     r("api:dead-letter-discard", "POST", 401, 403, 403, 403, 202, target="dead_run"),
+    # -- fleet (fleet/api.py) ---------------------------------------------------------------------
+    r("api:worker-list", "GET", *READ),
+    r("api:worker-drain", "POST", 401, 403, 403, 403, 202, target="worker"),
+    r("api:quota-list", "GET", *READ),
+    r("api:quota-detail", "PATCH", *ADMIN_ONLY, target="user", body={"max_gpus": 2}),
+    r("api:quota-detail", "PUT", *ADMIN_ONLY, target="user", body={"max_gpus": 2}),
     r("api:audit-list", "GET", *ADMIN_ONLY),
     r("api:audit-verify", "GET", *ADMIN_ONLY),
     r("api:audit-detail", "GET", *ADMIN_ONLY, target="audit"),
@@ -275,6 +282,7 @@ def build_world() -> World:
         "run": run.pk,
         "failed_run": failed.pk,
         "dead_run": dead.pk,
+        "worker": gpu_worker("matrix-worker", 1).pk,
         "artifact": artifact.pk,
         "token": token.pk,
         "user": owner.pk,

@@ -61,9 +61,9 @@ EXAMPLES = int(os.environ.get("CONTROLPLANE_LIFECYCLE_EXAMPLES", "200"))
 STEPS = 12  # per walk: deep enough to spend a run's attempts, retry it and requeue it
 # The specification, written out here rather than read from the table under test.
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "dead"})
-LIVE = frozenset({"running", "cancelling"})
+LIVE = frozenset({"running", "cancelling", "preempted"})
 REOPENING_ACTIONS = frozenset({"retry", "requeue"})
-NOT_QUEUED = frozenset({"running", "cancelling", "succeeded", "failed", "cancelled", "dead"})
+NOT_QUEUED = frozenset({"running", "cancelling", "preempted", "succeeded", "failed", "cancelled", "dead"})
 EXIT_OUTCOMES = {
     "succeeded": Outcome(RunStatus.SUCCEEDED, 0),
     "permanent": Outcome(RunStatus.FAILED, 1, ErrorKind.PROGRAM, "exit_1", "the program raised"),

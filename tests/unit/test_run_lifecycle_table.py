@@ -50,7 +50,7 @@ def test_every_user_action_row_is_audited_under_its_existing_name() -> None:
 @pytest.mark.parametrize("status", RunStatus.values)
 def test_the_page_buttons_follow_the_table(status: str) -> None:
     run = Run(status=status)
-    assert lifecycle.may_cancel(run) == (status in {"queued", "running", "lost"})
+    assert lifecycle.may_cancel(run) == (status in {"queued", "running", "preempted", "lost"})
     assert lifecycle.may_retry(run) == (status in {"failed", "cancelled", "dead"})
     assert lifecycle.may_requeue(run) == lifecycle.may_discard(run) == (status == "dead")
 

@@ -4,6 +4,7 @@ export const LABELS = {
   queued: "Queued",
   running: "Running",
   cancelling: "Cancelling",
+  preempted: "Preempted",
   succeeded: "Succeeded",
   failed: "Failed",
   cancelled: "Cancelled",
@@ -11,8 +12,8 @@ export const LABELS = {
   dead: "Dead",
 };
 export const TERMINAL = new Set(["succeeded", "failed", "cancelled", "dead"]);
-export const LIVE = new Set(["running", "cancelling"]);
-export const ACTIVE = new Set(["queued", "running", "cancelling", "lost"]);
+export const LIVE = new Set(["running", "cancelling", "preempted"]);
+export const ACTIVE = new Set(["queued", "running", "cancelling", "preempted", "lost"]);
 
 export function applyBadge(badge, status) {
   if (!badge) return;

@@ -23,6 +23,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections
 
 from audit.tasks import housekeeping_audit_checkpoint
+from fleet.agent import SLOTS_OVERRIDE
+from fleet.inventory import discover
+from fleet.scheduler import schedule_pass
 from runs.reconciler import reconcile, recover_in_process_broker
 from workers.registry import active_supervisors
 
@@ -90,6 +93,10 @@ class Command(BaseCommand):
         return f"Sign in as 'admin' with password {password} (also saved in {password_file})"
 
     def _start_worker(self, slots: int) -> threading.Thread:
+        # The embedded worker joins the fleet like any other (controlplane.celery): its GPUs
+        # through NVML or CONTROLPLANE_WORKER_GPUS, else --slots CPU slots.
+        SLOTS_OVERRIDE["slots"] = slots
+        slots = len(discover(slots=slots))  # as many runs at once as it offers devices
         broker = str(settings.CELERY_BROKER_URL)
         if not broker.startswith("memory://"):
             self.stderr.write(f"note: the embedded worker consumes from {broker} (CELERY_BROKER_URL)")
@@ -121,6 +128,7 @@ class Command(BaseCommand):
             while not stop.is_set():
                 try:
                     reconcile()
+                    schedule_pass()  # the fleet's safety net, as the beat runs it in production
                     if time.monotonic() >= next_checkpoint:
                         # Moved on first: a pass that raises waits its period, never a busy loop.
                         next_checkpoint = time.monotonic() + checkpoint_every

@@ -1,0 +1,133 @@
+"""`/api/v1/workers/` (list, drain) and `/api/v1/quotas/` (GPU limits and use)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.db.models import Count
+from django.http import Http404
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.policy import Action
+from accounts.roles import Role, role_of
+from audit import chain as audit
+from fleet.models import DeviceKind, Quota, Reservation, Worker, WorkerState
+from fleet.preemption import preempt_worker
+from fleet.quotas import limit_of
+from fleet.scheduler import schedule_pass_on_commit
+from fleet.selectors import describe_workers
+
+MAX_QUOTA = 10_000
+
+
+class WorkerSerializer(serializers.Serializer[Any]):
+    """Documents a worker for the OpenAPI schema; `fleet.selectors.describe_workers` builds it."""
+
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    pool = serializers.CharField()
+    host = serializers.CharField()
+    state = serializers.ChoiceField(choices=["active", "draining", "lost"])
+    heartbeat_at = serializers.DateTimeField()
+    devices = serializers.ListField(child=serializers.DictField())
+
+
+class WorkerListView(APIView):
+    """Every worker the fleet has seen, by pool and name, with its devices and who holds them."""
+
+    policy_actions = {"get": Action.FLEET_READ}
+
+    @extend_schema(responses={200: WorkerSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        workers = list(Worker.objects.order_by("pool", "name")[:1000])
+        return Response({"results": describe_workers(workers)})
+
+
+class WorkerDrainView(APIView):
+    """Stop new placements on a worker; `{"preempt": true}` also stops its preemptible runs."""
+
+    policy_actions = {"post": Action.FLEET_MANAGE}
+
+    @extend_schema(request=None, responses={202: WorkerSerializer})
+    def post(self, request: Request, pk: int) -> Response:
+        preempt = isinstance(request.data, dict) and request.data.get("preempt") is True
+        with transaction.atomic():
+            worker = Worker.objects.select_for_update().filter(pk=pk).first()
+            if worker is None:
+                raise Http404("No such worker.")
+            Worker.objects.filter(pk=worker.pk).update(state=WorkerState.DRAINING)
+            stopped = preempt_worker(worker.pk) if preempt else []
+            audit.record("fleet.drain", actor=request.user, target=worker, details={"preempted": stopped})
+            schedule_pass_on_commit("drain")
+        worker.refresh_from_db()
+        return Response(describe_workers([worker])[0], status=status.HTTP_202_ACCEPTED)
+
+
+def _quota_row(user: User, used: dict[int, int]) -> dict[str, Any]:
+    limit, default = limit_of(user)
+    return {
+        "user": user.username,
+        "user_id": user.pk,
+        "max_gpus": limit,
+        "default": default,
+        "gpus_in_use": used.get(user.pk, 0),
+    }
+
+
+def _gpus_in_use() -> dict[int, int]:
+    rows = (
+        Reservation.objects.filter(device__kind=DeviceKind.GPU)
+        .values("run__owner_id")
+        .annotate(count=Count("id"))
+        .values_list("run__owner_id", "count")
+    )
+    return dict(rows)
+
+
+class QuotaListView(APIView):
+    """GPU quotas: limit and use. Admins see every user; others their own."""
+
+    policy_actions = {"get": Action.FLEET_READ}
+
+    def get(self, request: Request) -> Response:
+        assert isinstance(request.user, User)
+        users = User.objects.order_by("username").select_related("role_record")
+        if role_of(request.user) != Role.ADMIN:
+            users = users.filter(pk=request.user.pk)
+        used = _gpus_in_use()
+        return Response({"results": [_quota_row(user, used) for user in users[:1000]]})
+
+
+class QuotaDetailView(APIView):
+    """`PATCH`/`PUT {"max_gpus": N}` sets a user's quota (admin); `null` restores the role default."""
+
+    policy_actions = {"patch": Action.FLEET_MANAGE, "put": Action.FLEET_MANAGE}
+
+    def patch(self, request: Request, pk: int) -> Response:
+        user = User.objects.filter(pk=pk).first()
+        if user is None:
+            raise Http404("No such user.")
+        value = request.data.get("max_gpus") if isinstance(request.data, dict) else None
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_QUOTA
+        ):
+            raise ValidationError(
+                {"max_gpus": [f"an integer between 0 and {MAX_QUOTA}, or null for the default"]}
+            )
+        with transaction.atomic():
+            if value is None:
+                Quota.objects.filter(user=user).delete()
+            else:
+                Quota.objects.update_or_create(user=user, defaults={"max_gpus": value})
+            audit.record("fleet.quota", actor=request.user, target=user, details={"max_gpus": value})
+            schedule_pass_on_commit("quota")
+        return Response(_quota_row(user, _gpus_in_use()))
+
+    put = patch

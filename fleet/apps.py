@@ -1,0 +1,17 @@
+from django.apps import AppConfig
+
+
+class FleetConfig(AppConfig):
+    name = "fleet"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # runs sits below the fleet and never imports it: the fleet registers into runs instead.
+        from fleet import hooks
+        from fleet.selectors import placement_of
+        from runs import lifecycle
+        from runs.launch_hooks import register_launch_validator, register_placement_reader
+
+        lifecycle.on_transition(hooks.after_transition, admits=True)
+        register_launch_validator(hooks.validate_launch)
+        register_placement_reader(placement_of)

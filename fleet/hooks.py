@@ -1,0 +1,51 @@
+"""What the fleet registers into runs (fleet.apps): the transition listener and the launch check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db.models import Count
+
+from fleet.models import Device, DeviceKind, Worker
+from fleet.scheduler import schedule_pass_on_commit
+from runs.lifecycle import LIVE_STATUSES, TransitionEvent, Trigger
+from runs.models import Run, RunStatus
+
+
+def after_transition(event: TransitionEvent) -> None:
+    """In the transaction of a status change: free the run's devices when it no longer needs
+    them, and run a pass once committed (a launch, an end, a requeue all change who fits where)."""
+    from fleet.models import Reservation
+
+    if event.target in LIVE_STATUSES:
+        return  # a claim keeps its reservation; cancelling and preempted runs still hold devices
+    if event.trigger != Trigger.LAUNCH:
+        Reservation.objects.filter(run_id=event.run_id).delete()
+    if event.target == RunStatus.QUEUED and event.trigger != Trigger.LAUNCH:
+        # Back to waiting for admission: its old worker's queue is no longer its queue.
+        Run.objects.filter(pk=event.run_id).update(queue="", waiting_reason="")
+    schedule_pass_on_commit(str(event.trigger))
+
+
+def validate_launch(owner: User | None, resources: dict[str, Any]) -> dict[str, str]:
+    """Pool and GPU count against the fleet as registered (any worker seen, live or not)."""
+    pool = str(resources.get("pool") or "default")
+    gpus = int(resources.get("gpus") or 0)
+    workers = Worker.objects.filter(pool=pool)
+    if not workers.exists():
+        if pool == "default":
+            return {}  # a fresh install: its first worker may not have started yet
+        known = sorted(set(Worker.objects.values_list("pool", flat=True)))[:20]
+        return {"resources.pool": f"unknown pool {pool[:64]!r}; known pools: {', '.join(known) or 'none'}"}
+    if gpus > 0:
+        per_worker = (
+            Device.objects.filter(worker__pool=pool, kind=DeviceKind.GPU)
+            .values("worker_id")
+            .annotate(count=Count("id"))
+            .values_list("count", flat=True)
+        )
+        largest = max(per_worker, default=0)
+        if gpus > largest:
+            return {"resources.gpus": f"needs {gpus} GPUs; the largest {pool} worker has {largest}"}
+    return {}

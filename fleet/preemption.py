@@ -1,0 +1,101 @@
+"""Preemption: when the head of a pool cannot be placed, ask the fewest lower-priority
+preemptible runs on ONE worker of the pool to stop (SIGTERM, final checkpoint) so it fits.
+
+The victims move `running → preempted` (a fenced lifecycle row); their supervisors stop the
+program, and `exit.preempted` queues them again at their old place (created_at is kept). Their
+devices are freed only then, so the head is placed by the pass that follows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import structlog
+from django.conf import settings
+from django.db.models import Count
+
+from fleet.agent import lost_before
+from fleet.models import Reservation, WorkerState
+from fleet.placement import Candidate
+from runs import lifecycle
+from runs.lifecycle import Trigger
+from runs.models import RunStatus
+
+log = structlog.get_logger(__name__)
+
+
+def _victims_on_workers(head: Candidate, now: datetime) -> dict[int, list[tuple[int, int, int, int]]]:
+    """worker id -> [(priority, devices held, run id, attempt)] of runs the head may preempt."""
+    rows = (
+        Reservation.objects.filter(
+            device__worker__pool=head.pool,
+            device__worker__state=WorkerState.ACTIVE,
+            device__worker__heartbeat_at__gte=lost_before(now),
+            device__kind=head.kind,
+            run__status=RunStatus.RUNNING,
+            run__preemptible=True,
+            run__priority__lt=head.priority,
+            run__preempt_count__lt=int(settings.FLEET["MAX_PREEMPTIONS"] or 0),
+        )
+        .values("device__worker_id", "run_id", "run__priority", "run__attempt")
+        .annotate(held=Count("id"))
+    )
+    found: dict[int, list[tuple[int, int, int, int]]] = {}
+    for row in rows:
+        found.setdefault(row["device__worker_id"], []).append(
+            (row["run__priority"], row["held"], row["run_id"], row["run__attempt"])
+        )
+    return found
+
+
+def _free_on(worker_id: int, kind: str) -> int:
+    from fleet.models import Device
+
+    return Device.objects.filter(worker_id=worker_id, kind=kind, reservation__isnull=True).count()
+
+
+def choose(head: Candidate, now: datetime) -> list[tuple[int, int]]:
+    """The fewest victims on one worker that make room for `head`: [(run id, attempt)]."""
+    best: list[tuple[int, int]] | None = None
+    for worker_id, runs in _victims_on_workers(head, now).items():
+        missing = head.demand - _free_on(worker_id, head.kind)
+        chosen: list[tuple[int, int]] = []
+        # Lowest priority first, then the biggest holders: the fewest runs stopped.
+        for _, held, run_id, attempt in sorted(runs, key=lambda r: (r[0], -r[1])):
+            if missing <= 0:
+                break
+            chosen.append((run_id, attempt))
+            missing -= held
+        if missing <= 0 and (best is None or len(chosen) < len(best)):
+            best = chosen
+    return best or []
+
+
+def preempt_for(heads: list[Candidate], now: datetime) -> list[int]:
+    """Preempt for each blocked head unless runs are already stopping in its pool."""
+    preempted: list[int] = []
+    for head in heads:
+        stopping = Reservation.objects.filter(run__status=RunStatus.PREEMPTED, device__worker__pool=head.pool)
+        if stopping.exists():
+            continue  # room is on its way: the next pass places the head
+        for run_id, attempt in choose(head, now):
+            if lifecycle.perform(run_id, Trigger.PREEMPT_REQUEST, attempt=attempt):
+                preempted.append(run_id)
+                log.info("run_preempted", run_id=run_id, for_run=head.run_id)
+    return preempted
+
+
+def preempt_worker(worker_id: int) -> list[int]:
+    """A drain with `preempt`: stop the worker's preemptible running runs (they resume elsewhere)."""
+    rows = (
+        Reservation.objects.filter(
+            device__worker_id=worker_id, run__status=RunStatus.RUNNING, run__preemptible=True
+        )
+        .values_list("run_id", "run__attempt")
+        .distinct()
+    )
+    return [
+        run_id
+        for run_id, attempt in rows
+        if lifecycle.perform(run_id, Trigger.PREEMPT_REQUEST, attempt=attempt)
+    ]

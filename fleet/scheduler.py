@@ -1,0 +1,217 @@
+"""The scheduler pass: admission of queued runs in Postgres, then dispatch to a worker's queue.
+
+One pass is one transaction under an advisory lock: read the live workers and their free devices,
+the queued runs waiting for admission (`queue = ''`), the GPUs each owner holds; plan (pure rules
+in fleet/placement.py); insert the reservations and point each admitted run at its worker's own
+queue; and only once that commits send the Celery messages. A message never names a device that
+is not reserved, and a crash before the commit leaves nothing half done.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Count, Exists, OuterRef, Q
+from django.utils import timezone
+
+from fleet.agent import lost_before
+from fleet.models import Device, DeviceKind, Reservation, Worker, WorkerState
+from fleet.placement import Candidate, Plan, WorkerRoom, order, plan
+from fleet.quotas import gpu_limits
+from runs import lifecycle
+from runs.models import Run, RunStatus
+from runs.services import enqueue_run
+
+log = structlog.get_logger(__name__)
+
+# pg_advisory_xact_lock key ("fleet" in ASCII). Two passes at once would each read the same free
+# devices; serialized, the second reads what the first reserved. (The OneToOne constraint on
+# Reservation.device would still refuse a double booking; the lock makes it not happen at all.)
+PASS_LOCK_KEY = 0x666C656574
+# Statuses in which a run keeps its reservation: admitted and not yet claimed (queued), or held by
+# an attempt. Any other status frees it (the lifecycle listener; the pass sweeps what is left).
+HOLDING = (RunStatus.QUEUED, *lifecycle.LIVE_STATUSES)
+
+
+@dataclass
+class PassReport:
+    placed: list[int] = field(default_factory=list)
+    waiting: int = 0
+    released: int = 0
+    preempted: list[int] = field(default_factory=list)
+
+
+def _lock() -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [PASS_LOCK_KEY])
+    # SQLite (standalone): every transaction is IMMEDIATE, so writers are serialized already.
+
+
+def _release_stale(now: datetime) -> int:
+    """Free reservations no run should hold: a run that ended (a listener that missed it), and
+    an admitted run whose worker is lost before it claimed the run (its message went nowhere)."""
+    released, _ = Reservation.objects.exclude(run__status__in=HOLDING).delete()
+    stranded = Reservation.objects.filter(
+        run__status=RunStatus.QUEUED, device__worker__heartbeat_at__lt=lost_before(now)
+    ).values("run_id")
+    # The run row is locked first, as a claim locks it: a claim racing this either commits first
+    # (the run is running; skipped here) or finds no reservation and starts nothing.
+    ids = list(
+        Run.objects.select_for_update(of=("self",))
+        .filter(pk__in=stranded, status=RunStatus.QUEUED)
+        .values_list("pk", flat=True)
+    )
+    if ids:
+        count, _ = Reservation.objects.filter(run_id__in=ids).delete()
+        Run.objects.filter(pk__in=ids).update(queue="", enqueued_at=None)
+        released += count
+    return released
+
+
+def read_rooms(now: datetime) -> list[WorkerRoom]:
+    """Live workers (active or draining) with their devices; free ones listed by index."""
+    live = Worker.objects.filter(heartbeat_at__gte=lost_before(now))
+    rooms = {w.id: WorkerRoom(w.id, w.name, w.pool, w.queue, w.state == WorkerState.ACTIVE) for w in live}
+    devices = (
+        Device.objects.filter(worker_id__in=list(rooms))
+        .annotate(taken=Exists(Reservation.objects.filter(device_id=OuterRef("pk"))))
+        .order_by("worker_id", "index")
+        .values_list("id", "worker_id", "index", "kind", "taken")
+    )
+    for device_id, worker_id, index, kind, taken in devices:
+        room = rooms[worker_id]
+        room.total[kind] = room.total.get(kind, 0) + 1
+        free = room.free.setdefault(kind, [])
+        if not taken:
+            free.append((device_id, index))
+    return list(rooms.values())
+
+
+def waiting_runs(now: datetime) -> tuple[list[Candidate], dict[int, str]]:
+    """Queued runs waiting for admission, due now; and their current waiting reasons."""
+    rows = (
+        lifecycle.queued_runs()
+        .filter(queue="")
+        .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
+        .values_list(
+            "pk",
+            "owner_id",
+            "owner__username",
+            "resources",
+            "priority",
+            "created_at",
+            "request_id",
+            "waiting_reason",
+        )
+    )
+    candidates, reasons = [], {}
+    for pk, owner_id, username, resources, priority, created_at, request_id, reason in rows.iterator(2000):
+        pool, gpus = requested(resources)
+        candidates.append(Candidate(pk, owner_id, username, pool, gpus, priority, created_at, request_id))
+        reasons[pk] = reason
+    return candidates, reasons
+
+
+def requested(resources: Any) -> tuple[str, int]:
+    resources = resources if isinstance(resources, dict) else {}
+    pool = resources.get("pool") or "default"
+    gpus = resources.get("gpus") or 0
+    return str(pool), int(gpus) if isinstance(gpus, int) else 0
+
+
+def gpus_held() -> dict[int, int]:
+    rows = (
+        Reservation.objects.filter(device__kind=DeviceKind.GPU)
+        .values("run__owner_id")
+        .annotate(count=Count("id"))
+        .values_list("run__owner_id", "count")
+    )
+    return dict(rows)
+
+
+def _admit(decided: Plan) -> list[tuple[int, str, str]]:
+    """Reserve the planned devices and point each run at its worker's queue; returns the messages
+    to send on commit. Only runs still queued and unadmitted (locked here) are admitted: a run
+    cancelled since the snapshot waits for this commit, then its listener frees what we wrote."""
+    wanted = {p.candidate.run_id for p in decided.placements}
+    still = set(
+        Run.objects.select_for_update()
+        .filter(pk__in=wanted, status=RunStatus.QUEUED, queue="")
+        .values_list("pk", flat=True)
+    )
+    placements = [p for p in decided.placements if p.candidate.run_id in still]
+    Reservation.objects.bulk_create(
+        [Reservation(device_id=d, run_id=p.candidate.run_id) for p in placements for d in p.device_ids]
+    )
+    by_queue: dict[str, list[int]] = defaultdict(list)
+    for placement in placements:
+        by_queue[placement.worker.queue].append(placement.candidate.run_id)
+    for queue, ids in by_queue.items():
+        Run.objects.filter(pk__in=ids).update(queue=queue, waiting_reason="", enqueued_at=None)
+    return [(p.candidate.run_id, p.worker.queue, p.candidate.request_id) for p in placements]
+
+
+def _store_reasons(decided: Plan, before: dict[int, str]) -> None:
+    """Write waiting reasons that changed only: 10,000 waiting runs cost no writes per pass."""
+    changed: dict[str, list[int]] = defaultdict(list)
+    for run_id, reason in decided.reasons.items():
+        if before.get(run_id, "") != reason[:200]:
+            changed[reason[:200]].append(run_id)
+    for reason, ids in changed.items():
+        Run.objects.filter(pk__in=ids, status=RunStatus.QUEUED).update(waiting_reason=reason)
+
+
+def schedule_pass(now: datetime | None = None) -> PassReport:
+    """One admission pass; safe to run anywhere, any time, concurrently (serialized by a lock)."""
+    from fleet.preemption import preempt_for
+
+    now = now or timezone.now()
+    report = PassReport()
+    with transaction.atomic():
+        _lock()
+        report.released = _release_stale(now)
+        rooms = read_rooms(now)
+        candidates, reasons_before = waiting_runs(now)
+        ordered = order(candidates, now, float(str(settings.FLEET["AGING_MINUTES"])))
+        limits = gpu_limits({c.owner_id for c in candidates})
+        decided = plan(ordered, rooms, gpus_held(), limits)
+        messages = _admit(decided)
+        _store_reasons(decided, reasons_before)
+        report.preempted = preempt_for(list(decided.blocked.values()), now)
+        report.placed = [run_id for run_id, _, _ in messages]
+        report.waiting = len(candidates) - len(messages)
+
+        def send() -> None:
+            for run_id, queue, request_id in messages:
+                enqueue_run(run_id, queue, request_id)
+
+        transaction.on_commit(send)
+    if report.placed or report.released or report.preempted:
+        log.info(
+            "fleet_pass",
+            placed=len(report.placed),
+            waiting=report.waiting,
+            released=report.released,
+            preempted=report.preempted,
+        )
+    return report
+
+
+def schedule_pass_safely(reason: str) -> None:
+    """A pass that must never fail its caller (a request, a supervisor): errors are logged."""
+    try:
+        schedule_pass()
+    except Exception as error:  # the beat's pass retries; this caller must go on
+        log.error("fleet_pass_failed", reason=reason, error=repr(error)[:300])
+
+
+def schedule_pass_on_commit(reason: str) -> None:
+    """A pass once the current transaction commits (nothing if it rolls back)."""
+    transaction.on_commit(lambda: schedule_pass_safely(reason))

@@ -1,0 +1,82 @@
+"""Fleet reads for the API and pages: workers and their devices, a run's placement."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.db.models import Q
+from django.utils import timezone
+
+from fleet.agent import lost_before
+from fleet.models import Device, Reservation, Worker
+from runs import lifecycle
+from runs.models import Run, RunStatus
+
+
+def worker_state(worker: Worker, now: datetime | None = None) -> str:
+    """active, draining, or lost (no heartbeat for a lease): lost wins."""
+    return "lost" if worker.heartbeat_at < lost_before(now) else worker.state
+
+
+def describe_workers(workers: list[Worker]) -> list[dict[str, Any]]:
+    now = timezone.now()
+    devices = Device.objects.filter(worker__in=workers).select_related("reservation__run").order_by("index")
+    by_worker: dict[int, list[dict[str, Any]]] = {}
+    for device in devices:
+        reservation = getattr(device, "reservation", None)
+        by_worker.setdefault(device.worker_id, []).append(
+            {
+                "index": device.index,
+                "kind": device.kind,
+                "model": device.model or None,
+                "memory_bytes": device.memory_bytes,
+                "run": None
+                if reservation is None
+                else {
+                    "id": reservation.run_id,
+                    "name": reservation.run.name,
+                    "status": reservation.run.status,
+                },
+            }
+        )
+    return [
+        {
+            "id": worker.pk,
+            "name": worker.name,
+            "pool": worker.pool,
+            "host": worker.host,
+            "queue": worker.queue,
+            "state": worker_state(worker, now),
+            "heartbeat_at": worker.heartbeat_at,
+            "started_at": worker.started_at,
+            "devices": by_worker.get(worker.pk, []),
+        }
+        for worker in workers
+    ]
+
+
+def placement_of(run: Run) -> dict[str, Any]:
+    """The run's worker and devices while it holds them; its queue position while it waits."""
+    rows = list(
+        Reservation.objects.filter(run_id=run.pk)
+        .order_by("device__index")
+        .values_list("device__worker__name", "device__index", "device__kind")
+    )
+    assigned = None
+    if rows:
+        gpus = [index for _, index, kind in rows if kind == "gpu"]
+        assigned = {"worker": rows[0][0], "devices": gpus, "slots": len(rows) - len(gpus)}
+    position = None
+    if run.status == RunStatus.QUEUED and run.queue == "":
+        pool = (run.resources or {}).get("pool") or "default"
+        # Priority then age, as the pass orders them (aging is not counted here: a close count).
+        ahead = Q(priority__gt=run.priority) | Q(priority=run.priority, created_at__lt=run.created_at)
+        position = (
+            lifecycle.queued_runs()
+            .filter(queue="", resources__pool=pool)
+            .filter(ahead)
+            .exclude(pk=run.pk)
+            .count()
+        )
+    return {"assigned": assigned, "queue_position": position}
