@@ -9,6 +9,7 @@ devices are freed only then, so the head is placed by the pass that follows.
 from __future__ import annotations
 
 from datetime import datetime
+from itertools import combinations
 
 import structlog
 from django.conf import settings
@@ -54,19 +55,25 @@ def _free_on(worker_id: int, kind: str) -> int:
     return Device.objects.filter(worker_id=worker_id, kind=kind, reservation__isnull=True).count()
 
 
+def _fewest(runs: list[tuple[int, int, int, int]], missing: int) -> list[tuple[int, int]] | None:
+    """The smallest set of runs holding at least `missing` devices; among sets of that size, the
+    one whose highest priority is lowest (then the lowest total). A worker holds a few runs (at
+    most one per device), so trying every combination is cheap."""
+    for size in range(1, len(runs) + 1):
+        fitting = [combo for combo in combinations(runs, size) if sum(r[1] for r in combo) >= missing]
+        if fitting:
+            best = min(fitting, key=lambda combo: (max(r[0] for r in combo), sum(r[0] for r in combo)))
+            return [(run_id, attempt) for _, _, run_id, attempt in best]
+    return None
+
+
 def choose(head: Candidate, now: datetime) -> list[tuple[int, int]]:
     """The fewest victims on one worker that make room for `head`: [(run id, attempt)]."""
     best: list[tuple[int, int]] | None = None
-    for worker_id, runs in _victims_on_workers(head, now).items():
+    for worker_id, runs in sorted(_victims_on_workers(head, now).items()):
         missing = head.demand - _free_on(worker_id, head.kind)
-        chosen: list[tuple[int, int]] = []
-        # Lowest priority first, then the biggest holders: the fewest runs stopped.
-        for _, held, run_id, attempt in sorted(runs, key=lambda r: (r[0], -r[1])):
-            if missing <= 0:
-                break
-            chosen.append((run_id, attempt))
-            missing -= held
-        if missing <= 0 and (best is None or len(chosen) < len(best)):
+        chosen = [] if missing <= 0 else _fewest(runs[:16], missing)
+        if chosen is not None and (best is None or len(chosen) < len(best)):
             best = chosen
     return best or []
 
