@@ -86,20 +86,35 @@ def order(candidates: list[Candidate], now: datetime, aging_minutes: float) -> l
     return sorted(candidates, key=key)
 
 
-def largest(workers: list[WorkerRoom], pool: str, kind: str) -> int:
-    return max((w.total.get(kind, 0) for w in workers if w.pool == pool), default=0)
+@dataclass
+class PoolStats:
+    """Per pool, once per pass: live workers, the largest by kind, whether any is active."""
+
+    largest: dict[str, int] = field(default_factory=dict)
+    active: bool = False
 
 
-def unfit_reason(run: Candidate, workers: list[WorkerRoom]) -> str | None:
+def pool_stats(workers: list[WorkerRoom]) -> dict[str, PoolStats]:
+    stats: dict[str, PoolStats] = {}
+    for worker in workers:
+        pool = stats.setdefault(worker.pool, PoolStats())
+        pool.active = pool.active or worker.active
+        for kind, count in worker.total.items():
+            pool.largest[kind] = max(pool.largest.get(kind, 0), count)
+    return stats
+
+
+def unfit_reason(run: Candidate, pools: dict[str, PoolStats]) -> str | None:
     """Why `run` cannot be placed in its pool whatever frees up; None when it could be."""
-    if not any(w.pool == run.pool for w in workers):
+    pool = pools.get(run.pool)
+    if pool is None:
         return f"no live worker in pool {run.pool}"
-    biggest = largest(workers, run.pool, run.kind)
+    biggest = pool.largest.get(run.kind, 0)
     if run.kind == DeviceKind.SLOT and biggest == 0:
         return f"needs a CPU slot; no live {run.pool} worker offers CPU-only slots"
     if run.demand > biggest:
         return f"needs {run.gpus} GPUs; the largest {run.pool} worker has {biggest}"
-    if not any(w.pool == run.pool and w.active for w in workers):
+    if not pool.active:
         return f"every live worker in pool {run.pool} is draining"
     return None
 
@@ -122,8 +137,9 @@ def plan(
     """Place `ordered` (already in admission order) onto `workers`; mutates their free lists."""
     result = Plan()
     held = dict(gpus_held)
+    pools = pool_stats(workers)
     for run in ordered:
-        reason = unfit_reason(run, workers)
+        reason = unfit_reason(run, pools)
         if reason is not None:
             result.reasons[run.run_id] = reason
             continue

@@ -1,0 +1,137 @@
+"""One fleet scheduler pass (fleet.scheduler.schedule_pass) at fleet scale, on a throwaway database.
+
+200 workers (rows, not processes) in 4 pools with 4 GPUs each (800 devices), 50 users, and N queued
+runs (1-4 GPUs, priorities 0-100, ages spread over a day). For each N in --sizes:
+- the first pass: admits what fits (up to 800 devices' worth) and writes reasons;
+- then --passes steady passes on the full fleet (nothing fits; the common case while a queue is
+  long): p50 / p95 / max.
+The Celery send on commit is replaced by a counter: the broker's cost is not the pass's.
+
+Each invocation creates a throwaway database ``bench_controlplane_<pid>`` and drops it at the end.
+
+Usage: .venv/bin/python bench/bench_scheduler.py [--sizes 2500,5000,10000] [--passes 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.throwaway import create_database, drop_database, setup_django  # noqa: E402
+
+POOLS = ("a100", "h100", "l4", "default")
+
+
+def seed_fleet(workers: int, gpus: int) -> None:
+    from fleet.agent import register
+    from fleet.inventory import DeviceSpec
+
+    for n in range(workers):
+        register(
+            f"bench-{n}",
+            POOLS[n % len(POOLS)],
+            [DeviceSpec(i, "gpu", "Bench GPU", 2**35) for i in range(gpus)],
+        )
+
+
+def seed_runs(count: int, users: list[int], rng: random.Random) -> None:
+    from django.utils import timezone
+
+    from runs.models import Run
+
+    now = timezone.now()
+    Run.objects.filter(status="queued").delete()
+    from fleet.models import Reservation
+
+    Reservation.objects.all().delete()
+    rows = [
+        Run(
+            name=f"q{i}",
+            owner_id=rng.choice(users),
+            program="tinygpt",
+            queue="",
+            status="queued",
+            resources={"pool": rng.choice(POOLS), "gpus": rng.choice((1, 1, 2, 4))},
+            priority=rng.randint(0, 100),
+            created_at=now - timedelta(seconds=rng.randint(0, 86_400)),
+        )
+        for i in range(count)
+    ]
+    Run.objects.bulk_create(rows, batch_size=2000)
+
+
+def timed_pass() -> tuple[float, int]:
+    from fleet.scheduler import schedule_pass
+
+    started = time.perf_counter()
+    report = schedule_pass()
+    return time.perf_counter() - started, len(report.placed)
+
+
+def bench(args: argparse.Namespace, db_name: str, data_dir: Path) -> None:
+    setup_django(db_name, data_dir, redis=False)
+    from django.contrib.auth.models import User
+
+    from fleet import scheduler
+    from fleet.models import Quota
+
+    sent: list[int] = []
+    setattr(scheduler, "enqueue_run", lambda run_id, queue, request_id: sent.append(run_id))  # noqa: B010
+    seed_fleet(args.workers, args.gpus)
+    users = [User.objects.create_user(f"u{n}").pk for n in range(50)]
+    Quota.objects.bulk_create([Quota(user_id=pk, max_gpus=10_000) for pk in users])
+    rng = random.Random(12)
+    print(f"fleet: {args.workers} workers x {args.gpus} GPUs in {len(POOLS)} pools; 50 users")
+    header = f"{'queued':>8} {'first pass':>11} {'placed':>7} {'steady p50':>11} {'p95':>8} {'max':>8}"
+    print(f"{header}  per 1k queued (p95)")
+    for size in args.sizes:
+        seed_runs(size, users, rng)
+        first, placed = timed_pass()
+        steady = sorted(timed_pass()[0] for _ in range(args.passes))
+        p95 = steady[max(0, round(0.95 * len(steady)) - 1)]
+        print(
+            f"{size:>8} {first * 1000:>9.0f}ms {placed:>7} {statistics.median(steady) * 1000:>9.0f}ms "
+            f"{p95 * 1000:>6.0f}ms {steady[-1] * 1000:>6.0f}ms  {p95 * 1000 / (size / 1000):.1f} ms"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="2500,5000,10000", help="queued runs, comma-separated")
+    parser.add_argument("--passes", type=int, default=10, help="steady passes per size")
+    parser.add_argument("--workers", type=int, default=200)
+    parser.add_argument("--gpus", type=int, default=4, help="GPUs per worker")
+    args = parser.parse_args()
+    args.sizes = [int(part) for part in args.sizes.split(",")]
+    db_name = f"bench_controlplane_{os.getpid()}"
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-scheduler-"))
+    create_database(db_name)
+    try:
+        bench(args, db_name, data_dir)
+    finally:
+        try:
+            from django.db import connections
+
+            connections.close_all()
+        except Exception as error:
+            print(f"(closing Django connections failed: {error!r})")
+        drop_database(db_name)
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
