@@ -134,10 +134,13 @@ def test_the_list_page_filters_and_links_each_record(admin_pages: Client, world:
     assert f'href="/audit/{world["denied"].pk}/"' in page
     assert f'href="/audit/{world["cancelled"].pk}/"' not in page
     assert 'value="olivia"' in page
-    refused = admin_pages.get("/audit/?since=soon&target_id=%00")
+    refused = admin_pages.get("/audit/?since=soon&target_id=x")
     assert refused.status_code == 200
     assert "These filters could not be used" in refused.content.decode()
     assert 'href="#f-since"' in refused.content.decode()
+    # A NUL never reaches the filters: the input guard answers 400 naming the field (ops.inputs).
+    nul = admin_pages.get("/audit/?target_id=%00")
+    assert nul.status_code == 400 and "target_id" in nul.content.decode()
 
 
 def test_the_list_page_pages_by_id(admin_pages: Client, admin: User) -> None:
