@@ -8,10 +8,10 @@ class FleetConfig(AppConfig):
     def ready(self) -> None:
         # runs sits below the fleet and never imports it: the fleet registers into runs instead.
         from fleet import hooks
-        from fleet.selectors import placement_of
+        from fleet.selectors import placements_of
         from runs import lifecycle
         from runs.launch_hooks import register_launch_validator, register_placement_reader
 
         lifecycle.on_transition(hooks.after_transition, admits=True)
         register_launch_validator(hooks.validate_launch)
-        register_placement_reader(placement_of)
+        register_placement_reader(placements_of)

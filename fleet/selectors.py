@@ -8,7 +8,7 @@ from typing import Any
 from django.db.models import Q
 from django.utils import timezone
 
-from fleet.agent import lost_before
+from fleet.agent import QUEUE_PREFIX, lost_before
 from fleet.models import Device, Reservation, Worker
 from runs import lifecycle
 from runs.models import Run, RunStatus
@@ -56,27 +56,42 @@ def describe_workers(workers: list[Worker]) -> list[dict[str, Any]]:
     ]
 
 
-def placement_of(run: Run) -> dict[str, Any]:
-    """The run's worker and devices while it holds them; its queue position while it waits."""
-    rows = list(
-        Reservation.objects.filter(run_id=run.pk)
-        .order_by("device__index")
-        .values_list("device__worker__name", "device__index", "device__kind")
+def _may_hold_devices(run: Run) -> bool:
+    return run.status in lifecycle.LIVE_STATUSES or (
+        run.status == RunStatus.QUEUED and run.queue.startswith(QUEUE_PREFIX)
     )
-    assigned = None
-    if rows:
-        gpus = [index for _, index, kind in rows if kind == "gpu"]
-        assigned = {"worker": rows[0][0], "devices": gpus, "slots": len(rows) - len(gpus)}
-    position = None
-    if run.status == RunStatus.QUEUED and run.queue == "":
-        pool = (run.resources or {}).get("pool") or "default"
-        # Priority then age, as the pass orders them (aging is not counted here: a close count).
-        ahead = Q(priority__gt=run.priority) | Q(priority=run.priority, created_at__lt=run.created_at)
-        position = (
-            lifecycle.queued_runs()
-            .filter(queue="", resources__pool=pool)
-            .filter(ahead)
-            .exclude(pk=run.pk)
-            .count()
+
+
+def placements_of(runs: list[Run]) -> dict[int, dict[str, Any]]:
+    """Each run's worker and devices while it holds them, and its queue position while it waits
+    for admission: one query for every run's devices (only runs that may hold any), one count per
+    run waiting for admission."""
+    holding = [run.pk for run in runs if _may_hold_devices(run)]
+    devices: dict[int, list[tuple[str, int, str]]] = {}
+    if holding:
+        rows = (
+            Reservation.objects.filter(run_id__in=holding)
+            .order_by("device__index")
+            .values_list("run_id", "device__worker__name", "device__index", "device__kind")
         )
-    return {"assigned": assigned, "queue_position": position}
+        for run_id, worker, index, kind in rows:
+            devices.setdefault(run_id, []).append((worker, index, kind))
+    found: dict[int, dict[str, Any]] = {}
+    for run in runs:
+        held = devices.get(run.pk)
+        assigned = None
+        if held:
+            gpus = [index for _, index, kind in held if kind == "gpu"]
+            assigned = {"worker": held[0][0], "devices": gpus, "slots": len(held) - len(gpus)}
+        found[run.pk] = {"assigned": assigned, "queue_position": _queue_position(run)}
+    return found
+
+
+def _queue_position(run: Run) -> int | None:
+    if run.status != RunStatus.QUEUED or run.queue != "":
+        return None
+    pool = (run.resources or {}).get("pool") or "default"
+    # Priority then age, as the pass orders them (aging is not counted here: a close count).
+    ahead = Q(priority__gt=run.priority) | Q(priority=run.priority, created_at__lt=run.created_at)
+    waiting = lifecycle.queued_runs().filter(queue="", resources__pool=pool)
+    return waiting.filter(ahead).exclude(pk=run.pk).count()

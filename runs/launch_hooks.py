@@ -28,9 +28,11 @@ def validate(owner: Any, resources: dict[str, Any]) -> dict[str, str]:
     return errors
 
 
-# run -> {"assigned": {...} | None, "queue_position": int | None}, read by the run serializer.
-PlacementReader = Callable[[Any], dict[str, Any]]
+# runs -> {run id: {"assigned": {...} | None, "queue_position": int | None}}, read in bulk by the
+# run serializer (one call per page, not per run).
+PlacementReader = Callable[[list[Any]], dict[int, dict[str, Any]]]
 _readers: list[PlacementReader] = []
+EMPTY_PLACEMENT: dict[str, Any] = {"assigned": None, "queue_position": None}
 
 
 def register_placement_reader(reader: PlacementReader) -> None:
@@ -38,8 +40,9 @@ def register_placement_reader(reader: PlacementReader) -> None:
         _readers.append(reader)
 
 
-def placement_of(run: Any) -> dict[str, Any]:
-    found: dict[str, Any] = {"assigned": None, "queue_position": None}
+def placements_of(runs: list[Any]) -> dict[int, dict[str, Any]]:
+    found: dict[int, dict[str, Any]] = {run.pk: dict(EMPTY_PLACEMENT) for run in runs}
     for reader in tuple(_readers):
-        found.update(reader(run))
+        for run_id, placement in reader(runs).items():
+            found.setdefault(run_id, dict(EMPTY_PLACEMENT)).update(placement)
     return found

@@ -9,6 +9,21 @@ from runs import launch_hooks
 from runs.models import Artifact, LogLine, Run, RunAttempt
 
 
+def prefill_placements(runs: list[Run]) -> None:
+    """Read the fleet placement of every run of a page at once (runs.launch_hooks)."""
+    found = launch_hooks.placements_of([run for run in runs if not hasattr(run, "_placement_cache")])
+    for run in runs:
+        if run.pk in found:
+            run._placement_cache = found[run.pk]  # type: ignore[attr-defined]
+
+
+class RunListSerializer(serializers.ListSerializer[Run]):
+    def to_representation(self, data: Any) -> list[Any]:
+        runs = list(data.all() if hasattr(data, "all") else data)
+        prefill_placements(runs)
+        return super().to_representation(runs)
+
+
 class RunSerializer(serializers.ModelSerializer[Run]):
     owner = serializers.CharField(source="owner.username", read_only=True)
     error = serializers.SerializerMethodField()
@@ -54,12 +69,12 @@ class RunSerializer(serializers.ModelSerializer[Run]):
             "links",
         ]
         read_only_fields = fields
+        list_serializer_class = RunListSerializer
 
     def _placement(self, run: Run) -> dict[str, Any]:
-        cached: dict[str, Any] | None = getattr(run, "_placement_cache", None)
-        if cached is None:
-            cached = launch_hooks.placement_of(run)
-            run._placement_cache = cached  # type: ignore[attr-defined]
+        if not hasattr(run, "_placement_cache"):
+            prefill_placements([run])
+        cached: dict[str, Any] = run._placement_cache  # type: ignore[attr-defined]
         return cached
 
     def get_assigned(self, run: Run) -> dict[str, Any] | None:
