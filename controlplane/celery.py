@@ -51,6 +51,9 @@ def _stop_training_on_shutdown(**_: Any) -> None:
     # to resume elsewhere. Needs the threads pool, where supervisors live in this process.
     from workers.registry import active_supervisors
 
+    # Leave the fleet first: the runs queued again below must be placed on other workers.
+    for agent in list(_agents.values()):
+        agent.stop()
     active_supervisors.shutdown_all()
 
 

@@ -144,3 +144,46 @@ def test_a_stale_message_on_another_worker_starts_nothing() -> None:
     assert claim_run(waiting.pk, "there", admitted=Seat("there").admits) is None  # not admitted
     assert Seat("there").gpus(run.pk) == (0, 1)
     assert claim_run(run.pk, "there", admitted=Seat("there").admits) is not None
+
+
+def test_a_dead_workers_runs_resume_on_another_worker_of_the_pool() -> None:
+    from fleet.admission import Seat
+    from runs.attempts import claim_run
+    from runs.reconciler import reconcile
+
+    owner = make_user("alice")
+    dying = gpu_worker("dying", 2)
+    run = waiting_run(owner, gpus=2)
+    schedule_pass()
+    assert claim_run(run.pk, "dying", admitted=Seat("dying").admits) is not None
+    gpu_worker("spare", 2)
+    # The worker dies: no heartbeat, and its run's lease runs out.
+    later = timezone.now() + timedelta(minutes=5)
+    Worker.objects.filter(pk=dying.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    reconcile(later)  # the lease expiry queues the run again (after a backoff) and frees its devices
+    assert Reservation.objects.filter(run=run).count() == 0
+    Run.objects.filter(pk=run.pk).update(not_before=None)  # the retry backoff has passed
+    assert schedule_pass().placed == [run.pk]
+    assert devices_of(run) == [("spare", 0), ("spare", 1)]
+
+
+def test_declared_gpus_nvml_does_not_see_are_refused_with_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from fleet import inventory
+
+    memory = SimpleNamespace(total=16 * 2**30)
+    nvml = SimpleNamespace(
+        nvmlDeviceGetCount=lambda: 2,
+        nvmlDeviceGetHandleByIndex=lambda index: index,
+        nvmlDeviceGetName=lambda handle: b"Fake T4",
+        nvmlDeviceGetMemoryInfo=lambda handle: memory,
+    )
+    monkeypatch.setattr(inventory, "load_nvml", lambda: nvml)
+    offered = inventory.discover("0,1,5")
+    assert [(d.index, d.kind, d.model, d.memory_bytes) for d in offered] == [
+        (0, "gpu", "Fake T4", 16 * 2**30),
+        (1, "gpu", "Fake T4", 16 * 2**30),
+    ]
+    assert [d.index for d in inventory.discover("auto")] == [0, 1]
+    assert [d.kind for d in inventory.discover("", slots=3)] == ["slot"] * 3
