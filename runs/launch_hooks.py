@@ -40,6 +40,14 @@ def register_placement_reader(reader: PlacementReader) -> None:
         _readers.append(reader)
 
 
+def waiting_reason(run: Any, position: int | None) -> str:
+    """Why a queued run waits, in words: the stored reason, else its place in its pool's queue."""
+    if run.waiting_reason or position is None:
+        return str(run.waiting_reason)
+    pool = (run.resources or {}).get("pool") or "default"
+    return f"{position} run{'s' if position != 1 else ''} ahead of it in {pool}"
+
+
 def placements_of(runs: list[Any]) -> dict[int, dict[str, Any]]:
     found: dict[int, dict[str, Any]] = {run.pk: dict(EMPTY_PLACEMENT) for run in runs}
     for reader in tuple(_readers):

@@ -89,11 +89,7 @@ class RunSerializer(serializers.ModelSerializer[Run]):
 
     def get_waiting_reason(self, run: Run) -> str:
         """The stored reason (quota, no worker, too big), else its place in the queue, in words."""
-        position = self.get_queue_position(run)
-        if run.waiting_reason or position is None:
-            return run.waiting_reason
-        pool = (run.resources or {}).get("pool") or "default"
-        return f"{position} run{'s' if position != 1 else ''} ahead of it in {pool}"
+        return launch_hooks.waiting_reason(run, self.get_queue_position(run))
 
     def get_error(self, run: Run) -> dict[str, str] | None:
         if not run.error_kind:

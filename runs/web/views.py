@@ -20,7 +20,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from accounts.pages import page_principal, requires
 from accounts.policy import Action, can
 from ops.inputs import parse_id
-from runs import lifecycle, selectors, services
+from runs import launch_hooks, lifecycle, selectors, services
 from runs.models import Artifact, Run, RunStatus
 from runs.programs import Program, all_programs, get_program
 from runs.web import display, launch
@@ -172,9 +172,14 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         ArtifactRow(artifact, display.format_bytes(artifact.size), artifact.name.endswith(".safetensors"))
         for artifact in selectors.run_artifacts(run.pk)
     ]
+    placement = launch_hooks.placements_of([run])[run.pk]
+    queued = run.status == RunStatus.QUEUED
+    waiting = launch_hooks.waiting_reason(run, placement["queue_position"]) if queued else ""
     return {
         "run": run,
         "row": _row(run, now),
+        "assigned": placement["assigned"],
+        "waiting": waiting,
         "program": program,
         "timeline": display.timeline(run),
         "attempts": list(run.attempts.order_by("number")),

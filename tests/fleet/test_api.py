@@ -82,3 +82,24 @@ def test_workers_drain_and_quotas() -> None:
     rows = {row["user"]: row for row in admin.get("/api/v1/quotas/").json()["results"]}
     assert rows["olivia"]["max_gpus"] == 2 and rows["ada"]["default"] is True
     assert [row["user"] for row in viewer.get("/api/v1/quotas/").json()["results"]] == ["vic"]
+
+
+def test_the_run_page_shows_resources_assignment_and_why_it_waits(client: Any) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    gpu_worker("w", 2)
+    gone = gpu_worker("gone", 1, pool="h100")  # known pool, but its only worker is lost
+    Worker.objects.filter(pk=gone.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    operator = client_for("operator", "olivia")
+    placed = launch(operator, resources={"pool": "a100", "gpus": 2}).json()
+    waiting = launch(operator, resources={"pool": "h100", "gpus": 1}).json()
+    schedule_pass()
+    from django.contrib.auth.models import User
+
+    client.force_login(User.objects.get(username="olivia"))
+    page = client.get(f"/runs/{placed['id']}/").content.decode()
+    assert "a100 · 2 GPUs · priority 50" in page and "GPU 0, 1" in page
+    page = client.get(f"/runs/{waiting['id']}/").content.decode()
+    assert "Waiting: no live worker in pool h100" in page
