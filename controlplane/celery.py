@@ -72,6 +72,9 @@ def _join_fleet(sender: Any = None, **_: Any) -> None:
     # runs it placed here) besides its -Q queues, and heartbeats its row with its devices.
     if sender is None or not hasattr(sender, "app"):
         return
+    consumed = set(sender.app.amqp.queues.consume_from)
+    if consumed and consumed <= {"housekeeping"}:
+        return  # a housekeeping worker (`-Q housekeeping`) runs no training: it offers no devices
     from fleet.agent import SLOTS_OVERRIDE, Agent, queue_for
 
     agent = Agent(str(sender.hostname), slots=SLOTS_OVERRIDE.get("slots"))

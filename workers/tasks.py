@@ -22,6 +22,10 @@ def supervise_run(self: Task[Any, Any], run_id: int) -> str:
 
 @shared_task(name="workers.tasks.housekeeping_reconcile", acks_late=True, ignore_result=True)
 def housekeeping_reconcile() -> dict[str, int]:
+    from fleet.scheduler import schedule_pass
     from runs.reconciler import reconcile
 
-    return reconcile().as_dict()
+    report = reconcile().as_dict()
+    # Runs queued again after a backoff become due here: admit them now, not at the next event.
+    report["placed"] = len(schedule_pass().placed)
+    return report
