@@ -39,12 +39,36 @@ class WorkerSerializer(serializers.Serializer[Any]):
     devices = serializers.ListField(child=serializers.DictField())
 
 
+class WorkerListSerializer(serializers.Serializer[Any]):
+    results = WorkerSerializer(many=True)
+
+
+class QuotaSerializer(serializers.Serializer[Any]):
+    user = serializers.CharField()
+    user_id = serializers.IntegerField()
+    max_gpus = serializers.IntegerField()
+    default = serializers.BooleanField(help_text="the role's default (no quota set for the user)")
+    gpus_in_use = serializers.IntegerField()
+
+
+class QuotaListSerializer(serializers.Serializer[Any]):
+    results = QuotaSerializer(many=True)
+
+
+class QuotaUpdateSerializer(serializers.Serializer[Any]):
+    max_gpus = serializers.IntegerField(allow_null=True, min_value=0, max_value=10_000)
+
+
+class DrainSerializer(serializers.Serializer[Any]):
+    preempt = serializers.BooleanField(required=False, help_text="also preempt its preemptible runs")
+
+
 class WorkerListView(APIView):
     """Every worker the fleet has seen, by pool and name, with its devices and who holds them."""
 
     policy_actions = {"get": Action.FLEET_READ}
 
-    @extend_schema(responses={200: WorkerSerializer(many=True)})
+    @extend_schema(responses={200: WorkerListSerializer})
     def get(self, request: Request) -> Response:
         workers = list(Worker.objects.order_by("pool", "name")[:1000])
         return Response({"results": describe_workers(workers)})
@@ -55,7 +79,7 @@ class WorkerDrainView(APIView):
 
     policy_actions = {"post": Action.FLEET_MANAGE}
 
-    @extend_schema(request=None, responses={202: WorkerSerializer})
+    @extend_schema(request=DrainSerializer, responses={202: WorkerSerializer})
     def post(self, request: Request, pk: int) -> Response:
         preempt = isinstance(request.data, dict) and request.data.get("preempt") is True
         with transaction.atomic():
@@ -96,6 +120,7 @@ class QuotaListView(APIView):
 
     policy_actions = {"get": Action.FLEET_READ}
 
+    @extend_schema(responses={200: QuotaListSerializer})
     def get(self, request: Request) -> Response:
         assert isinstance(request.user, User)
         users = User.objects.order_by("username").select_related("role_record")
@@ -110,11 +135,14 @@ class QuotaDetailView(APIView):
 
     policy_actions = {"patch": Action.FLEET_MANAGE, "put": Action.FLEET_MANAGE}
 
+    @extend_schema(request=QuotaUpdateSerializer, responses={200: QuotaSerializer})
     def patch(self, request: Request, pk: int) -> Response:
         user = User.objects.filter(pk=pk).first()
         if user is None:
             raise Http404("No such user.")
-        value = request.data.get("max_gpus") if isinstance(request.data, dict) else None
+        if not isinstance(request.data, dict) or "max_gpus" not in request.data:
+            raise ValidationError({"max_gpus": ["required: an integer, or null for the role's default"]})
+        value = request.data["max_gpus"]
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_QUOTA
         ):
