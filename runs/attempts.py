@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from redaction import redact, redact_value
 from runs import events, lifecycle
-from runs.ingest import PointRow, insert_log_lines, series_ids, upsert_metric_points
+from runs.ingest import PointRow, insert_log_lines, series_ids, write_metric_points
 from runs.lifecycle import LIVE_STATUSES, Trigger
 from runs.models import Artifact, Checkpoint, ErrorKind, LogStream, Run, RunAttempt, RunStatus
 from runs.reliability import after_failure
@@ -53,9 +53,14 @@ class Batch:
     progress: tuple[int, int | None] | None = None
     phase: str | None = None
     device: str | None = None
+    nbytes: int = 0  # bytes of program output taken into it (the supervisor's batch bound)
 
     def __bool__(self) -> bool:
         return bool(self.lines or self.points or self.progress or self.phase or self.device)
+
+    @property
+    def rows(self) -> int:
+        return len(self.lines) + len(self.points)
 
 
 def _lease_deadline(now: datetime) -> datetime:
@@ -178,7 +183,8 @@ def write_batch(run_id: int, attempt: int, batch: Batch, series_cache: dict[str,
         if batch.points:
             ids = series_ids(run_id, (key for key, _, _, _ in batch.points), series_cache)
             point_rows = [(ids[key], step, value, ts) for key, step, value, ts in batch.points]
-            upsert_metric_points(point_rows)
+            # A resumed attempt re-reports the steps after its checkpoint: merge, not append.
+            write_metric_points(point_rows, may_repeat=attempt > 1)
 
         def publish() -> None:
             if log_rows:

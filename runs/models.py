@@ -174,6 +174,30 @@ class MetricPoint(models.Model):
         return f"{self.series_id}@{self.step}"
 
 
+class MetricRollup(models.Model):
+    """Aggregates of one series over the aligned bucket of 2**level steps `bucket` (step >> level),
+    kept in the points' transaction (runs/rollups.py): charts read these, never the points."""
+
+    pk = models.CompositePrimaryKey("series", "level", "bucket")
+    series = models.ForeignKey(MetricSeries, on_delete=models.CASCADE, related_name="rollups", db_index=False)
+    level = models.SmallIntegerField()
+    bucket = models.BigIntegerField()
+    min = models.FloatField(null=True)  # None: every value in the bucket was null (non-finite)
+    min_step = models.BigIntegerField(null=True)
+    max = models.FloatField(null=True)
+    max_step = models.BigIntegerField(null=True)
+    last = models.FloatField(null=True)  # the value at the bucket's highest step
+    last_step = models.BigIntegerField()
+    first_step = models.BigIntegerField()
+    first_ts = models.DateTimeField()
+    sum = models.FloatField(null=True)
+    n_values = models.BigIntegerField()  # non-null values (sum / n_values is the mean)
+    count = models.BigIntegerField()  # points
+
+    def __str__(self) -> str:
+        return f"{self.series_id}:{self.level}:{self.bucket}"
+
+
 class Checkpoint(models.Model):
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="checkpoints")
     attempt = models.PositiveIntegerField()

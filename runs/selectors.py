@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from django.core.cache import cache
 from django.db import DatabaseError, connection
-from django.db.models import Avg, F, Max, Min, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
 from django.http import Http404
 
 from accounts.policy import Action, Principal, restrict
-from runs import lifecycle
-from runs.models import Artifact, LogLine, MetricPoint, MetricSeries, Run, RunAttempt, RunStatus
+from runs import rollups
+from runs.models import Artifact, LogLine, MetricPoint, MetricRollup, MetricSeries, Run, RunAttempt, RunStatus
 
 MAX_LOG_PAGE = 5_000
 MAX_RAW_POINTS = 100_000
@@ -65,66 +65,127 @@ class SeriesPoint:
     value: float | None
 
 
+def series_id_for(run_id: int, key: str) -> int | None:
+    return MetricSeries.objects.filter(run_id=run_id, key=key).values_list("pk", flat=True).first()
+
+
+def metric_page(series_id: int, after_step: int, limit: int) -> tuple[list[SeriesPoint], bool]:
+    """Up to `limit` points with step > `after_step`, in step order, and whether more follow.
+
+    A keyset page on the (series, step) primary key: a client that follows `after_step = last
+    step of the page` sees every point exactly once, even while the run keeps writing."""
+    rows = list(
+        MetricPoint.objects.filter(series_id=series_id, step__gt=after_step)
+        .order_by("step")
+        .values_list("step", "value")[: limit + 1]
+    )
+    return [SeriesPoint(step, value) for step, value in rows[:limit]], len(rows) > limit
+
+
 def metric_points(run_id: int, key: str, max_points: int | None) -> list[SeriesPoint]:
-    """Points of one series in step order; above `max_points`, a min/max per bucket.
+    """Points of one series in step order; above `max_points`, the min and max of every bucket.
 
     Keeping both the minimum and the maximum of every bucket (at their own steps) means a spike
-    survives downsampling, which averaging or picking every n-th point would hide.
+    survives downsampling, which averaging or picking every n-th point would hide. Buckets are
+    aligned powers of two (at most max_points / 2 of them, so at most max_points points), read
+    from the rollups (runs/rollups.py). Without `max_points`: the first MAX_RAW_POINTS points
+    (the API pages with `metric_page` instead).
     """
-    series_id = MetricSeries.objects.filter(run_id=run_id, key=key).values_list("pk", flat=True).first()
+    series_id = series_id_for(run_id, key)
     if series_id is None:
         return []
     cap = MAX_RAW_POINTS if max_points is None else max_points
-    raw = list(
-        MetricPoint.objects.filter(series_id=series_id)
-        .order_by("step")
-        .values_list("step", "value")[: cap + 1]
-    )
-    if len(raw) <= cap:
-        return [SeriesPoint(step, value) for step, value in raw]
-    if max_points is None:
-        return [SeriesPoint(step, value) for step, value in raw[:cap]]
-    return _downsample(series_id, max_points)
-
-
-def _downsample(series_id: int, max_points: int) -> list[SeriesPoint]:
-    buckets = max(1, max_points // 2)
-    bounds = MetricPoint.objects.filter(series_id=series_id).order_by("step").values_list("step", flat=True)
-    low = bounds.first()
-    high = bounds.last()
-    if low is None or high is None:
+    raw, more = metric_page(series_id, -1, cap)
+    if not more or max_points is None:
+        return raw
+    extent = _extent(series_id)
+    if extent is None:
         return []
-    span = high - low + 1
-    table = MetricPoint._meta.db_table
     picked: dict[int, float] = {}
-    if connection.vendor == "postgresql":
-        # min/max over [value, step] arrays find each bucket's extreme and its step in one pass.
-        sql = (
-            f"SELECT min(ARRAY[value, step::float8]), max(ARRAY[value, step::float8]) FROM {table} "  # noqa: S608
-            "WHERE series_id = %s AND value IS NOT NULL GROUP BY (step - %s) * %s / %s"
-        )
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [series_id, low, buckets, span])
-            for low_pair, high_pair in cursor.fetchall():
-                for value, step in (low_pair, high_pair):
-                    picked[int(step)] = float(value)
-    else:
-        extremes: dict[int, tuple[tuple[float, int], tuple[float, int]]] = {}
-        rows = MetricPoint.objects.filter(series_id=series_id, value__isnull=False).values_list(
-            "step", "value"
-        )
-        for step, value in rows.iterator(chunk_size=10_000):
-            assert value is not None  # filtered above
-            bucket = (step - low) * buckets // span
-            current = extremes.get(bucket)
-            if current is None:
-                extremes[bucket] = ((value, step), (value, step))
-            else:
-                extremes[bucket] = (min(current[0], (value, step)), max(current[1], (value, step)))
-        for (min_value, min_step), (max_value, max_step) in extremes.values():
-            picked[min_step] = min_value
-            picked[max_step] = max_value
+    for bucket in _series_buckets(series_id, extent[0], extent[1], max(1, max_points // 2)):
+        if bucket.low is not None and bucket.low_step is not None:
+            picked[bucket.low_step] = bucket.low
+        if bucket.high is not None and bucket.high_step is not None:
+            picked[bucket.high_step] = bucket.high
     return [SeriesPoint(step, picked[step]) for step in sorted(picked)]
+
+
+def _extent(series_id: int) -> tuple[int, int] | None:
+    steps = MetricPoint.objects.filter(series_id=series_id).values_list("step", flat=True)
+    low = steps.order_by("step").first()
+    high = steps.order_by("-step").first()
+    return None if low is None or high is None else (low, high)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One aligned bucket of a series: its first step and time, mean, min and max (with steps)."""
+
+    bucket: int
+    first_step: int
+    first_ts: float  # epoch milliseconds
+    mean: float | None
+    low: float | None
+    low_step: int | None
+    high: float | None
+    high_step: int | None
+
+
+def _series_buckets(series_id: int, low_step: int, high_step: int, buckets: int) -> list[Bucket]:
+    """At most `buckets` aligned buckets over the series (between buckets/2 and buckets where the
+    data has them): rollup rows when the level is stored, else the points grouped (then at most
+    2**BASE_LEVEL points a bucket, so still bounded)."""
+    level = rollups.level_for(low_step, high_step, buckets)
+    if connection.vendor == "postgresql" and rollups.BASE_LEVEL <= level <= rollups.TOP_LEVEL:
+        rows = (
+            MetricRollup.objects.filter(
+                series_id=series_id,
+                level=level,
+                bucket__gte=low_step >> level,
+                bucket__lte=high_step >> level,
+            )
+            .order_by("bucket")
+            .values_list(
+                "bucket", "first_step", "first_ts", "sum", "n_values", "min", "min_step", "max", "max_step"
+            )
+        )
+        return [
+            Bucket(b, fs, ts.timestamp() * 1000, sm / nv if nv and sm is not None else None, lo, los, hi, his)
+            for b, fs, ts, sm, nv, lo, los, hi, his in rows
+        ]
+    return _point_buckets(series_id, level, low_step, high_step)
+
+
+def _point_buckets(series_id: int, shift: int, first_step: int, last_step: int) -> list[Bucket]:
+    extremes: dict[int, list[Any]] = {}
+    rows = MetricPoint.objects.filter(series_id=series_id, step__gte=first_step, step__lte=last_step)
+    columns = rows.order_by("step").values_list("step", "ts", "value")
+    for step, ts, value in columns.iterator(chunk_size=10_000):
+        bucket = step >> shift
+        entry = extremes.get(bucket)
+        if entry is None:
+            # first step, first ts, sum, count, (min, step), (max, step)
+            entry = extremes[bucket] = [step, ts.timestamp() * 1000, 0.0, 0, None, None]
+        if value is not None:
+            entry[2] += value
+            entry[3] += 1
+            if entry[4] is None or value < entry[4][0]:
+                entry[4] = (value, step)
+            if entry[5] is None or value > entry[5][0]:
+                entry[5] = (value, step)
+    return [
+        Bucket(
+            bucket,
+            fs,
+            ts,
+            sm / n if n else None,
+            lo[0] if lo else None,
+            lo[1] if lo else None,
+            hi[0] if hi else None,
+            hi[1] if hi else None,
+        )
+        for bucket, (fs, ts, sm, n, lo, hi) in sorted(extremes.items())
+    ]
 
 
 def run_artifacts(run_id: int) -> list[Artifact]:
@@ -211,11 +272,7 @@ def has_log_lines_before(run_id: int, seq: int) -> bool:
     return LogLine.objects.filter(run_id=run_id, seq__lt=seq).exists()
 
 
-# -- chart series: min/max/mean per aligned bucket, cached by chunk ------------------------------
-
-CHART_CHUNK_BUCKETS = 32  # buckets per cached chunk: a live run recomputes at most one chunk
-CHART_CACHE_SECONDS = 24 * 3600
-_CHART_CACHE_VERSION = 1
+# -- chart series: min/max/mean per aligned bucket, read from the rollups -------------------------
 
 
 @dataclass(frozen=True)
@@ -236,20 +293,16 @@ class ChartSeries:
     high: list[float | None] | None
 
 
-# (bucket, first step, first ts in ms, mean, min, max)
-_Bucket = tuple[int, int, float, float | None, float | None, float | None]
-
-
 def chart_series(run: Run, keys: list[str] | None, max_points: int) -> list[ChartSeries]:
     """The run's series (all, or those named), each at most `max_points` values wide.
 
-    Downsampling groups steps into buckets aligned to a power of two (`step >> shift`), so a
-    bucket's content never depends on where the series currently ends. That makes every bucket
-    below the series' last step final, and chunks of them are cached: a live chart request reads
-    only the newest chunk from the database, and a finished run's chart comes from the cache.
+    Downsampling groups steps into buckets aligned to a power of two (`step >> level`): between
+    max_points/2 and max_points of them, read from the rollups kept as points are written
+    (runs/rollups.py), so a chart of a million-point series reads at most max_points rows, cold
+    or warm, live or finished.
 
     Queries: one for every series' extent, one for the points of all short series, and one per
-    long series whose chunks are not all cached (so one per live series, none once finished).
+    long series (its rollup rows).
     """
     by_step = MetricPoint.objects.filter(series_id=OuterRef("pk")).order_by("step").values("step")
     series = MetricSeries.objects.filter(run_id=run.pk)
@@ -294,65 +347,17 @@ def chart_series(run: Run, keys: list[str] | None, max_points: int) -> list[Char
 def _bucketed(
     run: Run, series_id: int, key: str, low_step: int, high_step: int, max_points: int
 ) -> ChartSeries:
-    buckets = max(1, max_points // 2)
-    shift = 0
-    while (high_step >> shift) - (low_step >> shift) + 1 > buckets:
-        shift += 1
-    chunk_shift = shift + CHART_CHUNK_BUCKETS.bit_length() - 1
-    chunks = range(low_step >> chunk_shift, (high_step >> chunk_shift) + 1)
-    # The creation time tells apart runs that reuse an id (a database restored or recreated).
-    prefix = f"cp:chart:{_CHART_CACHE_VERSION}:{series_id}:{run.created_at.timestamp()}:{run.attempt}:{shift}"
-    cached: dict[str, list[_Bucket]] = cache.get_many([f"{prefix}:{chunk}" for chunk in chunks])
-    missing = [chunk for chunk in chunks if f"{prefix}:{chunk}" not in cached]
-    rows: dict[int, list[_Bucket]] = {
-        chunk: cached[f"{prefix}:{chunk}"] for chunk in chunks if chunk not in missing
-    }
-    if missing:
-        first, last = missing[0], missing[-1]
-        computed = _buckets(series_id, shift, first << chunk_shift, ((last + 1) << chunk_shift) - 1)
-        fresh: dict[int, list[_Bucket]] = {chunk: [] for chunk in range(first, last + 1)}
-        for bucket in computed:
-            fresh[bucket[0] >> (chunk_shift - shift)].append(bucket)
-        final: dict[str, list[_Bucket]] = {}
-        for chunk, content in fresh.items():
-            rows[chunk] = content
-            # A chunk is final once the series has moved past it (or the run has ended); a run
-            # that resumes gets a new attempt number, hence new keys.
-            if ((chunk + 1) << chunk_shift) <= high_step or lifecycle.is_terminal(run):
-                final[f"{prefix}:{chunk}"] = content
-        if final:
-            cache.set_many(final, CHART_CACHE_SECONDS)
-    ordered = [bucket for chunk in chunks for bucket in rows.get(chunk, [])]
+    # Rollups (runs/rollups.py): at most max_points rows, cold or warm, whatever the series' length.
+    ordered = _series_buckets(series_id, low_step, high_step, max(1, max_points))
+    shift = rollups.level_for(low_step, high_step, max(1, max_points))
     return ChartSeries(
         key=key,
         bucket_steps=1 << shift,
-        steps=[bucket[1] for bucket in ordered],
-        ts=[bucket[2] for bucket in ordered],
-        values=[bucket[3] for bucket in ordered],
-        low=[bucket[4] for bucket in ordered],
-        high=[bucket[5] for bucket in ordered],
-    )
-
-
-def _buckets(series_id: int, shift: int, first_step: int, last_step: int) -> list[_Bucket]:
-    rows = (
-        MetricPoint.objects.filter(series_id=series_id, step__gte=first_step, step__lte=last_step)
-        .annotate(bucket=F("step").bitrightshift(shift))
-        .values("bucket")
-        .annotate(
-            first_step=Min("step"),
-            first_ts=Min("ts"),
-            mean=Avg("value"),
-            low=Min("value"),
-            high=Max("value"),
-        )
-        # No ORDER BY: Postgres cannot tell how few groups there are and would sort all the
-        # points (on disk, past work_mem) before grouping; hashing them is 2-3x faster.
-        .order_by()
-        .values_list("bucket", "first_step", "first_ts", "mean", "low", "high")
-    )
-    return sorted(
-        (bucket, step, ts.timestamp() * 1000, mean, low, high) for bucket, step, ts, mean, low, high in rows
+        steps=[bucket.first_step for bucket in ordered],
+        ts=[bucket.first_ts for bucket in ordered],
+        values=[bucket.mean for bucket in ordered],
+        low=[bucket.low for bucket in ordered],
+        high=[bucket.high for bucket in ordered],
     )
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import json
-import queue
 from typing import Any
 
 from django.utils import timezone
@@ -36,6 +35,7 @@ class Ingest:
     def take(self, chunk: Chunk) -> None:
         """Add one line of the program's output (not an end-of-file chunk) to the batch."""
         assert chunk.data is not None
+        self.writer.batch.nbytes += len(chunk.data)
         if chunk.source == "events":
             self._take_event(chunk.data, chunk.truncated)
             return
@@ -43,16 +43,6 @@ class Ingest:
         if chunk.source == "stderr":
             self.stderr_tail.append(text)
         self.writer.say((timezone.now(), LogStream(chunk.source).value, text))
-
-    def drain(self, chunks: queue.Queue[Chunk]) -> None:
-        """Take every line still queued once the program is gone."""
-        while True:
-            try:
-                chunk = chunks.get_nowait()
-            except queue.Empty:
-                return
-            if chunk.data is not None:
-                self.take(chunk)
 
     def _redacted_line(self, data: bytes, truncated: int) -> str:
         if not self.redactor:
@@ -73,7 +63,12 @@ class Ingest:
                 problem = f"not JSON ({error.__class__.__name__})"
         if problem is None:
             problem = apply_event(event, self.writer.batch, self.writer.pending_files)
-            worker_metrics.observe_event(self.run_id, event)
+            points = event.get("points") if isinstance(event, dict) else None
+            if isinstance(points, list) and points and isinstance(points[-1], dict):
+                # A multi-point line: its newest step times the training loop.
+                worker_metrics.observe_event(self.run_id, {"type": "metric", **points[-1]})
+            else:
+                worker_metrics.observe_event(self.run_id, event)
         if problem is not None:
             preview = self._redacted_line(data, truncated)[:200]
             self.log.warning("malformed_event_skipped", problem=problem, preview=preview)

@@ -5,6 +5,7 @@ Pure functions, so the rules of what an event may say are tested without a proce
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.utils import timezone
@@ -21,15 +22,10 @@ def apply_event(event: Any, batch: Batch, pending_files: list[dict[str, Any]]) -
     kind = event.get("type")
     step = event.get("step")
     if kind == "metric":
-        values = event.get("values")
-        if not _is_step(step) or not isinstance(values, dict) or not values:
-            return "metric needs an integer step >= 0 and a non-empty values object"
-        assert isinstance(step, int)
-        now = timezone.now()
-        for key, value in values.items():
-            if isinstance(key, str) and 0 < len(key) <= 200:
-                batch.points.append((key, step, finite_or_none(value), now))
-        return None
+        points = event.get("points")
+        if points is not None:
+            return _apply_points(points, batch)
+        return _apply_point(step, event.get("values"), batch, timezone.now())
     if kind == "progress":
         total = event.get("total")
         if not _is_step(step) or not (total is None or _is_step(total)):
@@ -53,6 +49,38 @@ def apply_event(event: Any, batch: Batch, pending_files: list[dict[str, Any]]) -
         pending_files.append(event)
         return None
     return f"unknown event type {str(kind)[:40]!r}"
+
+
+MAX_POINTS_PER_EVENT = 100_000
+
+
+def _apply_points(points: Any, batch: Batch) -> str | None:
+    """`{"type": "metric", "points": [{"step": 1, "values": {...}}, ...]}`: many steps in one line
+    (what the SDK's `metrics` writes); all or nothing, so a bad point never half-applies a line."""
+    if not isinstance(points, list) or not points or len(points) > MAX_POINTS_PER_EVENT:
+        return f"metric points must be a non-empty list of at most {MAX_POINTS_PER_EVENT} points"
+    mark = len(batch.points)
+    now = timezone.now()
+    for point in points:
+        problem = (
+            _apply_point(point.get("step"), point.get("values"), batch, now)
+            if isinstance(point, dict)
+            else "metric points must be objects"
+        )
+        if problem is not None:
+            del batch.points[mark:]
+            return problem
+    return None
+
+
+def _apply_point(step: Any, values: Any, batch: Batch, now: datetime) -> str | None:
+    if not _is_step(step) or not isinstance(values, dict) or not values:
+        return "metric needs an integer step >= 0 and a non-empty values object"
+    assert isinstance(step, int)
+    for key, value in values.items():
+        if isinstance(key, str) and 0 < len(key) <= 200:
+            batch.points.append((key, step, finite_or_none(value), now))
+    return None
 
 
 def _is_step(value: Any) -> bool:

@@ -2,6 +2,10 @@
 
 One thread per pipe pushes lines into one queue; a line longer than its limit keeps its head and
 counts the rest, so a program printing a gigabyte without a newline costs bounded memory.
+
+The queue is bounded in lines and in bytes (`ChunkQueue`): when the database is slower than the
+program, the queue fills, the reader threads block in `put`, the pipes fill and the program waits
+in its `write`. That is the backpressure that keeps the supervisor's memory flat under a flood.
 """
 
 from __future__ import annotations
@@ -18,6 +22,46 @@ class Chunk:
     source: Source
     data: bytes | None  # None: the stream reached end of file
     truncated: int = 0
+
+
+# What one queued chunk costs beyond its bytes (the Chunk, the bytes object's header, the deque slot).
+CHUNK_OVERHEAD_BYTES = 120
+DEFAULT_QUEUE_CHUNKS = 50_000
+# Small next to a batch: 2 MiB of multi-point JSON parses into ~120k points (~25 MiB in Python).
+DEFAULT_QUEUE_BYTES = 2 * 1024 * 1024
+
+
+class ChunkQueue(queue.Queue[Chunk]):
+    """A queue full at `max_chunks` chunks or at `max_bytes` bytes, whichever comes first.
+
+    `queue.Queue` blocks `put` while `_qsize() >= maxsize`: reporting the fuller of the two
+    measures (bytes scaled to chunks) makes it block on either bound with its own locking. A chunk
+    larger than the byte bound still goes into an empty queue (one event line, at most 1 MiB).
+    """
+
+    def __init__(self, max_chunks: int = DEFAULT_QUEUE_CHUNKS, max_bytes: int = DEFAULT_QUEUE_BYTES) -> None:
+        super().__init__(maxsize=max_chunks)
+        self.max_bytes = max_bytes
+        self.bytes = 0
+
+    @staticmethod
+    def _cost(chunk: Chunk) -> int:
+        return CHUNK_OVERHEAD_BYTES + (len(chunk.data) if chunk.data is not None else 0)
+
+    def _qsize(self) -> int:
+        count = len(self.queue)
+        if not count:
+            return 0
+        return max(count, self.bytes * self.maxsize // self.max_bytes)
+
+    def _put(self, item: Chunk) -> None:
+        self.bytes += self._cost(item)
+        super()._put(item)
+
+    def _get(self) -> Chunk:
+        item: Chunk = super()._get()
+        self.bytes -= self._cost(item)
+        return item
 
 
 def read_lines(stream: IO[bytes], source: Source, sink: queue.Queue[Chunk], limit: int) -> None:

@@ -33,14 +33,15 @@ from workers.launch import Launch
 from workers.preparation import choose_checkpoint, resolve_run_secrets, stage_run_dataset
 from workers.process import ProgramProcess
 from workers.registry import active_supervisors
-from workers.streams import Chunk
+from workers.streams import Chunk, ChunkQueue
 from workers.watch import Watch
 from workers.writer import AttemptWriter
 
 log = structlog.get_logger(__name__)
 
 # Lines waiting between the reader threads and the loop: enough for any burst between two
-# flushes; a full queue blocks the readers (so the program's pipes), never drops lines.
+# flushes; a full queue (in lines or bytes: workers/streams.py) blocks the readers (so the
+# program's pipes), never drops lines.
 CHUNK_QUEUE_SIZE = 50_000
 
 
@@ -60,10 +61,10 @@ class Supervisor:
     def __init__(self, run_id: int, *, worker: str | None = None, seat: Seat | None = None) -> None:
         self.run_id = run_id
         self.worker = worker or worker_name()
-        self.config = settings.CONTROLPLANE
         # The fleet worker this supervisor runs on; None (a direct call): no reservation check.
         self.seat = seat
-        self._chunks: queue.Queue[Chunk] = queue.Queue(maxsize=CHUNK_QUEUE_SIZE)
+        self.config = settings.CONTROLPLANE
+        self._chunks: queue.Queue[Chunk] = ChunkQueue(max_chunks=CHUNK_QUEUE_SIZE)
         self._shutdown = threading.Event()
         self._redaction: int | None = None
         self.log = log.bind(run_id=run_id)

@@ -1,9 +1,15 @@
 """The loop that watches a running program until it is gone.
 
-One thread does everything, in turn: take the queued output into the batch, flush every
-FLUSH_INTERVAL (or at MAX_BATCH_LINES), renew the lease every HEARTBEAT and read the run's status
-every second in between (cancel → SIGTERM), and enforce the worker's shutdown and the run's maximum
-duration, with SIGKILL after the grace period. One thread, so the batch needs no lock.
+One thread does everything, in turn: take the queued output into the batch, flush it, renew the
+lease every HEARTBEAT and read the run's status every second in between (cancel → SIGTERM), and
+enforce the worker's shutdown and the run's maximum duration, with SIGKILL after the grace period.
+One thread, so the batch needs no lock.
+
+When to flush (adaptive): a batch is written at once when the queue is drained and nothing was
+flushed for IDLE_FLUSH_SECONDS (an idle run's line reaches the websocket in one transaction's
+time); under load output coalesces until the batch is full (MAX_BATCH_ROWS rows of every kind, or
+MAX_BATCH_BYTES of program output) or FLUSH_INTERVAL passes. A full batch is not added to: the
+loop flushes it first, so the queue fills and the program waits (backpressure, workers/streams.py).
 """
 
 from __future__ import annotations
@@ -25,7 +31,11 @@ from workers.process import READER_COUNT, ProgramProcess
 from workers.streams import Chunk
 from workers.writer import MAX_BACKOFF_SECONDS, AttemptWriter
 
-MAX_BATCH_LINES = 5_000
+# Rows (log lines + metric points) and bytes of program output in one batch: one transaction and
+# one websocket frame of each kind. ~20k rows is where COPY's per-batch overhead stops mattering.
+MAX_BATCH_ROWS = 20_000
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+IDLE_FLUSH_SECONDS = 0.025
 STATUS_POLL_SECONDS = 1.0
 # After the program exits, children that kept its pipes open get this long before the group is
 # killed, and the readers this long to reach end of file before the loop stops waiting for them.
@@ -65,6 +75,8 @@ class Watch:
         self._started = now
         self._last_renewal = now
         self._next_flush = now + self.flush_every
+        self._last_flush = now - IDLE_FLUSH_SECONDS
+        self._drained = False
         self._next_heartbeat = now + self.heartbeat_every
         self._next_status_poll = now + STATUS_POLL_SECONDS
 
@@ -82,18 +94,49 @@ class Watch:
                 exited_at = now
             if exited_at is not None and self._done_after_exit(now - exited_at):
                 break
-        self.ingest.drain(self.chunks)
+        self._drain()
         return self.process.popen.returncode
+
+    def _drain(self) -> None:
+        """Take every line still queued once the program is gone, in bounded batches: a full
+        queue of multi-point lines parses into far more memory than its bytes."""
+        while True:
+            try:
+                chunk = self.chunks.get_nowait()
+            except queue.Empty:
+                return
+            if chunk.data is not None:
+                self.ingest.take(chunk)
+            if self._batch_full():
+                if self.writer.flush_failures:
+                    self.writer.enforce_buffer_bound()
+                else:
+                    self.writer.flush()
+
+    def _batch_full(self) -> bool:
+        batch = self.writer.batch
+        return batch.rows >= MAX_BATCH_ROWS or batch.nbytes >= MAX_BATCH_BYTES
 
     def _take_output(self) -> None:
         """Wait for output until the next timer, then take what is queued (up to a full batch)."""
-        timeout = max(0.0, min(self._next_flush, self._next_status_poll) - time.monotonic())
+        self._drained = False
+        writing = not self.writer.flush_failures
+        if writing and self._batch_full():
+            return  # flushed next, before anything more is read: the backpressure
+        deadline = min(self._next_flush, self._next_status_poll)
+        if writing and self.writer.batch:
+            deadline = min(deadline, self._last_flush + IDLE_FLUSH_SECONDS)
+        timeout = max(0.0, deadline - time.monotonic())
         try:
             self._take(self.chunks.get(timeout=timeout))
-            while len(self.writer.batch.lines) < MAX_BATCH_LINES:
+            while not self._batch_full():
                 self._take(self.chunks.get_nowait())
         except queue.Empty:
-            pass
+            self._drained = True
+        if not writing:
+            # The database is down: the buffer keeps its own bound (MAX_BUFFERED_LINES), trimmed
+            # as output arrives rather than only at the next failed try.
+            self.writer.enforce_buffer_bound()
 
     def _take(self, chunk: Chunk) -> None:
         if chunk.data is None:
@@ -102,9 +145,14 @@ class Watch:
             self.ingest.take(chunk)
 
     def _flush_if_due(self, now: float) -> None:
-        full = len(self.writer.batch.lines) >= MAX_BATCH_LINES and not self.writer.flush_failures
-        if now < self._next_flush and not full:
+        writing = not self.writer.flush_failures
+        full = writing and self._batch_full()
+        # Little pending, the queue empty and nothing written for a moment: write it now.
+        idle = writing and self._drained and now - self._last_flush >= IDLE_FLUSH_SECONDS
+        if now < self._next_flush and not full and not (idle and self.writer.batch):
             return
+        if self.writer.batch:
+            self._last_flush = now
         self.writer.flush()
         self.writer.register_files(self.directory)
         # After a failed write, back off (up to 5 s) instead of hammering a sick database.

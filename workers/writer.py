@@ -104,6 +104,14 @@ class AttemptWriter:
         batch.points.extend(self.batch.points)
         batch.progress = self.batch.progress or batch.progress
         batch.phase = self.batch.phase or batch.phase
+        batch.device = self.batch.device or batch.device
+        batch.nbytes += self.batch.nbytes
+        self.batch = batch
+        self.enforce_buffer_bound()
+
+    def enforce_buffer_bound(self) -> None:
+        """While the database is unreachable: at most MAX_BUFFERED_LINES lines and as many points."""
+        batch = self.batch
         limit = int(self.config["MAX_BUFFERED_LINES"])
         if len(batch.lines) > limit:
             # Keep the newest lines: memory stays bounded and the tail (the cause of trouble,
@@ -113,7 +121,6 @@ class AttemptWriter:
             self._dropped_lines += excess
         if len(batch.points) > limit:
             del batch.points[: len(batch.points) - limit]
-        self.batch = batch
 
     def final_flush(self, directory: Path | None = None) -> bool:
         """Flush what is left (lines, points, files), retrying with backoff while the lease lasts."""

@@ -7,6 +7,7 @@ series with min/max bands and times, a safetensors header preview, and the whole
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -240,6 +241,58 @@ async def log_text(request: HttpRequest, run_id: int) -> HttpResponseBase:
     body = _log_pages(found.pk, found.log_seq) if request.method == "GET" else _nothing()
     response = StreamingHttpResponse(body, content_type="text/plain; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="run-{found.pk}-log.txt"'
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+# -- a whole metric series, streamed ---------------------------------------------------------------
+
+METRIC_EXPORT_PAGE = 10_000
+
+
+async def _metric_pages(series_id: int | None, csv: bool) -> AsyncIterator[bytes]:
+    if csv:
+        yield b"step,value\n"
+    if series_id is None:
+        return
+    after = -1
+    while True:
+        page, more = await sync_to_async(selectors.metric_page)(series_id, after, METRIC_EXPORT_PAGE)
+        if not page:
+            return
+        if csv:
+            text = "".join(f"{p.step},{'' if p.value is None else repr(p.value)}\n" for p in page)
+        else:
+            text = "".join(json.dumps({"step": p.step, "value": p.value}) + "\n" for p in page)
+        yield text.encode()
+        after = page[-1].step
+        if not more:
+            return
+
+
+@require_safe
+async def metric_export(request: HttpRequest, run_id: int) -> HttpResponseBase:
+    """`GET /api/v1/runs/{id}/metrics/export/?key=K&format=ndjson|csv`: every point of a series.
+
+    Keyset pages of METRIC_EXPORT_PAGE points through an async iterator, like the log download:
+    memory stays flat at a million points; a live run's export ends at the newest point it reaches.
+    """
+    found = await sync_to_async(_access)(request, run_id)
+    if isinstance(found, JsonResponse):
+        return found
+    key = request.GET.get("key", "")[:200]
+    kind = request.GET.get("format", "ndjson")
+    if not key or kind not in {"ndjson", "csv"}:
+        return JsonResponse(
+            {"detail": "key is required; format is ndjson or csv.", "code": "invalid"}, status=400
+        )
+    # A key the run has not reported (yet) is an empty series, as on the metrics endpoint.
+    series_id = await sync_to_async(selectors.series_id_for)(found.pk, key)
+    csv = kind == "csv"
+    body = _metric_pages(series_id, csv) if request.method == "GET" else _nothing()
+    content_type = "text/csv; charset=utf-8" if csv else "application/x-ndjson"
+    response = StreamingHttpResponse(body, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="run-{found.pk}-metric.{kind}"'
     response["Cache-Control"] = "private, no-store"
     return response
 

@@ -17,6 +17,7 @@ urlpatterns = [
     path("runs/<int:run_id>/logs/tail/", dashboard.LogTailView.as_view(), name="run-log-tail"),
     path("runs/<int:run_id>/logs.txt", dashboard.log_text, name="run-log-text"),
     path("runs/<int:run_id>/charts/", dashboard.ChartsView.as_view(), name="run-charts"),
+    path("runs/<int:run_id>/metrics/export/", dashboard.metric_export, name="run-metric-export"),
     path(
         "artifacts/<int:artifact_id>/preview/",
         dashboard.ArtifactPreviewView.as_view(),

@@ -194,7 +194,12 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
         )
 
     @extend_schema(
-        parameters=[OpenApiParameter("key", str, required=True), OpenApiParameter("max_points", int)],
+        parameters=[
+            OpenApiParameter("key", str, required=True),
+            OpenApiParameter("max_points", int, description="downsample the whole series to at most this"),
+            OpenApiParameter("after_step", int, description="raw points: those after this step"),
+            OpenApiParameter("limit", int, description=f"raw points: at most this many (<= {100_000})"),
+        ],
         responses={
             200: inline_serializer(
                 "MetricSeries",
@@ -208,6 +213,8 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
                         },
                         many=True,
                     ),
+                    "truncated": serializers.BooleanField(),
+                    "next": serializers.URLField(allow_null=True),
                 },
             )
         },
@@ -220,8 +227,41 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
             keys = selectors.metric_keys(run.pk)
             raise ValidationError({"key": [f"required; this run has: {', '.join(keys) or 'no metrics yet'}"]})
         max_points = int_param(request, "max_points", None, minimum=2, maximum=selectors.MAX_RAW_POINTS)
-        points = selectors.metric_points(run.pk, key[:200], max_points)
-        return Response({"key": key, "points": [{"step": p.step, "value": p.value} for p in points]})
+        if max_points is not None:
+            # The whole series, downsampled (min and max of each bucket): never truncated.
+            points = selectors.metric_points(run.pk, key[:200], max_points)
+            return Response(
+                {
+                    "key": key,
+                    "points": [{"step": p.step, "value": p.value} for p in points],
+                    "truncated": False,
+                    "next": None,
+                }
+            )
+        # Raw points, a keyset page at a time: `next` follows on from the page's last step, so
+        # every point is read exactly once while the run keeps writing. `truncated`: more follow.
+        after = int_param(request, "after_step", -1, minimum=-1, maximum=2**62)
+        limit = int_param(
+            request, "limit", selectors.MAX_RAW_POINTS, minimum=1, maximum=selectors.MAX_RAW_POINTS
+        )
+        assert after is not None and limit is not None
+        series_id = selectors.series_id_for(run.pk, key[:200])
+        page, more = selectors.metric_page(series_id, after, limit) if series_id is not None else ([], False)
+        next_url = None
+        if more:
+            query = request.query_params.copy()
+            query["after_step"] = str(page[-1].step)
+            query["limit"] = str(limit)
+            next_url = request.build_absolute_uri(f"{request.path}?{query.urlencode()}")
+        return Response(
+            {
+                "key": key,
+                "points": [{"step": p.step, "value": p.value} for p in page],
+                "truncated": more,
+                "next": next_url,
+                "next_after_step": page[-1].step if page else after,
+            }
+        )
 
     @extend_schema(responses={200: ArtifactSerializer(many=True)})
     @action(detail=True, methods=["get"], pagination_class=None)

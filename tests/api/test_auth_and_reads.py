@@ -158,7 +158,13 @@ def test_metrics_keep_one_value_per_step_the_last_written(owner: User, api: APIC
     claim_attempt = Run.objects.get(pk=run.pk).attempt
     write_batch(run.pk, claim_attempt, Batch(points=[("train/loss", 1, 2.5, timezone.now())]), {})
     body = api.get(f"/api/v1/runs/{run.pk}/metrics/?key=train/loss").json()
-    assert body == {"key": "train/loss", "points": [{"step": 1, "value": 2.5}, {"step": 2, "value": 1.5}]}
+    assert body == {
+        "key": "train/loss",
+        "points": [{"step": 1, "value": 2.5}, {"step": 2, "value": 1.5}],
+        "truncated": False,
+        "next": None,
+        "next_after_step": 2,
+    }
 
 
 def test_downsampled_metrics_keep_a_spike(owner: User, api: APIClient) -> None:

@@ -153,6 +153,7 @@ MATRIX: list[Row] = [
     r("api:run-log-tail", "GET", *READ, target="run"),
     r("api:run-log-text", "GET", *READ, target="run"),
     r("api:run-charts", "GET", *READ, target="run"),
+    r("api:run-metric-export", "GET", *READ, target="run", query="key=train/loss"),
     r("api:artifact-preview", "GET", *READ, target="artifact"),
     r("artifact-download", "GET", *READ, target="artifact"),
     # -- admin ---------------------------------------------------------------------------------

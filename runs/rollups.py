@@ -1,0 +1,138 @@
+"""Metric rollups: min, max, last, first, sum and count per power-of-two step bucket.
+
+Written in the same transaction as the points (runs/ingest.py), so a chart of any series, cold or
+warm, and the exact min/max read of `runs.selectors` read at most a few thousand rollup rows, never
+the points. Level L holds buckets of 2**L steps (`bucket = step >> L`), for L in BASE_LEVEL ..
+TOP_LEVEL; below BASE_LEVEL a read groups the points themselves (at most 2**BASE_LEVEL per bucket
+asked for, so still bounded).
+
+How a batch updates them: the base-level buckets its points touch are recomputed from the points
+table (not merged with the batch's values), and every level above from the two child buckets
+below it. Recomputing, rather than folding the new values in, is what keeps a step rewritten after
+a resume from leaving a stale minimum or maximum in its bucket; it costs one indexed range read
+of at most 2**BASE_LEVEL points per touched base bucket, and two rollup rows per touched bucket
+above. Postgres only: SQLite (standalone mode) has no rollups and groups the points on read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.db import connection
+
+from runs.models import MetricPoint, MetricRollup
+
+BASE_LEVEL = 4  # 16 steps: rollup rows are 1/8 of the points (1/16 + 1/32 + ...)
+TOP_LEVEL = 40  # 2**40 steps; a series beyond that is charted from its points
+
+_COLUMNS = (
+    "series_id, level, bucket, min, min_step, max, max_step, last, last_step, first_step, first_ts, "
+    "sum, n_values, count"
+)
+_UPDATE = ", ".join(
+    f"{c} = excluded.{c}"
+    for c in (
+        "min",
+        "min_step",
+        "max",
+        "max_step",
+        "last",
+        "last_step",
+        "first_step",
+        "first_ts",
+        "sum",
+        "n_values",
+        "count",
+    )
+)
+# (lo, hi): [value, step] pairs, so min/max find the extreme and its step in one pass (the lowest
+# step on a tie); la: [step, value], the value at the highest step.
+_OUTER = (
+    "SELECT s, lvl, b, lo[1], lo[2]::bigint, hi[1], hi[2]::bigint, la[2], la[1]::bigint, "
+    "fs, fts, sm, nv, n FROM"
+)
+
+
+def _base_sql() -> str:
+    points, rollups = MetricPoint._meta.db_table, MetricRollup._meta.db_table
+    return (
+        f"INSERT INTO {rollups} ({_COLUMNS}) {_OUTER} ("  # noqa: S608 - table names and constants only
+        f"SELECT p.series_id AS s, {BASE_LEVEL} AS lvl, p.step >> {BASE_LEVEL} AS b, "
+        "min(ARRAY[p.value, p.step::float8]) FILTER (WHERE p.value IS NOT NULL) AS lo, "
+        "max(ARRAY[p.value, p.step::float8]) FILTER (WHERE p.value IS NOT NULL) AS hi, "
+        "max(ARRAY[p.step::float8, p.value]) AS la, min(p.step) AS fs, min(p.ts) AS fts, "
+        "sum(p.value) AS sm, count(p.value) AS nv, count(*) AS n "
+        f"FROM {points} p JOIN unnest(%s::bigint[], %s::bigint[]) AS t(s, b) ON p.series_id = t.s "
+        f"AND p.step BETWEEN t.b << {BASE_LEVEL} AND ((t.b + 1) << {BASE_LEVEL}) - 1 "
+        f"GROUP BY 1, 2, 3) agg ON CONFLICT (series_id, level, bucket) DO UPDATE SET {_UPDATE}"
+    )
+
+
+def _upper_sql() -> str:
+    rollups = MetricRollup._meta.db_table
+    return (
+        f"INSERT INTO {rollups} ({_COLUMNS}) {_OUTER} ("  # noqa: S608 - table names and constants only
+        "SELECT r.series_id AS s, r.level + 1 AS lvl, r.bucket >> 1 AS b, "
+        "min(ARRAY[r.min, r.min_step::float8]) FILTER (WHERE r.min IS NOT NULL) AS lo, "
+        "max(ARRAY[r.max, r.max_step::float8]) FILTER (WHERE r.max IS NOT NULL) AS hi, "
+        "max(ARRAY[r.last_step::float8, r.last]) AS la, min(r.first_step) AS fs, min(r.first_ts) AS fts, "
+        "sum(r.sum) AS sm, sum(r.n_values) AS nv, sum(r.count) AS n "
+        f"FROM {rollups} r JOIN unnest(%s::bigint[], %s::bigint[]) AS t(s, b) ON r.series_id = t.s "
+        "AND r.level = %s AND r.bucket BETWEEN t.b * 2 AND t.b * 2 + 1 "
+        f"GROUP BY 1, 2, 3) agg ON CONFLICT (series_id, level, bucket) DO UPDATE SET {_UPDATE}"
+    )
+
+
+def update_rollups(touched: Iterable[tuple[int, int]]) -> None:
+    """Recompute every level's buckets over the (series, step) pairs just written (Postgres)."""
+    if connection.vendor != "postgresql":
+        return
+    level_set = {(series, step >> BASE_LEVEL) for series, step in touched}
+    if not level_set:
+        return
+    levels: list[tuple[list[int], list[int], int]] = []
+    base = _arrays(level_set)
+    for level in range(BASE_LEVEL + 1, TOP_LEVEL + 1):
+        level_set = {(series, bucket >> 1) for series, bucket in level_set}
+        series_ids, buckets = _arrays(level_set)
+        levels.append((series_ids, buckets, level - 1))
+    with connection.cursor() as cursor:
+        cursor.execute(_base_sql(), list(base))
+        # One pipelined round trip for every level above; each reads the rows the one before wrote.
+        cursor.executemany(_upper_sql(), levels)
+
+
+def _arrays(pairs: set[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    ordered = sorted(pairs)
+    return [series for series, _ in ordered], [bucket for _, bucket in ordered]
+
+
+def rebuild_all() -> None:
+    """Every series' rollups from its points: the migration's backfill, one pass per level (a
+    full read of the points table: minutes on a database of a billion points)."""
+    rollups = MetricRollup._meta.db_table
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {rollups}")  # noqa: S608
+        cursor.execute(
+            _base_sql()
+            .replace("JOIN unnest(%s::bigint[], %s::bigint[]) AS t(s, b) ON p.series_id = t.s AND", "WHERE")
+            .replace(f"p.step BETWEEN t.b << {BASE_LEVEL} AND ((t.b + 1) << {BASE_LEVEL}) - 1", "TRUE")
+        )
+        upper = _upper_sql().replace(
+            "JOIN unnest(%s::bigint[], %s::bigint[]) AS t(s, b) ON r.series_id = t.s AND r.level = %s "
+            "AND r.bucket BETWEEN t.b * 2 AND t.b * 2 + 1",
+            "WHERE r.level = %s",
+        )
+        for level in range(BASE_LEVEL, TOP_LEVEL):
+            cursor.execute(upper, [level])
+
+
+def level_for(low_step: int, high_step: int, buckets: int) -> int:
+    """The smallest level whose aligned buckets over [low, high] number at most `buckets`: so
+    between buckets/2 and buckets of them, where the data has them."""
+    level = 0
+    while (high_step >> level) - (low_step >> level) + 1 > buckets:
+        level += 1
+    return level
