@@ -6,6 +6,8 @@ Redis and a temporary data directory, exactly as production runs them: nothing i
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import signal
@@ -282,3 +284,24 @@ TINY_TINYGPT = {
     "checkpoint_every": 6,
     "warmup_steps": 2,
 }
+
+
+def train_reference_tinygpt(run_dir: Path, params: dict[str, Any]) -> str:
+    """Train tinygpt once without interruption, outside the control plane (one thread, as the
+    runs it is compared with); the sha256 of its model.safetensors."""
+    (run_dir / "params.json").write_text(json.dumps(params))
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "CONTROLPLANE_PARAMS": str(run_dir / "params.json"),
+        "CONTROLPLANE_RUN_DIR": str(run_dir),
+    }
+    subprocess.run(
+        [sys.executable, "-m", "workers.programs.tinygpt"],
+        cwd=run_dir,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return hashlib.sha256((run_dir / "model.safetensors").read_bytes()).hexdigest()

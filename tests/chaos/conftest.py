@@ -8,7 +8,6 @@ heartbeat 1 s, reconcile every 1 s) so each fault resolves in seconds, not minut
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,7 +26,14 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import ROOT, celery_worker_command, free_port, process_env, wait_for
+from tests.conftest import (
+    ROOT,
+    celery_worker_command,
+    free_port,
+    process_env,
+    train_reference_tinygpt,
+    wait_for,
+)
 
 
 def _postgres_bin() -> Path:
@@ -407,23 +413,7 @@ def _make_admin_token(env: dict[str, str]) -> str:
 @pytest.fixture(scope="module")
 def reference_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The sha256 of CHAOS_TINYGPT trained once without interruption, outside the control plane."""
-    run_dir = tmp_path_factory.mktemp("reference")
-    (run_dir / "params.json").write_text(json.dumps(CHAOS_TINYGPT))
-    env = {
-        "PATH": os.environ["PATH"],
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-        "CONTROLPLANE_PARAMS": str(run_dir / "params.json"),
-        "CONTROLPLANE_RUN_DIR": str(run_dir),
-    }
-    subprocess.run(
-        [sys.executable, "-m", "workers.programs.tinygpt"],
-        cwd=run_dir,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    return hashlib.sha256((run_dir / "model.safetensors").read_bytes()).hexdigest()
+    return train_reference_tinygpt(tmp_path_factory.mktemp("reference"), CHAOS_TINYGPT)
 
 
 def make_stack(tmp_path: Path, **overrides: str) -> ChaosStack:

@@ -6,11 +6,6 @@ sha256 as an uninterrupted run. Supervisors run in this process, as the task run
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -26,7 +21,7 @@ from fleet.preemption import choose
 from fleet.scheduler import schedule_pass
 from runs.models import Artifact, Checkpoint, Run, RunStatus
 from runs.programs import get_program, resolve_params
-from tests.conftest import ROOT, make_user, wait_for
+from tests.conftest import make_user, train_reference_tinygpt, wait_for
 from tests.fleet.helpers import cpu_worker, gpu_worker, waiting_run
 from workers.supervisor import Supervisor
 
@@ -61,26 +56,11 @@ def worker_settings(settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def reference_sha256(tmp_path: Path) -> str:
-    run_dir = tmp_path / "reference"
-    run_dir.mkdir()
     program = get_program("tinygpt")
     assert program is not None
-    (run_dir / "params.json").write_text(json.dumps(resolve_params(program, TINY)))
-    env = {
-        "PATH": os.environ["PATH"],
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-        "CONTROLPLANE_PARAMS": str(run_dir / "params.json"),
-        "CONTROLPLANE_RUN_DIR": str(run_dir),
-    }
-    subprocess.run(
-        [sys.executable, "-m", "workers.programs.tinygpt"],
-        cwd=run_dir,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    return hashlib.sha256((run_dir / "model.safetensors").read_bytes()).hexdigest()
+    run_dir = tmp_path / "reference"
+    run_dir.mkdir()
+    return train_reference_tinygpt(run_dir, resolve_params(program, TINY))
 
 
 def supervise_in_thread(run_id: int) -> tuple[threading.Thread, list[str]]:
