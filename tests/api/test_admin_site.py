@@ -11,19 +11,15 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from accounts.models import Role
 from audit.models import AuditRecord
-from tests.conftest import make_user
+from tests.conftest import ROOT, make_user
 
-# Where every view of the product lives; a URL served from anywhere else (a third-party CRUD site
-# such as django.contrib.admin) would act outside the role model and the audit.
-OUR_VIEWS = (
-    "accounts.",
-    "runs.",
-    "vault.",
-    "ops.",
-    "controlplane.",
-    "django.contrib.auth.views",
-    "django_prometheus.",
+# Where every view of the product lives: our own packages (each top-level package of the
+# repository), Django's sign-in views and the metrics endpoint. A URL served from anywhere else (a
+# third-party CRUD site such as django.contrib.admin) would act outside the role model and audit.
+OUR_PACKAGES = tuple(
+    f"{path.parent.name}." for path in ROOT.glob("*/__init__.py") if path.parent.name != "tests"
 )
+OUR_VIEWS = (*OUR_PACKAGES, "django.contrib.auth.views", "django_prometheus.")
 
 
 def _callbacks(patterns: list[Any]) -> list[tuple[str, str]]:
