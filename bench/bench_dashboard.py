@@ -141,8 +141,15 @@ def copy_points(db_name: str, series_id: int, count: int, start: datetime, spike
                     buffer.truncate()
             copy.write(buffer.getvalue())
         conn.commit()
+    # The supervisor keeps rollups as it writes (runs/rollups.py); a bulk COPY builds them after.
+    from runs.models import MetricPoint
+    from runs.rollups import update_rollups
+
+    steps = MetricPoint.objects.filter(series_id=series_id).values_list("series_id", "step")
+    update_rollups(steps.iterator(chunk_size=50_000))
     with psycopg.connect(dbname=db_name, autocommit=True, **PG) as conn:
         conn.execute("VACUUM ANALYZE runs_metricpoint")
+        conn.execute("VACUUM ANALYZE runs_metricrollup")
     return time.perf_counter() - started
 
 

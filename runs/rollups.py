@@ -17,6 +17,7 @@ above. Postgres only: SQLite (standalone mode) has no rollups and groups the poi
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from django.db import connection
 
@@ -47,39 +48,47 @@ _UPDATE = ", ".join(
 )
 # (lo, hi): [value, step] pairs, so min/max find the extreme and its step in one pass (the lowest
 # step on a tie); la: [step, value], the value at the highest step.
-_OUTER = (
-    "SELECT s, lvl, b, lo[1], lo[2]::bigint, hi[1], hi[2]::bigint, la[2], la[1]::bigint, "
-    "fs, fts, sm, nv, n FROM"
+_OUT = "lo[1], lo[2]::bigint, hi[1], hi[2]::bigint, la[2], la[1]::bigint, fs, fts, sm, nv, n"
+_POINT_AGG = (
+    "min(ARRAY[p.value, p.step::float8]) FILTER (WHERE p.value IS NOT NULL) AS lo, "
+    "max(ARRAY[p.value, p.step::float8]) FILTER (WHERE p.value IS NOT NULL) AS hi, "
+    "max(ARRAY[p.step::float8, p.value]) AS la, min(p.step) AS fs, min(p.ts) AS fts, "
+    "sum(p.value) AS sm, count(p.value) AS nv, count(*) AS n"
+)
+_ROLLUP_AGG = (
+    "min(ARRAY[r.min, r.min_step::float8]) FILTER (WHERE r.min IS NOT NULL) AS lo, "
+    "max(ARRAY[r.max, r.max_step::float8]) FILTER (WHERE r.max IS NOT NULL) AS hi, "
+    "max(ARRAY[r.last_step::float8, r.last]) AS la, min(r.first_step) AS fs, min(r.first_ts) AS fts, "
+    "sum(r.sum) AS sm, sum(r.n_values) AS nv, sum(r.count) AS n"
 )
 
 
+def _tables() -> tuple[str, str, str]:
+    rollups = MetricRollup._meta.db_table
+    upsert = f"ON CONFLICT (series_id, level, bucket) DO UPDATE SET {_UPDATE}"
+    return MetricPoint._meta.db_table, rollups, upsert
+
+
+# Incremental: one row per touched bucket, each an index probe (LATERAL), so a batch costs what it
+# touches, never a scan of the table (a hash join over the unnested arrays would read it all).
 def _base_sql() -> str:
-    points, rollups = MetricPoint._meta.db_table, MetricRollup._meta.db_table
+    points, rollups, upsert = _tables()
     return (
-        f"INSERT INTO {rollups} ({_COLUMNS}) {_OUTER} ("  # noqa: S608 - table names and constants only
-        f"SELECT p.series_id AS s, {BASE_LEVEL} AS lvl, p.step >> {BASE_LEVEL} AS b, "
-        "min(ARRAY[p.value, p.step::float8]) FILTER (WHERE p.value IS NOT NULL) AS lo, "
-        "max(ARRAY[p.value, p.step::float8]) FILTER (WHERE p.value IS NOT NULL) AS hi, "
-        "max(ARRAY[p.step::float8, p.value]) AS la, min(p.step) AS fs, min(p.ts) AS fts, "
-        "sum(p.value) AS sm, count(p.value) AS nv, count(*) AS n "
-        f"FROM {points} p JOIN unnest(%s::bigint[], %s::bigint[]) AS t(s, b) ON p.series_id = t.s "
-        f"AND p.step BETWEEN t.b << {BASE_LEVEL} AND ((t.b + 1) << {BASE_LEVEL}) - 1 "
-        f"GROUP BY 1, 2, 3) agg ON CONFLICT (series_id, level, bucket) DO UPDATE SET {_UPDATE}"
+        f"INSERT INTO {rollups} ({_COLUMNS}) SELECT t.s, {BASE_LEVEL}, t.b, {_OUT} "  # noqa: S608
+        "FROM unnest(%(s)s::bigint[], %(b)s::bigint[]) AS t(s, b) CROSS JOIN LATERAL ("
+        f"SELECT {_POINT_AGG} FROM {points} p WHERE p.series_id = t.s "
+        f"AND p.step BETWEEN t.b << {BASE_LEVEL} AND ((t.b + 1) << {BASE_LEVEL}) - 1) agg "
+        f"WHERE agg.n > 0 {upsert}"
     )
 
 
 def _upper_sql() -> str:
-    rollups = MetricRollup._meta.db_table
+    _, rollups, upsert = _tables()
     return (
-        f"INSERT INTO {rollups} ({_COLUMNS}) {_OUTER} ("  # noqa: S608 - table names and constants only
-        "SELECT r.series_id AS s, r.level + 1 AS lvl, r.bucket >> 1 AS b, "
-        "min(ARRAY[r.min, r.min_step::float8]) FILTER (WHERE r.min IS NOT NULL) AS lo, "
-        "max(ARRAY[r.max, r.max_step::float8]) FILTER (WHERE r.max IS NOT NULL) AS hi, "
-        "max(ARRAY[r.last_step::float8, r.last]) AS la, min(r.first_step) AS fs, min(r.first_ts) AS fts, "
-        "sum(r.sum) AS sm, sum(r.n_values) AS nv, sum(r.count) AS n "
-        f"FROM {rollups} r JOIN unnest(%s::bigint[], %s::bigint[]) AS t(s, b) ON r.series_id = t.s "
-        "AND r.level = %s AND r.bucket BETWEEN t.b * 2 AND t.b * 2 + 1 "
-        f"GROUP BY 1, 2, 3) agg ON CONFLICT (series_id, level, bucket) DO UPDATE SET {_UPDATE}"
+        f"INSERT INTO {rollups} ({_COLUMNS}) SELECT t.s, %(child)s + 1, t.b, {_OUT} "  # noqa: S608
+        "FROM unnest(%(s)s::bigint[], %(b)s::bigint[]) AS t(s, b) CROSS JOIN LATERAL ("
+        f"SELECT {_ROLLUP_AGG} FROM {rollups} r WHERE r.series_id = t.s AND r.level = %(child)s "
+        f"AND r.bucket BETWEEN t.b * 2 AND t.b * 2 + 1) agg WHERE agg.n > 0 {upsert}"
     )
 
 
@@ -90,14 +99,15 @@ def update_rollups(touched: Iterable[tuple[int, int]]) -> None:
     level_set = {(series, step >> BASE_LEVEL) for series, step in touched}
     if not level_set:
         return
-    levels: list[tuple[list[int], list[int], int]] = []
-    base = _arrays(level_set)
+    levels: list[dict[str, Any]] = []
+    series_ids, buckets = _arrays(level_set)
+    base = {"s": series_ids, "b": buckets}
     for level in range(BASE_LEVEL + 1, TOP_LEVEL + 1):
         level_set = {(series, bucket >> 1) for series, bucket in level_set}
         series_ids, buckets = _arrays(level_set)
-        levels.append((series_ids, buckets, level - 1))
+        levels.append({"s": series_ids, "b": buckets, "child": level - 1})
     with connection.cursor() as cursor:
-        cursor.execute(_base_sql(), list(base))
+        cursor.execute(_base_sql(), base)
         # One pipelined round trip for every level above; each reads the rows the one before wrote.
         cursor.executemany(_upper_sql(), levels)
 
@@ -110,23 +120,23 @@ def _arrays(pairs: set[tuple[int, int]]) -> tuple[list[int], list[int]]:
 def rebuild_all() -> None:
     """Every series' rollups from its points: the migration's backfill, one pass per level (a
     full read of the points table: minutes on a database of a billion points)."""
-    rollups = MetricRollup._meta.db_table
     if connection.vendor != "postgresql":
         return
+    points, rollups, upsert = _tables()
     with connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {rollups}")  # noqa: S608
         cursor.execute(
-            _base_sql()
-            .replace("JOIN unnest(%s::bigint[], %s::bigint[]) AS t(s, b) ON p.series_id = t.s AND", "WHERE")
-            .replace(f"p.step BETWEEN t.b << {BASE_LEVEL} AND ((t.b + 1) << {BASE_LEVEL}) - 1", "TRUE")
-        )
-        upper = _upper_sql().replace(
-            "JOIN unnest(%s::bigint[], %s::bigint[]) AS t(s, b) ON r.series_id = t.s AND r.level = %s "
-            "AND r.bucket BETWEEN t.b * 2 AND t.b * 2 + 1",
-            "WHERE r.level = %s",
+            f"INSERT INTO {rollups} ({_COLUMNS}) SELECT s, {BASE_LEVEL}, b, {_OUT} FROM ("  # noqa: S608
+            f"SELECT p.series_id AS s, p.step >> {BASE_LEVEL} AS b, {_POINT_AGG} FROM {points} p "
+            f"GROUP BY 1, 2) agg {upsert}"
         )
         for level in range(BASE_LEVEL, TOP_LEVEL):
-            cursor.execute(upper, [level])
+            cursor.execute(
+                f"INSERT INTO {rollups} ({_COLUMNS}) SELECT s, %s, b, {_OUT} FROM ("  # noqa: S608
+                f"SELECT r.series_id AS s, r.bucket >> 1 AS b, {_ROLLUP_AGG} FROM {rollups} r "
+                f"WHERE r.level = %s GROUP BY 1, 2) agg {upsert}",
+                [level + 1, level],
+            )
 
 
 def level_for(low_step: int, high_step: int, buckets: int) -> int:

@@ -6,6 +6,7 @@ Pure functions, so the rules of what an event may say are tested without a proce
 from __future__ import annotations
 
 from datetime import datetime
+from math import isfinite
 from typing import Any
 
 from django.utils import timezone
@@ -61,15 +62,22 @@ def _apply_points(points: Any, batch: Batch) -> str | None:
         return f"metric points must be a non-empty list of at most {MAX_POINTS_PER_EVENT} points"
     mark = len(batch.points)
     now = timezone.now()
+    append = batch.points.append
+    # Inlined _apply_point: this loop runs once per point of a flood (a million a minute).
     for point in points:
-        problem = (
-            _apply_point(point.get("step"), point.get("values"), batch, now)
-            if isinstance(point, dict)
-            else "metric points must be objects"
-        )
-        if problem is not None:
+        if not isinstance(point, dict):
             del batch.points[mark:]
-            return problem
+            return "metric points must be objects"
+        step, values = point.get("step"), point.get("values")
+        if not _is_step(step) or not isinstance(values, dict) or not values:
+            del batch.points[mark:]
+            return "metric needs an integer step >= 0 and a non-empty values object"
+        assert isinstance(step, int)
+        for key, value in values.items():
+            if type(value) is not float or not isfinite(value):
+                value = finite_or_none(value)
+            if isinstance(key, str) and 0 < len(key) <= 200:
+                append((key, step, value, now))
     return None
 
 
