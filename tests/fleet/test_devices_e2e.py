@@ -49,7 +49,7 @@ def fleet_stack(transactional_db: Any, tmp_path: Path) -> Iterator[str]:
         worker_env = {**env, "CONTROLPLANE_WORKER_POOL": "fake", "CONTROLPLANE_WORKER_GPUS": gpus}
         processes.append(
             subprocess.Popen(
-                celery_worker_command("housekeeping", f"{name}-{port}@%h", concurrency=3),
+                celery_worker_command("training", f"{name}-{port}@%h", concurrency=3),
                 cwd=ROOT,
                 env=worker_env,
                 stdout=(logs / f"{name}.log").open("wb"),
