@@ -63,6 +63,9 @@ def reference_sha256(tmp_path: Path) -> str:
     return train_reference_tinygpt(run_dir, resolve_params(program, TINY))
 
 
+POOL = "preemption-test"
+
+
 def supervise_in_thread(run_id: int) -> tuple[threading.Thread, list[str]]:
     result: list[str] = []
 
@@ -79,11 +82,13 @@ def supervise_in_thread(run_id: int) -> tuple[threading.Thread, list[str]]:
 
 def test_a_preempted_run_resumes_later_and_ends_with_the_uninterrupted_model(tmp_path: Path) -> None:
     owner = make_user("alice", "admin")
-    cpu_worker("cpu", pool="default")
+    # A pool of its own: a live worker of another suite's stack (same database, pool "default")
+    # must not be the one that takes these runs.
+    cpu_worker("cpu", pool=POOL)
     program = get_program("tinygpt")
     assert program is not None
     low = waiting_run(
-        owner, pool="default", gpus=0, priority=10, program="tinygpt", params=resolve_params(program, TINY)
+        owner, pool=POOL, gpus=0, priority=10, program="tinygpt", params=resolve_params(program, TINY)
     )
     schedule_pass()  # (the launch's own pass, on commit, may have placed it already)
     assert Reservation.objects.filter(run=low).count() == 1
@@ -94,7 +99,7 @@ def test_a_preempted_run_resumes_later_and_ends_with_the_uninterrupted_model(tmp
     assert scripted is not None
     high = waiting_run(
         owner,
-        pool="default",
+        pool=POOL,
         gpus=0,
         priority=90,
         program="scripted",
