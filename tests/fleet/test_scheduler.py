@@ -115,8 +115,8 @@ def test_an_admitted_run_whose_worker_is_lost_before_the_claim_is_placed_again()
 
 def test_a_run_that_ends_frees_its_devices_in_the_same_transaction() -> None:
     owner = make_user("alice")
-    worker = cpu_worker("cpu", pool="default")
-    run = waiting_run(owner, pool="default", gpus=0)
+    worker = cpu_worker("cpu", pool="ends-test")
+    run = waiting_run(owner, pool="ends-test", gpus=0)
     schedule_pass()
     run.refresh_from_db()
     assert run.queue == worker.queue
