@@ -45,6 +45,18 @@ TERMINAL = {"succeeded", "failed", "cancelled", "dead"}
 SCHEMA = {"timestamp", "level", "logger", "event"}
 
 
+OBSERVED_POOL = "observed"
+
+
+def in_pool() -> dict[str, Any]:
+    """Launch into the stack's own pool, once its worker is registered (again: a transactional
+    test empties the tables, and the worker's next heartbeat, within 5 s, registers it anew)."""
+    from fleet.models import Worker
+
+    wait_for(lambda: Worker.objects.filter(pool=OBSERVED_POOL).exists(), 20, message="the observed worker")
+    return {"resources": {"pool": OBSERVED_POOL}}
+
+
 @dataclass
 class ObservedStack:
     base_url: str
@@ -71,6 +83,8 @@ def observed(
     env.update(
         CONTROLPLANE_DEFAULT_QUEUE=queue,
         CONTROLPLANE_READY_QUEUES=queue,
+        # A pool of its own: other suites' live workers share the test database's fleet.
+        CONTROLPLANE_WORKER_POOL=OBSERVED_POOL,
         CONTROLPLANE_WORKER_METRICS_PORT=str(metrics_port),
     )
     web = subprocess.Popen(
@@ -139,7 +153,7 @@ def test_one_request_id_follows_a_launch_from_the_api_to_the_training_process(
     request_id = f"trace-{uuid.uuid4().hex[:16]}"
     response = api.post(
         "/api/v1/runs/",
-        json={"name": "traced", "program": "scripted", "params": {"mode": "sleep", "sleep": 2}},
+        json={"name": "traced", "program": "scripted", "params": {"mode": "sleep", "sleep": 2}, **in_pool()},
         headers={"X-Request-ID": request_id},
     )
     assert response.status_code == 201, response.text
@@ -191,7 +205,9 @@ def test_every_metric_has_sane_values_after_a_real_training_run(
 ) -> None:
     from controlplane.celery import app
 
-    run = api.post("/api/v1/runs/", json={"name": "metered", "program": "tinygpt", "params": TINY_TINYGPT})
+    run = api.post(
+        "/api/v1/runs/", json={"name": "metered", "program": "tinygpt", "params": TINY_TINYGPT, **in_pool()}
+    )
     assert run.status_code == 201, run.text
     run_id = run.json()["id"]
     headers = {"Authorization": f"Bearer {user_and_token[1]}"}
