@@ -20,6 +20,7 @@ from django.utils import timezone
 from accounts.models import ApiToken
 from accounts.roles import SCOPES, role_of, scopes_of_role
 from audit import chain as audit
+from ops.middleware import repeatable_writes
 
 TOKEN_PREFIX = "cp_"  # noqa: S105 - a public marker, not a secret
 MAX_TOKEN_LENGTH = 200
@@ -151,5 +152,6 @@ def access_token(plaintext: str) -> ApiToken | None:
         return None
     if token.last_used_at is None or now - token.last_used_at > _LAST_USED_RESOLUTION:
         # Coarse last-used updates: one write a minute per token, not one per request.
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        with repeatable_writes():
+            ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
     return token

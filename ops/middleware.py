@@ -1,6 +1,9 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import psycopg
@@ -79,16 +82,43 @@ class MetricsAccessMiddleware:
 _NOT_WRITES = ("SELECT", "SHOW", "SET ", "SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK")
 
 
+_REPEATABLE_WRITES: ContextVar[bool] = ContextVar("repeatable_writes", default=False)
+
+
+@contextmanager
+def repeatable_writes() -> Iterator[None]:
+    """Writes a repeat of the request may do again without harm (a last-used timestamp): they do
+    not stop the middleware from repeating a request whose connection died."""
+    token = _REPEATABLE_WRITES.set(True)
+    try:
+        yield
+    finally:
+        _REPEATABLE_WRITES.reset(token)
+
+
 class _WriteWatch:
-    """Execute wrapper: has a statement that may have changed data succeeded in this request?"""
+    """Execute wrapper: may this request have changed data that a repeat would change again?
+
+    A write outside a transaction counts at once, before it runs: if the connection dies under it,
+    whether it committed is unknown. A write inside a transaction records that transaction's id
+    instead; after a lost connection, Postgres says whether it committed (`txid_status`): one killed
+    before its COMMIT was rolled back, so the request changed nothing and may be repeated."""
 
     def __init__(self) -> None:
         self.wrote = False
+        self.transactions: set[int] = set()
 
     def __call__(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
-        result = execute(sql, params, many, context)  # a statement that raised wrote nothing
-        if not self.wrote and not str(sql).lstrip().upper().startswith(_NOT_WRITES):
+        if _REPEATABLE_WRITES.get() or str(sql).lstrip().upper().startswith(_NOT_WRITES):
+            return execute(sql, params, many, context)
+        wrapper = context["connection"]
+        if not (wrapper.in_atomic_block and wrapper.vendor == "postgresql"):
             self.wrote = True
+            return execute(sql, params, many, context)
+        result = execute(sql, params, many, context)  # a statement that raised left no new txid
+        with wrapper.cursor() as cursor:  # a SELECT: this wrapper lets it through
+            cursor.execute("SELECT txid_current()")
+            self.transactions.add(int(cursor.fetchone()[0]))
         return result
 
 
@@ -113,6 +143,23 @@ def _held_connection_died(error: Any) -> bool:
 
 
 RETRY_CONNECT_SECONDS = 2.0  # how long a repeat may wait for a fresh connection
+
+
+def _all_rolled_back(transactions: set[int]) -> bool:
+    """Whether every transaction the request wrote in was rolled back (asked on a fresh
+    connection). A terminated backend may still be aborting its transaction ("in progress") for a
+    moment: wait for it, up to RETRY_CONNECT_SECONDS. Committed, or unknown (NULL: too old to
+    tell), means the request may have changed data: not repeated."""
+    deadline = time.monotonic() + RETRY_CONNECT_SECONDS
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT txid_status(t) FROM unnest(%s::bigint[]) AS t", [sorted(transactions)])
+            statuses = {row[0] for row in cursor.fetchall()}
+        if statuses == {"aborted"}:
+            return True
+        if "in progress" not in statuses or time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
 
 
 def _fresh_connection_ready() -> bool:
@@ -156,7 +203,7 @@ def _replayable(request: HttpRequest) -> bool:
 
 class DatabaseUnavailableMiddleware:
     """Turns a lost database into a short 503 instead of a 500 with a trace, and repeats once a
-    request whose pooled connection had died before the request changed anything."""
+    request whose pooled connection died before the request changed anything durably."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -166,13 +213,16 @@ class DatabaseUnavailableMiddleware:
         watch = _WriteWatch()
         with connection.execute_wrapper(watch):
             response = self.get_response(request)
-        # Safe to repeat: nothing was written (a read, or a write whose first write statement
-        # failed, so its transaction never committed). Not repeated: a request that wrote (did
-        # its COMMIT land?), and a real outage, where no connection could be had at all.
+        # Safe to repeat: nothing was written (a read), or every write was inside a transaction
+        # that Postgres rolled back when the connection died. Not repeated: a write outside a
+        # transaction or one that committed, and a real outage, where no connection could be had.
         error = request.META.pop(DATABASE_ERROR, None)
         if response.status_code == 503 and replayable and not watch.wrote and _held_connection_died(error):
             if not _fresh_connection_ready():
                 return response  # no connection to be had: a real outage
+            if watch.transactions and not _all_rolled_back(watch.transactions):
+                log.warning("database_connection_lost_after_commit", path=request.path, method=request.method)
+                return response  # its writes may have landed: the client decides
             log.warning("database_connection_retried", path=request.path, method=request.method)
             response = self.get_response(request)
             if response.status_code == 503:

@@ -8,12 +8,15 @@ from typing import Any
 import psycopg
 import pytest
 from django.conf import settings
-from django.db import OperationalError, connection
+from django.contrib.auth.models import User
+from django.db import OperationalError, connection, transaction
+from django.http import HttpRequest, HttpResponse
+from django.test import RequestFactory
 from psycopg_pool import PoolTimeout
 from rest_framework.test import APIClient
 
 from accounts.tokens import do_issue_token
-from ops.middleware import _held_connection_died
+from ops.middleware import DatabaseUnavailableMiddleware, _held_connection_died
 from runs.models import Run
 from tests.conftest import make_user
 
@@ -68,3 +71,91 @@ def test_only_a_lost_connection_is_worth_repeating() -> None:
     assert not _held_connection_died(_wrapped(psycopg.errors.QueryCanceled("statement timeout")))
     assert not _held_connection_died(_wrapped(psycopg.errors.DeadlockDetected("deadlock")))
     assert not _held_connection_died(None)
+
+
+class _KillOwnBackend:
+    """Execute wrapper: once `fires_after(sql, connection)` says so, terminate this request's own
+    backend from another connection (as a restart or a proxy's sweep would), once."""
+
+    def __init__(self, fires_after: Any) -> None:
+        self.fires_after = fires_after
+        self.fired = False
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        result = execute(sql, params, many, context)
+        wrapper = context["connection"]
+        if not self.fired and self.fires_after(sql, wrapper):
+            self.fired = True
+            pid = wrapper.connection.info.backend_pid
+            db = settings.DATABASES["default"]
+            conninfo = f"host={db['HOST'] or '127.0.0.1'} port={db['PORT'] or 5432} user={db['USER']} dbname={db['NAME']}"
+            with psycopg.connect(conninfo, autocommit=True) as control:
+                control.execute("SELECT pg_terminate_backend(%s)", [pid])
+        return result
+
+
+def _launch(api: APIClient, name: str) -> Any:
+    return api.post("/api/v1/runs/", {"name": name, "program": "scripted", "params": {}}, format="json")
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="a pooled Postgres connection")
+def test_a_launch_killed_after_its_insert_but_before_commit_is_repeated(api: APIClient) -> None:
+    """The run's INSERT ran, then the backend died inside the transaction: Postgres rolled it
+    back (txid_status 'aborted'), so the repeat creates the run once. Old rule: 503, no run."""
+    killer = _KillOwnBackend(lambda sql, wrapper: sql.lstrip().upper().startswith('INSERT INTO "RUNS_RUN"'))
+    with connection.execute_wrapper(killer):
+        launched = _launch(api, "killed-mid-transaction")
+    assert killer.fired
+    assert launched.status_code == 201, launched.content
+    assert Run.objects.filter(name="killed-mid-transaction").count() == 1
+
+
+def _terminate(pid: int) -> None:
+    db = settings.DATABASES["default"]
+    conninfo = (
+        f"host={db['HOST'] or '127.0.0.1'} port={db['PORT'] or 5432} user={db['USER']} dbname={db['NAME']}"
+    )
+    with psycopg.connect(conninfo, autocommit=True) as control:
+        control.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="a pooled Postgres connection")
+@pytest.mark.parametrize("commits", [True, False])
+def test_a_request_is_repeated_only_when_its_transactions_rolled_back(
+    transactional_db: Any, commits: bool
+) -> None:
+    """A view writes in a transaction, its backend is killed (after COMMIT, or before it), and the
+    next statement fails. Committed: 503, not repeated (the row exists once). Rolled back: repeated
+    once on a fresh connection, and the row exists once."""
+    calls: list[int] = []
+    middleware: DatabaseUnavailableMiddleware
+
+    def view(request: HttpRequest) -> HttpResponse:
+        calls.append(1)
+        if len(calls) > 1:
+            User.objects.create(username="written-by-the-repeat")
+            return HttpResponse(status=201)
+        try:
+            with transaction.atomic():
+                User.objects.create(username="written-by-the-first-try")
+                if not commits:
+                    _terminate(connection.connection.info.backend_pid)
+                    User.objects.count()  # fails: the backend is gone, the transaction with it
+            _terminate(connection.connection.info.backend_pid)
+            User.objects.count()
+        except OperationalError as error:
+            response = middleware.process_exception(request, error)
+            assert response is not None
+            return response
+        return HttpResponse(status=200)
+
+    middleware = DatabaseUnavailableMiddleware(view)
+    response = middleware(
+        RequestFactory().post("/api/v1/anything/", data=b"{}", content_type="application/json")
+    )
+    if commits:
+        assert (response.status_code, len(calls)) == (503, 1)
+        assert list(User.objects.values_list("username", flat=True)) == ["written-by-the-first-try"]
+    else:
+        assert (response.status_code, len(calls)) == (201, 2)
+        assert list(User.objects.values_list("username", flat=True)) == ["written-by-the-repeat"]
