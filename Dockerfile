@@ -2,7 +2,9 @@
 # One image for web, worker and beat: the controlplane wheel installed into /opt/venv; no source
 # tree in the image. Build args pick the torch build:
 #   CPU (default):  --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-#   CUDA workers:   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+#   CUDA workers:   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 \
+#                   --build-arg GPU_PACKAGES=nvidia-ml-py==13.615.71
+# (the `gpu` profile of docker-compose.yml builds that variant as controlplane-cuda).
 ARG PYTHON_VERSION=3.11
 
 # Front-end libraries come from npm (pinned in package-lock.json), never from a CDN.
@@ -13,6 +15,8 @@ RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# NVML bindings for the CUDA variant: device discovery (fleet.inventory), GPU metrics (ops.gpu).
+ARG GPU_PACKAGES=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -22,7 +26,7 @@ COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
     && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --extra-index-url "${TORCH_INDEX_URL}" -r /tmp/requirements.txt
+    && /opt/venv/bin/pip install --extra-index-url "${TORCH_INDEX_URL}" -r /tmp/requirements.txt ${GPU_PACKAGES}
 # The wheel: every app with its migrations and commands, templates/ and static/ with the vendor
 # files the pages load (the same copy `./dev setup` makes; setup.py refuses to build without them).
 COPY . .
@@ -37,6 +41,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     DJANGO_SETTINGS_MODULE=controlplane.settings \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     CONTROLPLANE_DATA_DIR=/data \
     STATIC_ROOT=/app/staticfiles
 RUN groupadd --system --gid 10001 controlplane \

@@ -8,6 +8,7 @@ of the fleet through `runs.launch_hooks` (the fleet sits above runs). Errors nam
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,16 +35,25 @@ def max_priority(owner: Any) -> int:
     return int(settings.FLEET["MAX_PRIORITY_OPERATOR"] or 0)
 
 
-def _check_resources(resources: Any, errors: dict[str, str]) -> dict[str, Any]:
+def resources_problem(resources: Any) -> tuple[str, str] | None:
+    """The first (field, message) wrong with a `resources` object, or None; also checks the
+    defaults a programs file declares."""
+    errors: dict[str, str] = {}
+    _check_resources(resources, errors, {})
+    return next(iter(errors.items()), None)
+
+
+def _check_resources(resources: Any, errors: dict[str, str], defaults: Mapping[str, Any]) -> dict[str, Any]:
     if resources is None:
-        return {"pool": "default", "gpus": 0}
+        resources = {}
     if not isinstance(resources, dict):
         errors["resources"] = 'must be an object such as {"pool": "a100", "gpus": 2}'
         return {}
     unknown = sorted(set(resources) - {"pool", "gpus"})
     if unknown:
         errors[f"resources.{str(unknown[0])[:32]}"] = "unknown field"
-    pool, gpus = resources.get("pool", "default"), resources.get("gpus", 0)
+    pool = resources.get("pool", defaults.get("pool", "default"))
+    gpus = resources.get("gpus", defaults.get("gpus", 0))
     if not isinstance(pool, str) or not _POOL.match(pool):
         errors["resources.pool"] = "a pool name: lowercase letters, digits, '.', '_', '-' (at most 64)"
     if isinstance(gpus, bool) or not isinstance(gpus, int):
@@ -53,11 +63,14 @@ def _check_resources(resources: Any, errors: dict[str, str]) -> dict[str, Any]:
     return {"pool": pool, "gpus": gpus}
 
 
-def check_placement(body: dict[str, Any], owner: Any) -> tuple[PlacementRequest, dict[str, str]]:
-    """The checked request from the launch body's fields, and field errors (empty when valid)."""
+def check_placement(
+    body: dict[str, Any], owner: Any, defaults: Mapping[str, Any] | None = None
+) -> tuple[PlacementRequest, dict[str, str]]:
+    """The checked request from the launch body's fields, and field errors (empty when valid).
+    `defaults` are the program's own resources, for the fields the body leaves out."""
     resources, priority, preemptible = body.get("resources"), body.get("priority"), body.get("preemptible")
     errors: dict[str, str] = {}
-    checked = _check_resources(resources, errors)
+    checked = _check_resources(resources, errors, defaults or {})
     if priority is None:
         priority = DEFAULT_PRIORITY
     if isinstance(priority, bool) or not isinstance(priority, int):

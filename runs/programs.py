@@ -20,6 +20,7 @@ from typing import Any
 from django.conf import settings
 
 from ops.configuration import ConfigError
+from runs.placement_request import resources_problem
 
 _TYPES = {"integer", "number", "string", "boolean"}
 _KEYWORDS = {
@@ -47,6 +48,8 @@ class Program:
     builtin: bool = False
     queue: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # Where its runs go when a launch names no `resources`: {"pool": ..., "gpus": ...}.
+    resources: dict[str, Any] = field(default_factory=dict)
     # Rules between params (a built-in program's own), by param name; run after each param passed.
     cross_check: Callable[[dict[str, Any]], dict[str, str]] | None = None
 
@@ -199,6 +202,10 @@ def load_programs_file(path: Path) -> dict[str, Program]:
         queue = entry.get("queue")
         if queue is not None and not isinstance(queue, str):
             raise ConfigError(f"{path}: programs.{name}.queue must be a string")
+        resources = entry.get("resources", {})
+        problem = resources_problem(resources)
+        if problem is not None:
+            raise ConfigError(f"{path}: programs.{name}.{problem[0]} {problem[1]}")
         programs[name] = Program(
             name=name,
             # "{python}" is the worker's own interpreter, which can import our reporting SDK.
@@ -207,6 +214,7 @@ def load_programs_file(path: Path) -> dict[str, Program]:
             params=_check_schema(name, entry.get("params", {})),
             queue=queue,
             env=dict(extra_env),
+            resources=dict(resources),
         )
     return programs
 

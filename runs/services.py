@@ -83,6 +83,27 @@ def _check_limits(limits: dict[str, Any], errors: dict[str, str]) -> dict[str, i
     return checked
 
 
+def _check_secrets(secrets: Any, owner: User | None, errors: dict[str, str]) -> list[str]:
+    """The distinct secret names a launch asks for; a problem goes into `errors["secrets"]`."""
+    if secrets is None:
+        return []
+    if not isinstance(secrets, list) or not all(isinstance(s, str) for s in secrets):
+        errors["secrets"] = "must be a list of secret names"
+        return []
+    bad = [s for s in secrets if not _SECRET_NAME.match(s)]
+    secret_names = list(dict.fromkeys(secrets))
+    if bad:
+        errors["secrets"] = f"not a valid secret name: {bad[0][:64]!r}"
+    elif len(secret_names) > MAX_SECRETS:
+        errors["secrets"] = f"at most {MAX_SECRETS} secrets"
+    elif secret_names:
+        # Refusals are audited there; only names are stored with the run, never values.
+        problems = secret_services.check_usable(owner, secret_names)
+        if problems:
+            errors["secrets"] = "; ".join(problems)
+    return secret_names
+
+
 def check_launch(
     *,
     name: Any,
@@ -95,12 +116,7 @@ def check_launch(
 ) -> LaunchRequest:
     """Validate a launch; `owner` (the launching user) must be allowed every secret it names.
     `fleet` holds the body's `resources`, `priority` and `preemptible` (runs.placement_request)."""
-    placement, errors = check_placement(fleet or {}, owner)
-    checked_limits = _check_limits(limits or {}, errors)
-    if not isinstance(name, str) or not name.strip():
-        errors["name"] = "a non-empty string is required"
-    elif len(name) > MAX_NAME_LENGTH:
-        errors["name"] = f"must be at most {MAX_NAME_LENGTH} characters"
+    errors: dict[str, str] = {}
     found: Program | None = None
     if not isinstance(program, str) or not program:
         errors["program"] = "a program name is required"
@@ -108,6 +124,14 @@ def check_launch(
         found = get_program(program)
         if found is None:
             errors["program"] = f"unknown program {program[:64]!r}"
+    # The program's own `resources` (its pool, its GPUs) apply where the body names none.
+    placement, placement_errors = check_placement(fleet or {}, owner, found.resources if found else None)
+    errors.update(placement_errors)
+    checked_limits = _check_limits(limits or {}, errors)
+    if not isinstance(name, str) or not name.strip():
+        errors["name"] = "a non-empty string is required"
+    elif len(name) > MAX_NAME_LENGTH:
+        errors["name"] = f"must be at most {MAX_NAME_LENGTH} characters"
     resolved: dict[str, Any] = {}
     if found is not None:
         try:
@@ -115,22 +139,7 @@ def check_launch(
         except ParamsError as error:
             errors.update(error.errors)
         errors.update(check_dataset_params(resolved))
-    secret_names: list[str] = []
-    if secrets is not None:
-        if not isinstance(secrets, list) or not all(isinstance(s, str) for s in secrets):
-            errors["secrets"] = "must be a list of secret names"
-        else:
-            bad = [s for s in secrets if not _SECRET_NAME.match(s)]
-            secret_names = list(dict.fromkeys(secrets))
-            if bad:
-                errors["secrets"] = f"not a valid secret name: {bad[0][:64]!r}"
-            elif len(secret_names) > MAX_SECRETS:
-                errors["secrets"] = f"at most {MAX_SECRETS} secrets"
-            elif secret_names:
-                # Refusals are audited there; only names are stored with the run, never values.
-                problems = secret_services.check_usable(owner, secret_names)
-                if problems:
-                    errors["secrets"] = "; ".join(problems)
+    secret_names = _check_secrets(secrets, owner, errors)
     if errors:
         raise LaunchError(errors)
     assert found is not None

@@ -30,6 +30,9 @@ class ProgramSerializer(serializers.Serializer[Any]):
     queue = serializers.CharField(help_text="the Celery queue its runs go to")
     params_schema = serializers.DictField(help_text="JSON Schema (an object) of the params")
     defaults = serializers.DictField(help_text="every param's default")
+    resources = serializers.DictField(
+        help_text='where its runs go when a launch names no resources: {"pool": ..., "gpus": ...}'
+    )
 
 
 def describe(program: Program) -> dict[str, Any]:
@@ -45,6 +48,7 @@ def describe(program: Program) -> dict[str, Any]:
             "additionalProperties": False,
         },
         "defaults": {name: spec["default"] for name, spec in program.params.items()},
+        "resources": {"pool": "default", "gpus": 0, **program.resources},
     }
 
 

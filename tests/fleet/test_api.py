@@ -45,6 +45,28 @@ def test_bad_fleet_fields_are_400s_naming_the_field() -> None:
     )
 
 
+def test_a_programs_own_resources_apply_where_the_launch_names_none(tmp_path: Any, settings: Any) -> None:
+    programs = tmp_path / "programs.toml"
+    programs.write_text(
+        '[programs.big]\ncommand = ["{python}", "-c", "pass"]\nresources = { pool = "a100", gpus = 2 }\n'
+    )
+    settings.PROGRAMS_FILE = str(programs)
+    gpu_worker("w", 4)
+    operator = client_for("operator", "olivia")
+    described = operator.get("/api/v1/programs/big/").json()
+    assert described["resources"] == {"pool": "a100", "gpus": 2}
+    as_declared = operator.post("/api/v1/runs/", {"name": "r", "program": "big"}, format="json").json()
+    assert as_declared["resources"] == {"pool": "a100", "gpus": 2}
+    fewer = operator.post(
+        "/api/v1/runs/", {"name": "r", "program": "big", "resources": {"gpus": 1}}, format="json"
+    ).json()
+    assert fewer["resources"] == {"pool": "a100", "gpus": 1}  # the pool still the program's
+    too_big = operator.post(
+        "/api/v1/runs/", {"name": "r", "program": "big", "resources": {"gpus": 8}}, format="json"
+    )
+    assert too_big.status_code == 400 and "resources.gpus" in too_big.json()
+
+
 def test_the_run_json_says_where_it_runs_or_why_it_waits() -> None:
     gpu_worker("w", 2)
     operator = client_for("operator", "olivia")

@@ -135,6 +135,12 @@ def test_the_image_is_built_without_pushing_and_published_only_from_pushes() -> 
     assert "docker compose config -q" in runs(workflow, "build")
     assert workflow["jobs"]["publish"]["if"] == "github.event_name == 'push'"
     assert workflow["jobs"]["publish"]["needs"] == "build"
+    # The CUDA variant is built too, with the arguments the compose gpu profile passes.
+    (cuda,) = [s for s in steps(workflow, "build-cuda") if s.get("uses", "").startswith("docker/build-push")]
+    assert cuda["with"]["push"] is False
+    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128" in cuda["with"]["build-args"]
+    assert "GPU_PACKAGES=nvidia-ml-py==" in cuda["with"]["build-args"]
+    assert "docker compose --profile gpu config -q" in runs(workflow, "build-cuda")
 
 
 def test_the_reference_model_is_built_on_pushes_to_main_and_tags_and_kept_as_an_artifact() -> None:

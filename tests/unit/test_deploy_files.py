@@ -244,7 +244,7 @@ def test_prometheus_scrapes_the_web_and_every_worker_metrics_port() -> None:
         for name, s in services.items()
         if s.get("command", [])[:4] == ["celery", "-A", "controlplane", "worker"]
     }
-    assert set(discovery["names"]) == workers == {"worker", "housekeeping"}
+    assert set(discovery["names"]) == workers == {"worker", "worker-gpu", "housekeeping"}
     for name in workers:
         assert services[name]["environment"]["CONTROLPLANE_WORKER_METRICS_PORT"] == str(discovery["port"])
         command = services[name]["command"]
@@ -290,3 +290,20 @@ def test_every_runbook_says_what_to_look_at_how_to_fix_and_how_to_verify() -> No
         assert "## What to look at" in text, runbook.name
         assert "## Verify" in text, runbook.name
         assert "## Fix" in text or "## Procedure" in text, runbook.name
+
+
+def test_the_gpu_profile_builds_the_cuda_image_and_reserves_the_hosts_gpus() -> None:
+    gpu = _compose()["services"]["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    assert gpu["image"] == "controlplane-cuda:latest"
+    assert gpu["build"]["args"]["TORCH_INDEX_URL"].endswith("/cu128")
+    assert gpu["build"]["args"]["GPU_PACKAGES"].startswith("nvidia-ml-py==")
+    (reservation,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert reservation["driver"] == "nvidia" and "gpu" in reservation["capabilities"]
+    assert gpu["environment"]["CONTROLPLANE_WORKER_POOL"].startswith("${GPU_POOL")
+    assert gpu["environment"]["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
+    assert gpu["shm_size"] and gpu["ulimits"]["memlock"] == -1
+    # The Dockerfile takes both build args the profile passes.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ARG TORCH_INDEX_URL=" in dockerfile and 'ARG GPU_PACKAGES=""' in dockerfile
+    assert "${GPU_PACKAGES}" in dockerfile

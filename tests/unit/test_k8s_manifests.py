@@ -275,6 +275,12 @@ def queue_of(worker: Obj) -> str:
     return command[command.index("-Q") + 1]
 
 
+def pool_of(worker: Obj) -> str:
+    """The fleet pool a worker Deployment serves (CONTROLPLANE_WORKER_POOL, default `default`)."""
+    env = worker["spec"]["template"]["spec"]["containers"][0].get("env", [])
+    return next((e["value"] for e in env if e["name"] == "CONTROLPLANE_WORKER_POOL"), "default")
+
+
 def worker_pools(objects: list[Obj]) -> list[Obj]:
     return [
         o
@@ -440,28 +446,33 @@ def test_every_container_has_resources_and_runs_unprivileged(rendered: dict[str,
                 assert container["image"].startswith("registry.example.com/controlplane"), where
 
 
-def test_each_gpu_pool_has_its_queue_gpus_and_nodes(rendered: dict[str, list[Obj]]) -> None:
+def test_each_gpu_pool_has_its_fleet_pool_gpus_and_nodes(rendered: dict[str, list[Obj]]) -> None:
     objects = rendered["prod"]
     pools = worker_pools(objects)
-    queues = {queue_of(pool): pool for pool in pools}
-    assert len(queues) == len(pools) >= 3, "one Deployment per queue"
+    names = {pool_of(pool): pool for pool in pools}
+    assert len(names) == len(pools) >= 3, "one Deployment per fleet pool"
     gpu_pools = [p for p in pools if "nodeSelector" in p["spec"]["template"]["spec"]]
     assert len(gpu_pools) >= 2
     for pool in gpu_pools:
         pod = pool["spec"]["template"]["spec"]
         worker = pod["containers"][0]
-        assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
-        assert worker["resources"]["requests"]["nvidia.com/gpu"] == "1"
+        gpus = worker["resources"]["limits"]["nvidia.com/gpu"]
+        assert worker["resources"]["requests"]["nvidia.com/gpu"] == gpus
+        # The scheduler places runs on the pod's GPUs: as many runs at once as it has GPUs.
+        assert worker["command"][worker["command"].index("--concurrency") + 1] == gpus
         assert "controlplane/gpu-pool" in pod["nodeSelector"]
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
         assert worker["image"].startswith("registry.example.com/controlplane-cuda:")
-        assert worker["command"][worker["command"].index("--concurrency") + 1] == "1"
+        shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+        assert shm["emptyDir"]["medium"] == "Memory"
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in worker["volumeMounts"]
     cpu_pools = [p for p in pools if p not in gpu_pools]
-    assert [queue_of(p) for p in cpu_pools] == [config(objects)["CONTROLPLANE_DEFAULT_QUEUE"]]
+    assert [pool_of(p) for p in cpu_pools] == ["default"]
     for pool in pools:
         worker = pool["spec"]["template"]["spec"]["containers"][0]
         assert worker["command"][:4] == ["celery", "-A", "controlplane", "worker"]
         assert worker["command"][worker["command"].index("--pool") + 1] == "threads"
+        assert queue_of(pool) == config(objects)["CONTROLPLANE_DEFAULT_QUEUE"]
         # The warm shutdown checkpoints the runs: the grace period must cover it.
         assert pool["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 60
         assert {
@@ -470,7 +481,7 @@ def test_each_gpu_pool_has_its_queue_gpus_and_nodes(rendered: dict[str, list[Obj
         } in worker["ports"]
 
 
-def test_every_program_queue_has_a_worker_pool(rendered: dict[str, list[Obj]]) -> None:
+def test_every_program_pool_has_a_worker_pool(rendered: dict[str, list[Obj]]) -> None:
     programs = load_programs_file(K8S / "base" / "programs.toml")
     assert programs, "the example programs file registers programs"
     for program in programs.values():
@@ -478,9 +489,8 @@ def test_every_program_queue_has_a_worker_pool(rendered: dict[str, list[Obj]]) -
             # The pool's defaults must be values tinygpt itself accepts, or every run fails as config.
             defaults = {name: spec["default"] for name, spec in program.params.items()}
             assert tinygpt_params(defaults)["device"] == "cuda"
-    program_queues = {p.queue for p in programs.values() if p.queue}
-    pool_queues = {queue_of(pool) for pool in worker_pools(rendered["prod"])}
-    assert program_queues | {config(rendered["prod"])["CONTROLPLANE_DEFAULT_QUEUE"]} == pool_queues
+    program_pools = {p.resources.get("pool", "default") for p in programs.values()}
+    assert program_pools | {"default"} == {pool_of(pool) for pool in worker_pools(rendered["prod"])}
 
 
 def test_housekeeping_and_exactly_one_beat(rendered: dict[str, list[Obj]]) -> None:

@@ -15,6 +15,7 @@ GOOD = """
 command = ["{python}", "/srv/train/finetune.py"]
 description = "Fine-tune"
 queue = "gpu-a100"
+resources = { pool = "a100", gpus = 2 }
 [programs.finetune.params]
 steps = { type = "integer", default = 100, minimum = 1 }
 lr = { type = "number", default = 3e-4, exclusiveMinimum = 0 }
@@ -33,6 +34,7 @@ def test_a_programs_file_registers_programs_with_their_schema(tmp_path: Path) ->
     finetune = programs["finetune"]
     assert finetune.command == (sys.executable, "/srv/train/finetune.py")
     assert finetune.queue == "gpu-a100"
+    assert finetune.resources == {"pool": "a100", "gpus": 2}
     assert resolve_params(finetune, {}) == {"steps": 100, "lr": 3e-4, "mode": "full"}
     assert resolve_params(finetune, {"lr": 1, "mode": "lora"})["lr"] == 1.0
 
@@ -57,6 +59,19 @@ def test_a_programs_file_registers_programs_with_their_schema(tmp_path: Path) ->
             "unsupported keywords",
         ),
         ("this is = not toml [", "CONTROLPLANE_PROGRAMS_FILE"),
+        (
+            "[programs.x]\ncommand = ['a']\nresources = { pool = 'A100' }",
+            r"programs.x.resources.pool a pool name",
+        ),
+        (
+            "[programs.x]\ncommand = ['a']\nresources = { gpus = 99 }",
+            r"programs.x.resources.gpus must be between",
+        ),
+        (
+            "[programs.x]\ncommand = ['a']\nresources = { nodes = 2 }",
+            r"programs.x.resources.nodes unknown field",
+        ),
+        ("[programs.x]\ncommand = ['a']\nresources = 'a100'", r"programs.x.resources must be an object"),
     ],
 )
 def test_bad_programs_files_are_refused_with_the_offending_entry(
