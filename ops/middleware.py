@@ -201,33 +201,44 @@ def _replayable(request: HttpRequest) -> bool:
     return True
 
 
+def _repeatable(replayable: bool, watch: _WriteWatch, error: Any) -> bool:
+    """Safe to repeat: nothing was written (a read), or every write was inside a transaction that
+    Postgres rolled back when the connection died. Not repeated: a write outside a transaction or
+    one that committed, and a real outage, where no connection could be had."""
+    if not (replayable and not watch.wrote and _held_connection_died(error)):
+        return False
+    if not _fresh_connection_ready():
+        return False  # no connection to be had: a real outage
+    if watch.transactions and not _all_rolled_back(watch.transactions):
+        log.warning("database_connection_lost_after_commit", transactions=len(watch.transactions))
+        return False  # its writes may have landed: the client decides
+    return True
+
+
+# Tries of one request whose connection keeps dying under it (connections die together: a
+# restart, a proxy's sweep, a kill round can reach the repeat too); a real outage stops sooner.
+MAX_TRIES = 3
+
+
 class DatabaseUnavailableMiddleware:
-    """Turns a lost database into a short 503 instead of a 500 with a trace, and repeats once a
-    request whose pooled connection died before the request changed anything durably."""
+    """Turns a lost database into a short 503 instead of a 500 with a trace, and repeats (at most
+    MAX_TRIES - 1 times) a request whose pooled connection died before it changed anything durably."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         replayable = _replayable(request)
-        watch = _WriteWatch()
-        with connection.execute_wrapper(watch):
-            response = self.get_response(request)
-        # Safe to repeat: nothing was written (a read), or every write was inside a transaction
-        # that Postgres rolled back when the connection died. Not repeated: a write outside a
-        # transaction or one that committed, and a real outage, where no connection could be had.
-        error = request.META.pop(DATABASE_ERROR, None)
-        if response.status_code == 503 and replayable and not watch.wrote and _held_connection_died(error):
-            if not _fresh_connection_ready():
-                return response  # no connection to be had: a real outage
-            if watch.transactions and not _all_rolled_back(watch.transactions):
-                log.warning("database_connection_lost_after_commit", path=request.path, method=request.method)
-                return response  # its writes may have landed: the client decides
-            log.warning("database_connection_retried", path=request.path, method=request.method)
-            response = self.get_response(request)
-            if response.status_code == 503:
-                again = request.META.pop(DATABASE_ERROR, None)
-                log.warning("database_connection_retry_failed", path=request.path, error=repr(again)[:300])
+        for tries in range(1, MAX_TRIES + 1):
+            watch = _WriteWatch()
+            with connection.execute_wrapper(watch):
+                response = self.get_response(request)
+            error = request.META.pop(DATABASE_ERROR, None)
+            if response.status_code != 503 or tries == MAX_TRIES or not _repeatable(replayable, watch, error):
+                break
+            log.warning("database_connection_retried", path=request.path, method=request.method, tries=tries)
+        if tries > 1 and response.status_code == 503:
+            log.warning("database_connection_retry_failed", path=request.path, tries=tries)
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:

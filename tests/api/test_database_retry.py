@@ -159,3 +159,31 @@ def test_a_request_is_repeated_only_when_its_transactions_rolled_back(
     else:
         assert (response.status_code, len(calls)) == (201, 2)
         assert list(User.objects.values_list("username", flat=True)) == ["written-by-the-repeat"]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="a pooled Postgres connection")
+@pytest.mark.parametrize(("killed_tries", "status", "calls"), [(2, 200, 3), (3, 503, 3)])
+def test_a_read_whose_repeat_also_loses_its_connection_is_tried_at_most_three_times(
+    transactional_db: Any, killed_tries: int, status: int, calls: int
+) -> None:
+    """Connections die together (a restart, a proxy's sweep): the repeat's may die too."""
+    seen: list[int] = []
+    middleware: DatabaseUnavailableMiddleware
+
+    def view(request: HttpRequest) -> HttpResponse:
+        seen.append(1)
+        try:
+            if len(seen) <= killed_tries:
+                connection.ensure_connection()
+                _terminate(connection.connection.info.backend_pid)
+            User.objects.count()
+        except OperationalError as error:
+            response = middleware.process_exception(request, error)
+            assert response is not None
+            return response
+        return HttpResponse(status=200)
+
+    middleware = DatabaseUnavailableMiddleware(view)
+    response = middleware(RequestFactory().get("/api/v1/runs/"))
+    connection.close()  # as request_finished does: the last try's connection may be the dead one
+    assert (response.status_code, len(seen)) == (status, calls)
