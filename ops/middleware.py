@@ -4,6 +4,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -12,6 +13,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.request import RawPostDataException
+from django.utils import timezone
 from psycopg_pool import PoolTimeout
 
 from ops.collectors import register_web_collectors
@@ -215,6 +217,17 @@ def _repeatable(replayable: bool, watch: _WriteWatch, error: Any) -> bool:
     return True
 
 
+REPEATING_SINCE = "controlplane.repeating_since"  # request.META key: when the first try began
+
+
+def repeating_since(request: HttpRequest) -> datetime | None:
+    """On a repeat by this middleware: when the request's first try began (a view whose writes
+    commit before its response, a launch, finds what that try created instead of doing it again).
+    None on a first try."""
+    since = request.META.get(REPEATING_SINCE)
+    return since if isinstance(since, datetime) else None
+
+
 # Tries of one request whose connection keeps dying under it (connections die together: a
 # restart, a proxy's sweep, a kill round can reach the repeat too); a real outage stops sooner.
 MAX_TRIES = 3
@@ -229,6 +242,7 @@ class DatabaseUnavailableMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         replayable = _replayable(request)
+        began = timezone.now()
         for tries in range(1, MAX_TRIES + 1):
             watch = _WriteWatch()
             with connection.execute_wrapper(watch):
@@ -237,6 +251,7 @@ class DatabaseUnavailableMiddleware:
             if response.status_code != 503 or tries == MAX_TRIES or not _repeatable(replayable, watch, error):
                 break
             log.warning("database_connection_retried", path=request.path, method=request.method, tries=tries)
+            request.META[REPEATING_SINCE] = began
         if tries > 1 and response.status_code == 503:
             log.warning("database_connection_retry_failed", path=request.path, tries=tries)
         return response

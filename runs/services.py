@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -17,6 +18,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from ops.middleware import repeatable_writes
 from runs import lifecycle
 from runs.dataset_params import check_dataset_params
 from runs.lifecycle import Trigger
@@ -176,11 +178,21 @@ def dispatch_on_commit(run_id: int, queue: str, request_id: str) -> None:
     transaction.on_commit(lambda: enqueue_run(run_id, queue, request_id))
 
 
-def do_launch_run(owner: User, launch: LaunchRequest, *, request_id: str = "") -> Run:
+def do_launch_run(
+    owner: User, launch: LaunchRequest, *, request_id: str = "", repeating_since: datetime | None = None
+) -> Run:
+    """Create, audit and dispatch a run. `repeating_since`: this request is a repeat (its
+    connection died), begun then; a run its earlier try committed is returned, not launched again."""
+    if repeating_since is not None and request_id:
+        earlier = Run.objects.filter(owner=owner, request_id=request_id[:64], created_at__gte=repeating_since)
+        if (found := earlier.order_by("-pk").first()) is not None:
+            log.info("run_launch_repeated", run_id=found.pk)
+            return found
     # With the fleet, "" until a scheduler pass admits it and names its worker's queue.
     program_queue = launch.program.queue or celery_app.conf.task_default_queue
     queue = "" if lifecycle.admission_is_external() else program_queue
-    with transaction.atomic():
+    # Repeatable: a repeat of this request finds the run instead of creating another (above).
+    with repeatable_writes(), transaction.atomic():
         run = lifecycle.create_run(
             {
                 "name": launch.name,

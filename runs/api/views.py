@@ -16,6 +16,7 @@ from rest_framework.response import Response
 
 from accounts.drf import request_principal
 from accounts.policy import Action
+from ops.middleware import repeating_since
 from runs import selectors, services
 from runs.api.serializers import (
     ArtifactSerializer,
@@ -138,7 +139,12 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
         except services.LaunchError as error:
             raise ValidationError({field: [message] for field, message in error.errors.items()}) from None
         assert isinstance(request.user, User)  # IsAuthenticated has run
-        run = services.do_launch_run(request.user, launch, request_id=getattr(request, "request_id", ""))
+        run = services.do_launch_run(
+            request.user,
+            launch,
+            request_id=getattr(request, "request_id", ""),
+            repeating_since=repeating_since(request._request),
+        )
         return Response(RunSerializer(run).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses={202: RunSerializer})

@@ -20,6 +20,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from accounts.pages import page_principal, requires
 from accounts.policy import Action, can
 from ops.inputs import parse_id
+from ops.middleware import repeating_since
 from runs import launch_hooks, lifecycle, selectors, services
 from runs.models import Artifact, Run, RunStatus
 from runs.programs import Program, all_programs, get_program
@@ -306,7 +307,12 @@ def _post_launch(request: HttpRequest) -> HttpResponse:
             general=general,
             secrets=secrets,
         )
-    run = services.do_launch_run(request.user, checked, request_id=getattr(request, "request_id", ""))
+    run = services.do_launch_run(
+        request.user,
+        checked,
+        request_id=getattr(request, "request_id", ""),
+        repeating_since=repeating_since(request),
+    )
     return redirect("run-detail", run_id=run.pk)
 
 

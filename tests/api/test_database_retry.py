@@ -17,6 +17,7 @@ from rest_framework.test import APIClient
 
 from accounts.tokens import do_issue_token
 from ops.middleware import DatabaseUnavailableMiddleware, _held_connection_died
+from runs.api.serializers import RunSerializer
 from runs.models import Run
 from tests.conftest import make_user
 
@@ -187,3 +188,26 @@ def test_a_read_whose_repeat_also_loses_its_connection_is_tried_at_most_three_ti
     response = middleware(RequestFactory().get("/api/v1/runs/"))
     connection.close()  # as request_finished does: the last try's connection may be the dead one
     assert (response.status_code, len(seen)) == (status, calls)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="a pooled Postgres connection")
+def test_a_launch_whose_connection_dies_after_its_commit_is_repeated_and_finds_its_run(
+    api: APIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run committed, then the connection died while the response was built: the repeat
+    returns that run (201) instead of a 503 the client would retry into a second run."""
+    calls: list[int] = []
+    to_representation = RunSerializer.to_representation
+
+    def dies_once(self: RunSerializer, instance: Any) -> Any:
+        calls.append(instance.pk)
+        if len(calls) == 1:
+            _terminate(connection.connection.info.backend_pid)
+        return to_representation(self, instance)
+
+    monkeypatch.setattr(RunSerializer, "to_representation", dies_once)
+    launched = _launch(api, "killed-after-commit")
+    assert launched.status_code == 201, launched.content
+    assert len(calls) == 2 and calls[0] == calls[1]  # the repeat found the first try's run
+    assert list(Run.objects.filter(name="killed-after-commit").values_list("pk", flat=True)) == [calls[0]]
+    assert launched.json()["id"] == calls[0]
