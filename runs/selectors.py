@@ -369,3 +369,12 @@ def dispatch_record(run_id: int) -> tuple[str, datetime | None]:
     except DatabaseError:
         return "", None
     return row if row is not None else ("", None)
+
+
+def launched_at(run_id: int) -> datetime | None:
+    """When the run was launched (the origin of its system-metric steps); None when the row is
+    gone or the database does not answer: a metric never fails a run."""
+    try:
+        return Run.objects.filter(pk=run_id).values_list("created_at", flat=True).first()
+    except DatabaseError:
+        return None

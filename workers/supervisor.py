@@ -13,10 +13,10 @@ import os
 import queue
 import socket
 import threading
-from pathlib import Path
 
 import structlog
 from django.conf import settings
+from django.utils import timezone
 
 from fleet.admission import Seat
 from ops import worker_metrics
@@ -25,7 +25,7 @@ from runs import attempts
 from runs.attempts import Claim, Outcome, system_line
 from runs.models import ErrorKind, RunStatus
 from runs.programs import Program, get_program
-from runs.selectors import dispatch_record
+from runs.selectors import dispatch_record, launched_at
 from runs.storage import run_dir
 from workers.failures import classify_exit
 from workers.ingest import Ingest
@@ -33,6 +33,7 @@ from workers.launch import Launch
 from workers.preparation import choose_checkpoint, resolve_run_secrets, stage_run_dataset
 from workers.process import ProgramProcess
 from workers.registry import active_supervisors
+from workers.sampling import SystemSampler
 from workers.streams import Chunk, ChunkQueue
 from workers.watch import Watch
 from workers.writer import AttemptWriter
@@ -140,7 +141,7 @@ class Supervisor:
             self._writer.flush()
             attempts.finish_attempt(self.run_id, claim.attempt, outcome)
             return "failed"
-        return self._supervise(claim, launch.directory)
+        return self._supervise(claim, launch)
 
     def _end_before_start(self, claim: Claim, outcome: Outcome) -> str:
         """The attempt ends before its program starts: say why in its log, then record it."""
@@ -191,7 +192,8 @@ class Supervisor:
 
     # -- while it runs, and after ----------------------------------------------------------
 
-    def _supervise(self, claim: Claim, directory: Path) -> str:
+    def _supervise(self, claim: Claim, launch: Launch) -> str:
+        directory = launch.directory
         watch = Watch(
             claim,
             directory,
@@ -202,6 +204,7 @@ class Supervisor:
             config=self.config,
             shutdown=self._shutdown,
             log=self.log,
+            sampler=self._sampler(launch),
         )
         exit_code = watch.run()
         if self._writer.fenced_off:
@@ -223,6 +226,16 @@ class Supervisor:
             error_kind=outcome.error_kind,
         )
         return str(status)
+
+    def _sampler(self, launch: Launch) -> SystemSampler | None:
+        """System metrics of the program's process group (the guardian leads it) and its GPUs."""
+        assert self._process.popen is not None
+        return SystemSampler.for_program(
+            self._process.popen.pid,
+            every=float(self.config["SYSTEM_METRICS_SECONDS"]),
+            launched_at=launched_at(self.run_id) or timezone.now(),
+            assigned=launch.gpus,
+        )
 
     def _outcome(self, claim: Claim, exit_code: int, *, timed_out: bool) -> Outcome:
         if timed_out:
