@@ -7,7 +7,7 @@ fencing by attempt, the same transaction, the same websocket frame.
 
 - `system/cpu_percent`: CPU time of every process of the program's group (the guardian, the
   program and whatever it forks) over the interval, in percent of one core (so up to 100 × cores).
-  Read from /proc (Linux); a process that ends between two samples takes its last interval along.
+  Read from /proc (Linux); a process that ends between two samples loses its last partial interval.
 - `system/rss_mib`: resident memory of those processes, summed (pages shared between them, such as
   a forked DataLoader's copy-on-write pages, count once per process, as `ps` shows them).
 - `system/gpu{i}/util_percent`, `system/gpu{i}/memory_mib`: for each device the fleet assigned to
