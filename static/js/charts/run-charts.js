@@ -6,30 +6,13 @@
 import { getJSON, withParams } from "../lib/api.js";
 import { formatInteger, formatValue } from "../lib/format.js";
 import { LineChart, seriesColor } from "./line-chart.js";
+import { groupOf, groupOrder, isSystemGroup } from "./groups.js";
 import { SeriesStore, smooth } from "./series-store.js";
+
+export { groupOf, groupOrder, isSystemGroup };
 
 const REDRAW_MS = 250; // live points redraw at most four times a second
 const RELOAD_MIN_MS = 5000;
-
-const GPU_SERIES = /^system\/gpu\d+\//;
-
-export function isSystemGroup(name) {
-  return name.startsWith("system/");
-}
-
-export function groupOf(key) {
-  // Percent and MiB on one axis would flatten one of them: one chart per system measure.
-  if (isSystemGroup(key)) return key.replace(GPU_SERIES, "system/gpu*/");
-  const slash = key.indexOf("/");
-  return slash > 0 ? `${key.slice(0, slash)}/*` : key;
-}
-
-export function groupOrder(name) {
-  if (name === "train/*") return "0";
-  if (name === "val/*") return "1";
-  if (isSystemGroup(name)) return `4${name}`;
-  return name.endsWith("/*") ? `2${name}` : `3${name}`;
-}
 
 export class RunCharts {
   constructor({ container, empty, chartsUrl, options, systemSection = null, systemContainer = null }) {
