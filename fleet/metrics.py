@@ -46,7 +46,8 @@ def waiting_for_admission() -> QuerySet[Run]:
 
 def queue_counts() -> list[QueueCount]:
     """Runs waiting for admission by requested pool and priority band, and when the longest
-    waiting of each became due (queued, or its retry backoff ended), as `controlplane_queue_oldest_age_seconds`."""
+    waiting of each became due (queued, or its retry backoff ended), as for
+    `controlplane_queue_oldest_age_seconds`."""
     # The pool a run asked for, "default" when it named none (fleet.scheduler.requested).
     pool = Coalesce(NullIf(KT("resources__pool"), Value("")), Value("default"), output_field=CharField())
     band = Case(

@@ -2,9 +2,10 @@
 
 A fixed number of round trips per scrape, whatever the number of runs: four database queries
 (runs by status with open dead letters, oldest queued run per queue, finished-run counts,
-breakers) plus the fleet's two (ops.fleet_view), one Redis SCAN+MGET for worker heartbeats, and one pipelined LLEN per queue to the
-broker. Only counts and ages leave the database: no run names, params, ids or users. A source
-that is down leaves its families out of the scrape (`/readyz` says why) instead of failing it.
+breakers) plus the fleet's two (ops.fleet_view), one Redis SCAN+MGET for worker heartbeats,
+and one pipelined LLEN per queue to the broker. Only counts and ages leave the database: no run
+names, params, ids or users. A source that is down leaves its families out of the scrape
+(`/readyz` says why) instead of failing it.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ Two kinds:
   so a worker's port never queries the database and no series is exported twice.
 
 Labels are bounded: statuses, outcomes, failure kinds, queue names, program names (registered by
-admins), GPU indexes, fleet pools, worker states and priority bands. Never a run id or a user name. This module imports nothing but
-prometheus_client, so the logging configuration can use it while settings load.
+admins), GPU indexes, fleet pools, worker states and priority bands. Never a run id or a user
+name. This module imports nothing but prometheus_client, so the logging configuration can use it
+while settings load.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ to the batch being built, so they take the ingest path of the program's own poin
 fencing by attempt, the same transaction, the same websocket frame.
 
 - `system/cpu_percent`: CPU time of every process of the program's group (the guardian, the
-  program and whatever it forks) over the interval, in percent of one core (so up to 100 × cores).
+  program and whatever it forks) over the interval, in percent of one core (so up to 100 x cores).
   Read from /proc (Linux); a process that ends between two samples loses its last partial interval.
 - `system/rss_mib`: resident memory of those processes, summed (pages shared between them, such as
   a forked DataLoader's copy-on-write pages, count once per process, as `ps` shows them).
@@ -27,11 +27,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
 from django.utils import timezone
 
 from ops.gpu import load_nvml
 from runs.attempts import Batch
 
+log = structlog.get_logger(__name__)
 PROC = Path("/proc")
 MIB = 1024 * 1024
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -93,6 +95,7 @@ class SystemSampler:
         self.proc = proc
         self._origin = launched_at.timestamp()
         self._last_step = -1
+        self._failed_gpus: set[int] = set()
         self._previous: dict[ProcessKey, tuple[int, int]] = read_group(pgid, proc)
         self._previous_at = time.monotonic()
         self._next = self._previous_at + every
@@ -147,7 +150,10 @@ class SystemSampler:
                 handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
                 rates = self.nvml.nvmlDeviceGetUtilizationRates(handle)
                 memory = self.nvml.nvmlDeviceGetMemoryInfo(handle)
-            except Exception:  # NVMLError has many kinds (a GPU fell off the bus): skip, go on
+            except Exception as error:  # NVMLError has many kinds (a GPU fell off the bus)
+                if index not in self._failed_gpus:  # once per device, not every few seconds
+                    self._failed_gpus.add(index)
+                    log.warning("gpu_sample_failed", gpu=index, error=str(error)[:200])
                 continue
             values[f"system/gpu{index}/util_percent"] = float(rates.gpu)
             values[f"system/gpu{index}/memory_mib"] = round(float(memory.used) / MIB, 2)

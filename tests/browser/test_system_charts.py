@@ -23,7 +23,9 @@ def test_system_series_are_charted_in_their_own_section_after_the_training_chart
     keys = ["system/cpu_percent", "system/rss_mib", "system/gpu0/util_percent", "system/gpu1/util_percent"]
     ids = series_ids(run["id"], keys, {})
     now = timezone.now()
-    rows = [(ids[key], second * 5, 10.0 + second + i, now) for i, key in enumerate(keys) for second in range(6)]
+    rows = [
+        (ids[key], second * 5, 10.0 + second + i, now) for i, key in enumerate(keys) for second in range(6)
+    ]
     write_metric_points(rows, may_repeat=False)
 
     page = session.page
@@ -36,7 +38,9 @@ def test_system_series_are_charted_in_their_own_section_after_the_training_chart
     gpus = section.locator(".chart-card", has_text="system/gpu*/util_percent")
     expect(gpus.locator(".chart-note")).to_contain_text("system/gpu0/util_percent")
     expect(gpus.locator(".chart-note")).to_contain_text("system/gpu1/util_percent")
-    training = page.locator("#charts .chart-card").evaluate_all("cards => cards.map((card) => card.dataset.group)")
+    training = page.locator("#charts .chart-card").evaluate_all(
+        "cards => cards.map((card) => card.dataset.group)"
+    )
     assert "train/*" in training and not any(group.startswith("system/") for group in training)
     # The System section follows the training charts on the page.
     assert page.evaluate(

@@ -17,7 +17,16 @@ from accounts.tokens import do_issue_token
 from fleet.agent import lost_before
 from fleet.models import Worker
 from runs.models import MetricPoint, Run
-from tests.conftest import ROOT, TINY_TINYGPT, _stop, celery_worker_command, free_port, make_user, stack_env, wait_for
+from tests.conftest import (
+    ROOT,
+    TINY_TINYGPT,
+    _stop,
+    celery_worker_command,
+    free_port,
+    make_user,
+    stack_env,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -85,7 +85,9 @@ def seeded_fleet() -> dict[str, Run]:
     return {"urgent": urgent, "low": low, "older_low": older_low, "cpu": cpu}
 
 
-def test_devices_are_counted_by_pool_kind_and_worker_state_with_those_in_use(seeded_fleet: dict[str, Run]) -> None:
+def test_devices_are_counted_by_pool_kind_and_worker_state_with_those_in_use(
+    seeded_fleet: dict[str, Run],
+) -> None:
     found = scrape()
     total, in_use = "controlplane_fleet_devices", "controlplane_fleet_devices_in_use"
     assert devices(found, total, "a100", "gpu", "active") == 4
@@ -97,10 +99,14 @@ def test_devices_are_counted_by_pool_kind_and_worker_state_with_those_in_use(see
     assert devices(found, in_use, "cpu", "slot", "draining") == 0
     assert devices(found, total, "cpu", "slot", "active") == 0
     # Only the (pool, kind) pairs the fleet has: no gpu series for the cpu pool.
-    assert not any(dict(labels).get("pool") == "cpu" and dict(labels).get("kind") == "gpu" for _, labels in found)
+    assert not any(
+        dict(labels).get("pool") == "cpu" and dict(labels).get("kind") == "gpu" for _, labels in found
+    )
 
 
-def test_runs_waiting_for_admission_are_counted_by_pool_and_priority_band(seeded_fleet: dict[str, Run]) -> None:
+def test_runs_waiting_for_admission_are_counted_by_pool_and_priority_band(
+    seeded_fleet: dict[str, Run],
+) -> None:
     found = scrape()
     name = "controlplane_fleet_queued_runs"
     assert queued(found, name, "a100", "75-100") == 1  # urgent; the admitted run waits no more
@@ -123,13 +129,19 @@ def test_the_longest_wait_of_each_pool_and_band_is_reported_in_seconds(seeded_fl
     assert queued(scrape(), name, "cpu", "50-74") == 0
 
 
-def test_the_fleet_view_costs_two_queries_whatever_the_size_of_the_fleet(seeded_fleet: dict[str, Run]) -> None:
+def test_the_fleet_view_costs_two_queries_whatever_the_size_of_the_fleet(
+    seeded_fleet: dict[str, Run],
+) -> None:
     scrape()  # registers the collectors
 
     def fleet_queries() -> int:
         with CaptureQueriesContext(connection) as captured:
             scrape()
-        return sum(1 for query in captured.captured_queries if "fleet_device" in query["sql"] or "resources" in query["sql"])
+        return sum(
+            1
+            for query in captured.captured_queries
+            if "fleet_device" in query["sql"] or "resources" in query["sql"]
+        )
 
     small = fleet_queries()
     owner = make_user("carol")

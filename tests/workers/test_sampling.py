@@ -38,7 +38,10 @@ def busy_group() -> Iterator[int]:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         group = read_group(process.pid)
-        if len(group) == 2 and sum(pages for _, pages in group.values()) * os.sysconf("SC_PAGE_SIZE") > 70 * 2**20:
+        if (
+            len(group) == 2
+            and sum(pages for _, pages in group.values()) * os.sysconf("SC_PAGE_SIZE") > 70 * 2**20
+        ):
             break
         time.sleep(0.1)
     try:
@@ -109,15 +112,15 @@ class FakeNvml:
     """NVML's calls as pynvml names them, for the two devices of a host without GPUs; device 3
     has fallen off the bus."""
 
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:  # noqa: N802 - NVML's own names
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:  # NVML's own names
         if index == 3:
             raise RuntimeError("GPU is lost")
         return index
 
-    def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:  # noqa: N802
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
         return SimpleNamespace(gpu=40 + handle, memory=10)
 
-    def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:  # noqa: N802
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:
         return SimpleNamespace(used=(handle + 1) * 1024 * 2**20, total=80 * 2**30)
 
 
