@@ -130,6 +130,9 @@ def test_only_the_runs_own_gpus_are_sampled_by_host_index_and_a_lost_one_is_skip
     assert values["system/gpu2/util_percent"] == 42.0
     assert values["system/gpu2/memory_mib"] == 3072.0
     assert not any("gpu3" in key or "gpu0" in key for key in values)
+    # Still lost at the next sample: still skipped (and logged only the first time).
+    again = sampler.sample(time.monotonic() + 2)
+    assert "system/gpu2/util_percent" in again and not any("gpu3" in key for key in again)
 
 
 def test_without_a_reservation_the_workers_numeric_visible_devices_are_sampled() -> None:
@@ -153,3 +156,27 @@ def test_a_process_name_with_spaces_and_parentheses_is_parsed(tmp_path: Path) ->
     finally:
         process.kill()
         process.wait()
+
+
+def test_the_group_is_read_from_proc_skipping_other_groups_vanished_and_unreadable_entries(tmp_path: Path) -> None:
+    def stat(pid: int, pgrp: int, ticks: tuple[int, int], rss: int, name: str = "python") -> str:
+        # Fields from the state on (proc(5) 3..24): state ppid pgrp session tty tpgid flags
+        # minflt cminflt majflt cmajflt utime stime cutime cstime priority nice threads
+        # itrealvalue starttime vsize rss.
+        after = ["S", "1", str(pgrp), "1", "0", "-1", "0", "0", "0", "0", "0", str(ticks[0]), str(ticks[1])]
+        after += ["0", "0", "20", "0", "1", "0", "4242", "1000", str(rss)]
+        return f"{pid} ({name}) " + " ".join(after)
+
+    proc = tmp_path / "proc"
+    for pid, text in {
+        "100": stat(100, 100, (30, 12), 500, name="trainer) (x"),
+        "101": stat(101, 100, (5, 0), 250),
+        "200": stat(200, 200, (99, 99), 999),  # another group
+        "300": "300 (short) S 1",  # truncated: ignored
+    }.items():
+        (proc / pid).mkdir(parents=True)
+        (proc / pid / "stat").write_text(text)
+    (proc / "400").mkdir()  # ended between the listing and the read: no stat file
+    (proc / "self").mkdir()  # not a process number
+    assert read_group(100, proc) == {(100, 4242): (42, 500), (101, 4242): (5, 250)}
+    assert read_group(100, tmp_path / "no-proc") == {}  # not Linux: no CPU or memory series
