@@ -182,6 +182,13 @@ STREAM_LAG = Histogram(
 LEASE_EXPIRIES = Counter("controlplane_lease_expiries_total", "Attempts whose lease expired (worker lost)")
 RECONCILER_ACTIONS = Counter("controlplane_reconciler_actions_total", "What the reconciler did", ["action"])
 RECONCILER_ACTION_NAMES = ("leases_expired", "requeued", "dead", "expired_in_queue", "dispatched")
+FLEET_LAUNCH_TO_START = Histogram(
+    "controlplane_fleet_launch_to_start_seconds",
+    "From a run's launch to its program starting (first attempts: a resume waits from its requeue), "
+    "by the pool it asked for and its priority band: admission wait plus dispatch",
+    ["pool", "priority_band"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800, 3600, 14400, 43200),
+)
 RUNS_SUPERVISED = Gauge("controlplane_runs_supervised", "Runs this process supervises now")
 
 # -- instruments: every process ---------------------------------------------------------------

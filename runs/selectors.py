@@ -371,10 +371,22 @@ def dispatch_record(run_id: int) -> tuple[str, datetime | None]:
     return row if row is not None else ("", None)
 
 
-def launched_at(run_id: int) -> datetime | None:
-    """When the run was launched (the origin of its system-metric steps); None when the row is
-    gone or the database does not answer: a metric never fails a run."""
+@dataclass(frozen=True)
+class LaunchRecord:
+    created_at: datetime  # the launch: the origin of the run's system-metric steps
+    pool: str  # the fleet pool it asked for ("default" when none)
+    priority: int
+
+
+def launch_record(run_id: int) -> LaunchRecord | None:
+    """When and how the run was launched, for the supervisor's metrics; None when the row is gone
+    or the database does not answer: a metric never fails a run."""
     try:
-        return Run.objects.filter(pk=run_id).values_list("created_at", flat=True).first()
+        row = Run.objects.filter(pk=run_id).values_list("created_at", "resources", "priority").first()
     except DatabaseError:
         return None
+    if row is None:
+        return None
+    created_at, resources, priority = row
+    pool = (resources.get("pool") if isinstance(resources, dict) else None) or "default"
+    return LaunchRecord(created_at, str(pool), int(priority))

@@ -13,6 +13,7 @@ import os
 import queue
 import socket
 import threading
+from datetime import datetime
 
 import structlog
 from django.conf import settings
@@ -25,7 +26,7 @@ from runs import attempts
 from runs.attempts import Claim, Outcome, system_line
 from runs.models import ErrorKind, RunStatus
 from runs.programs import Program, get_program
-from runs.selectors import dispatch_record, launched_at
+from runs.selectors import dispatch_record, launch_record
 from runs.storage import run_dir
 from workers.failures import classify_exit
 from workers.ingest import Ingest
@@ -73,6 +74,7 @@ class Supervisor:
         self._process: ProgramProcess
         self._ingest: Ingest
         self._writer: AttemptWriter
+        self._launched_at: datetime  # set once the program started (the system metrics' origin)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -189,6 +191,10 @@ class Supervisor:
         self._writer.say(system_line(f"attempt {claim.attempt} started on {self.worker}: {command}"))
         self.log.info("process_started", pid=self._process.popen.pid, program=program.name)
         worker_metrics.process_started(self.run_id, program.name, *dispatch_record(self.run_id))
+        record = launch_record(self.run_id)
+        self._launched_at = record.created_at if record else timezone.now()
+        if record is not None and claim.attempt == 1:
+            worker_metrics.first_attempt_started(record.pool, record.priority, record.created_at)
 
     # -- while it runs, and after ----------------------------------------------------------
 
@@ -233,7 +239,7 @@ class Supervisor:
         return SystemSampler.for_program(
             self._process.popen.pid,
             every=float(self.config["SYSTEM_METRICS_SECONDS"]),
-            launched_at=launched_at(self.run_id) or timezone.now(),
+            launched_at=self._launched_at,
             assigned=launch.gpus,
         )
 

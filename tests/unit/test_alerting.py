@@ -65,6 +65,7 @@ HISTOGRAMS = {
     "controlplane_training_step_seconds",
     "controlplane_ingest_batch_size",
     "controlplane_stream_lag_seconds",
+    "controlplane_fleet_launch_to_start_seconds",
 }
 # node_exporter's filesystem metrics feed the disk alerts; `up` is Prometheus's own.
 EXTERNAL = {"up", "node_filesystem_avail_bytes", "node_filesystem_size_bytes", "node_filesystem_readonly"}

@@ -158,7 +158,9 @@ def test_a_process_name_with_spaces_and_parentheses_is_parsed(tmp_path: Path) ->
         process.wait()
 
 
-def test_the_group_is_read_from_proc_skipping_other_groups_vanished_and_unreadable_entries(tmp_path: Path) -> None:
+def test_the_group_is_read_from_proc_skipping_other_groups_vanished_and_unreadable_entries(
+    tmp_path: Path,
+) -> None:
     def stat(pid: int, pgrp: int, ticks: tuple[int, int], rss: int, name: str = "python") -> str:
         # Fields from the state on (proc(5) 3..24): state ppid pgrp session tty tpgid flags
         # minflt cminflt majflt cmajflt utime stime cutime cstime priority nice threads

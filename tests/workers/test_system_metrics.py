@@ -5,12 +5,14 @@ same batches as the program's own points, and stops when the program exits."""
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.utils import timezone
+from prometheus_client import REGISTRY
 
 from runs.models import MetricPoint, Run, RunStatus
 from runs.programs import get_program, resolve_params
@@ -93,6 +95,35 @@ def test_sampling_stops_when_the_program_exits_even_while_a_child_holds_its_pipe
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED
     assert run.finished_at is not None and run.finished_at.timestamp() > exited_at + 1.5
+
+
+def launch_to_start_count(pool: str = "default", band: str = "50-74") -> float:
+    labels = {"pool": pool, "priority_band": band}
+    return REGISTRY.get_sample_value("controlplane_fleet_launch_to_start_seconds_count", labels) or 0.0
+
+
+def test_a_first_attempt_observes_its_launch_to_start_wait_by_pool_and_priority_band(owner: User) -> None:
+    before_urgent, before_default = launch_to_start_count(band="75-100"), launch_to_start_count()
+    run = system_run(owner, seconds=0.2, mib=0)
+    Run.objects.filter(pk=run.pk).update(priority=90, created_at=timezone.now() - timedelta(seconds=30))
+    assert Supervisor(run.pk).run() == "succeeded"
+    assert launch_to_start_count(band="75-100") == before_urgent + 1
+    assert launch_to_start_count() == before_default
+    total = REGISTRY.get_sample_value(
+        "controlplane_fleet_launch_to_start_seconds_sum", {"pool": "default", "priority_band": "75-100"}
+    )
+    assert total is not None and total >= 30
+
+
+def test_a_resumed_attempt_is_no_launch_and_its_samples_go_on_in_seconds_since_launch(owner: User) -> None:
+    before = launch_to_start_count()
+    run = system_run(owner, seconds=1.5, mib=0)
+    # Attempt 1 was lost ten minutes after launch; this supervisor claims attempt 2.
+    Run.objects.filter(pk=run.pk).update(attempt=1, created_at=timezone.now() - timedelta(minutes=10))
+    assert Supervisor(run.pk).run() == "succeeded"
+    assert launch_to_start_count() == before
+    steps = [step for step, _, _ in series(run, "system/rss_mib")]
+    assert steps and all(600 <= step <= 700 for step in steps)
 
 
 def test_no_system_series_when_sampling_is_off(owner: User, settings: Any) -> None:
