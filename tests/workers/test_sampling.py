@@ -179,6 +179,7 @@ def test_the_group_is_read_from_proc_skipping_other_groups_vanished_and_unreadab
         (proc / pid).mkdir(parents=True)
         (proc / pid / "stat").write_text(text)
     (proc / "400").mkdir()  # ended between the listing and the read: no stat file
+    (proc / "500" / "stat").mkdir(parents=True)  # opens, but reading fails
     (proc / "self").mkdir()  # not a process number
     assert read_group(100, proc) == {(100, 4242): (42, 500), (101, 4242): (5, 250)}
     assert read_group(100, tmp_path / "no-proc") == {}  # not Linux: no CPU or memory series
