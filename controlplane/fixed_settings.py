@@ -17,8 +17,17 @@ __all__ = [
     "CELERY_WORKER_HIJACK_ROOT_LOGGER",
     "CELERY_WORKER_PREFETCH_MULTIPLIER",
     "CONTENT_SECURITY_POLICY",
+    "LANGUAGE_CODE",
     "SPECTACULAR_SETTINGS",
+    "TIME_ZONE",
+    "USE_I18N",
+    "USE_TZ",
 ]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
 
 # Celery: the run row in the database is the truth; the broker only carries "look at run N".
 CELERY_TASK_SERIALIZER = "json"

@@ -231,6 +231,8 @@ CONTROLPLANE: dict[str, float | int] = {
     "DATASET_MAX_BYTES": env_int("CONTROLPLANE_DATASET_MAX_BYTES", 1024**3, minimum=1),
     "DATASET_TIMEOUT_SECONDS": env_float("CONTROLPLANE_DATASET_TIMEOUT_SECONDS", 30.0, minimum=0.1),
     "DATASET_RETRIES": env_int("CONTROLPLANE_DATASET_RETRIES", 3, minimum=1),
+    # How often a supervisor samples its program's CPU, memory and GPUs (workers/sampling.py); 0: never.
+    "SYSTEM_METRICS_SECONDS": env_int("CONTROLPLANE_SYSTEM_METRICS_SECONDS", 5, minimum=0),
 }
 
 # The fleet (fleet/, docs/architecture.md "Fleet"). WORKER_GPUS "auto": through NVML; "": none.
@@ -279,11 +281,6 @@ REST_FRAMEWORK = {
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/login/"
-
-LANGUAGE_CODE = "en-us"
-TIME_ZONE = "UTC"
-USE_I18N = False
-USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = env_path("STATIC_ROOT", _HOME / "staticfiles")

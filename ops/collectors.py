@@ -2,9 +2,10 @@
 
 A fixed number of round trips per scrape, whatever the number of runs: four database queries
 (runs by status with open dead letters, oldest queued run per queue, finished-run counts,
-breakers), one Redis SCAN+MGET for worker heartbeats, and one pipelined LLEN per queue to the
-broker. Only counts and ages leave the database: no run names, params, ids or users. A source
-that is down leaves its families out of the scrape (`/readyz` says why) instead of failing it.
+breakers) plus the fleet's two (ops.fleet_view), one Redis SCAN+MGET for worker heartbeats,
+and one pipelined LLEN per queue to the broker. Only counts and ages leave the database: no run
+names, params, ids or users. A source that is down leaves its families out of the scrape
+(`/readyz` says why) instead of failing it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from prometheus_client.registry import Collector
 
 from ops import metrics
 from ops.breakers import breaker_states
+from ops.fleet_view import FleetCollector
 from ops.models import BreakerState
 from ops.outcomes import finished_counts
 from ops.worker_heartbeat import live_workers
@@ -195,4 +197,5 @@ def register_web_collectors() -> None:
     with _register_lock:
         if not _registered:
             REGISTRY.register(WebStateCollector())
+            REGISTRY.register(FleetCollector())
             _registered = True

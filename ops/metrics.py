@@ -10,8 +10,9 @@ Two kinds:
   so a worker's port never queries the database and no series is exported twice.
 
 Labels are bounded: statuses, outcomes, failure kinds, queue names, program names (registered by
-admins), GPU indexes. Never a run id or a user name. This module imports nothing but
-prometheus_client, so the logging configuration can use it while settings load.
+admins), GPU indexes, fleet pools, worker states and priority bands. Never a run id or a user
+name. This module imports nothing but prometheus_client, so the logging configuration can use it
+while settings load.
 """
 
 from __future__ import annotations
@@ -67,6 +68,51 @@ CIRCUIT_BREAKER_STATE = Family(
     "Circuit breaker state (0 closed, 1 half-open, 2 open)",
     ("breaker",),
 )
+
+# Web process (ops.fleet_view.FleetCollector): the fleet's devices and admission queue, read from
+# the fleet tables. Labels: pool (set by operators per worker, or named by a launch and validated
+# against the pools workers registered), kind (gpu, slot), worker_state (active, draining, lost),
+# priority_band (PRIORITY_BANDS): pools x 2 x 3 and pools x 4 series, never one per run or worker.
+FLEET_DEVICES = Family(
+    "controlplane_fleet_devices",
+    "gauge",
+    "Devices the fleet's workers offer, by pool, kind (gpu or slot) and worker state",
+    ("pool", "kind", "worker_state"),
+)
+FLEET_DEVICES_IN_USE = Family(
+    "controlplane_fleet_devices_in_use",
+    "gauge",
+    "Devices reserved for a run, by pool, kind (gpu or slot) and worker state",
+    ("pool", "kind", "worker_state"),
+)
+FLEET_QUEUED_RUNS = Family(
+    "controlplane_fleet_queued_runs",
+    "gauge",
+    "Runs waiting for admission (queued, no devices yet), by requested pool and priority band",
+    ("pool", "priority_band"),
+)
+FLEET_QUEUE_OLDEST_WAIT = Family(
+    "controlplane_fleet_queue_oldest_wait_seconds",
+    "gauge",
+    "How long the longest-waiting run of the pool and priority band has waited for admission "
+    "(since it became due), 0 when none waits",
+    ("pool", "priority_band"),
+)
+# Launch priorities are 0-100; four fixed bands keep the label bounded. (low, high, label).
+PRIORITY_BANDS: tuple[tuple[int, int, str], ...] = (
+    (0, 24, "0-24"),
+    (25, 49, "25-49"),
+    (50, 74, "50-74"),
+    (75, 100, "75-100"),
+)
+
+
+def priority_band(priority: int) -> str:
+    for low, high, label in PRIORITY_BANDS:
+        if low <= priority <= high:
+            return label
+    return PRIORITY_BANDS[-1][2] if priority > 100 else PRIORITY_BANDS[0][2]
+
 
 # The process that verified the audit chain (the housekeeping worker); absent elsewhere, so a
 # training worker never reports a chain it did not check.
@@ -136,6 +182,13 @@ STREAM_LAG = Histogram(
 LEASE_EXPIRIES = Counter("controlplane_lease_expiries_total", "Attempts whose lease expired (worker lost)")
 RECONCILER_ACTIONS = Counter("controlplane_reconciler_actions_total", "What the reconciler did", ["action"])
 RECONCILER_ACTION_NAMES = ("leases_expired", "requeued", "dead", "expired_in_queue", "dispatched")
+FLEET_LAUNCH_TO_START = Histogram(
+    "controlplane_fleet_launch_to_start_seconds",
+    "From a run's launch to its program starting (first attempts: a resume waits from its requeue), "
+    "by the pool it asked for and its priority band: admission wait plus dispatch",
+    ["pool", "priority_band"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800, 3600, 14400, 43200),
+)
 RUNS_SUPERVISED = Gauge("controlplane_runs_supervised", "Runs this process supervises now")
 
 # -- instruments: every process ---------------------------------------------------------------

@@ -22,10 +22,12 @@ from prometheus_client import REGISTRY, start_http_server
 
 from ops.metrics import (
     DISPATCH_LATENCY,
+    FLEET_LAUNCH_TO_START,
     INGEST_BATCH_SIZE,
     STREAM_LAG,
     TRAINING_STEP_SECONDS,
     TRAINING_TOKENS,
+    priority_band,
 )
 
 log = structlog.get_logger(__name__)
@@ -50,6 +52,12 @@ def process_started(run_id: int, program: str, queue: str, enqueued_at: datetime
     if enqueued_at is None:
         return  # dispatched by hand (no recorded send), nothing to measure from
     DISPATCH_LATENCY.labels(queue=queue).observe(max(0.0, (timezone.now() - enqueued_at).total_seconds()))
+
+
+def first_attempt_started(pool: str, priority: int, launched_at: datetime) -> None:
+    """A run's first program started: how long it waited since launch, by pool and priority band."""
+    waited = max(0.0, (timezone.now() - launched_at).total_seconds())
+    FLEET_LAUNCH_TO_START.labels(pool=pool[:64], priority_band=priority_band(priority)).observe(waited)
 
 
 def _number(value: Any) -> float | None:

@@ -369,3 +369,24 @@ def dispatch_record(run_id: int) -> tuple[str, datetime | None]:
     except DatabaseError:
         return "", None
     return row if row is not None else ("", None)
+
+
+@dataclass(frozen=True)
+class LaunchRecord:
+    created_at: datetime  # the launch: the origin of the run's system-metric steps
+    pool: str  # the fleet pool it asked for ("default" when none)
+    priority: int
+
+
+def launch_record(run_id: int) -> LaunchRecord | None:
+    """When and how the run was launched, for the supervisor's metrics; None when the row is gone
+    or the database does not answer: a metric never fails a run."""
+    try:
+        row = Run.objects.filter(pk=run_id).values_list("created_at", "resources", "priority").first()
+    except DatabaseError:
+        return None
+    if row is None:
+        return None
+    created_at, resources, priority = row
+    pool = (resources.get("pool") if isinstance(resources, dict) else None) or "default"
+    return LaunchRecord(created_at, str(pool), int(priority))

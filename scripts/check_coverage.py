@@ -38,6 +38,7 @@ GATED_MODULES: tuple[str, ...] = (
     "workers/files.py",
     "workers/watch.py",
     "workers/streams.py",
+    "workers/sampling.py",
     "workers/protocol.py",
     "workers/preparation.py",
 )

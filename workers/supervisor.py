@@ -13,10 +13,11 @@ import os
 import queue
 import socket
 import threading
-from pathlib import Path
+from datetime import datetime
 
 import structlog
 from django.conf import settings
+from django.utils import timezone
 
 from fleet.admission import Seat
 from ops import worker_metrics
@@ -25,7 +26,7 @@ from runs import attempts
 from runs.attempts import Claim, Outcome, system_line
 from runs.models import ErrorKind, RunStatus
 from runs.programs import Program, get_program
-from runs.selectors import dispatch_record
+from runs.selectors import dispatch_record, launch_record
 from runs.storage import run_dir
 from workers.failures import classify_exit
 from workers.ingest import Ingest
@@ -33,6 +34,7 @@ from workers.launch import Launch
 from workers.preparation import choose_checkpoint, resolve_run_secrets, stage_run_dataset
 from workers.process import ProgramProcess
 from workers.registry import active_supervisors
+from workers.sampling import SystemSampler
 from workers.streams import Chunk, ChunkQueue
 from workers.watch import Watch
 from workers.writer import AttemptWriter
@@ -72,6 +74,7 @@ class Supervisor:
         self._process: ProgramProcess
         self._ingest: Ingest
         self._writer: AttemptWriter
+        self._launched_at: datetime  # set once the program started (the system metrics' origin)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -140,7 +143,7 @@ class Supervisor:
             self._writer.flush()
             attempts.finish_attempt(self.run_id, claim.attempt, outcome)
             return "failed"
-        return self._supervise(claim, launch.directory)
+        return self._supervise(claim, launch)
 
     def _end_before_start(self, claim: Claim, outcome: Outcome) -> str:
         """The attempt ends before its program starts: say why in its log, then record it."""
@@ -188,10 +191,15 @@ class Supervisor:
         self._writer.say(system_line(f"attempt {claim.attempt} started on {self.worker}: {command}"))
         self.log.info("process_started", pid=self._process.popen.pid, program=program.name)
         worker_metrics.process_started(self.run_id, program.name, *dispatch_record(self.run_id))
+        record = launch_record(self.run_id)
+        self._launched_at = record.created_at if record else timezone.now()
+        if record is not None and claim.attempt == 1:
+            worker_metrics.first_attempt_started(record.pool, record.priority, record.created_at)
 
     # -- while it runs, and after ----------------------------------------------------------
 
-    def _supervise(self, claim: Claim, directory: Path) -> str:
+    def _supervise(self, claim: Claim, launch: Launch) -> str:
+        directory = launch.directory
         watch = Watch(
             claim,
             directory,
@@ -202,6 +210,7 @@ class Supervisor:
             config=self.config,
             shutdown=self._shutdown,
             log=self.log,
+            sampler=self._sampler(launch),
         )
         exit_code = watch.run()
         if self._writer.fenced_off:
@@ -223,6 +232,16 @@ class Supervisor:
             error_kind=outcome.error_kind,
         )
         return str(status)
+
+    def _sampler(self, launch: Launch) -> SystemSampler | None:
+        """System metrics of the program's process group (the guardian leads it) and its GPUs."""
+        assert self._process.popen is not None
+        return SystemSampler.for_program(
+            self._process.popen.pid,
+            every=float(self.config["SYSTEM_METRICS_SECONDS"]),
+            launched_at=self._launched_at,
+            assigned=launch.gpus,
+        )
 
     def _outcome(self, claim: Claim, exit_code: int, *, timed_out: bool) -> Outcome:
         if timed_out:

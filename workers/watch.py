@@ -2,8 +2,9 @@
 
 One thread does everything, in turn: take the queued output into the batch, flush it, renew the
 lease every HEARTBEAT and read the run's status every second in between (cancel → SIGTERM), and
-enforce the worker's shutdown and the run's maximum duration, with SIGKILL after the grace period.
-One thread, so the batch needs no lock.
+enforce the worker's shutdown and the run's maximum duration, with SIGKILL after the grace period,
+and, while the program runs, add a system-metrics sample to the batch when one is due
+(workers/sampling.py). One thread, so the batch needs no lock.
 
 When to flush (adaptive): a batch is written at once when the queue is drained and nothing was
 flushed for IDLE_FLUSH_SECONDS (an idle run's line reaches the websocket in one transaction's
@@ -28,6 +29,7 @@ from runs.attempts import Claim, StaleAttempt, system_line
 from runs.models import RunStatus
 from workers.ingest import Ingest
 from workers.process import READER_COUNT, ProgramProcess
+from workers.sampling import SystemSampler
 from workers.streams import Chunk
 from workers.writer import MAX_BACKOFF_SECONDS, AttemptWriter
 
@@ -56,6 +58,7 @@ class Watch:
         config: Mapping[str, Any],
         shutdown: threading.Event,
         log: Any,
+        sampler: SystemSampler | None = None,
     ) -> None:
         self.claim = claim
         self.directory = directory
@@ -65,6 +68,8 @@ class Watch:
         self.writer = writer
         self.shutdown = shutdown
         self.log = log
+        # System metrics of the program's group (workers/sampling.py); None: disabled.
+        self.sampler = sampler
         self.timed_out = False
         self.flush_every = float(config["FLUSH_INTERVAL_SECONDS"])
         self.heartbeat_every = float(config["HEARTBEAT_SECONDS"])
@@ -92,6 +97,9 @@ class Watch:
             self._enforce_limits(now)
             if exited_at is None and self.process.popen.poll() is not None:
                 exited_at = now
+            if exited_at is None and self.sampler is not None:
+                # Only while the program runs: an exited group has nothing left to measure.
+                self.sampler.sample_if_due(now, self.writer.batch)
             if exited_at is not None and self._done_after_exit(now - exited_at):
                 break
         self._drain()

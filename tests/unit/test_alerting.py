@@ -38,6 +38,10 @@ GAUGES = {
     "controlplane_queue_depth",
     "controlplane_queue_oldest_age_seconds",
     "controlplane_workers_live",
+    "controlplane_fleet_devices",
+    "controlplane_fleet_devices_in_use",
+    "controlplane_fleet_queued_runs",
+    "controlplane_fleet_queue_oldest_wait_seconds",
     "controlplane_websocket_connections",
     "controlplane_circuit_breaker_state",
     "controlplane_runs_supervised",
@@ -61,6 +65,7 @@ HISTOGRAMS = {
     "controlplane_training_step_seconds",
     "controlplane_ingest_batch_size",
     "controlplane_stream_lag_seconds",
+    "controlplane_fleet_launch_to_start_seconds",
 }
 # node_exporter's filesystem metrics feed the disk alerts; `up` is Prometheus's own.
 EXTERNAL = {"up", "node_filesystem_avail_bytes", "node_filesystem_size_bytes", "node_filesystem_readonly"}

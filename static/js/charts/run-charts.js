@@ -1,28 +1,22 @@
 // The run page's charts: one per metric group (train/*, val/*, any other prefix; a key without
-// a prefix gets its own), fed by /charts/ and then by live metric frames.
+// a prefix gets its own), fed by /charts/ and then by live metric frames. The worker's system/*
+// series (CPU, memory, GPUs of the program) come last, each measure in its own chart (every GPU
+// of the run in one), in their own section when the page has one.
 
 import { getJSON, withParams } from "../lib/api.js";
 import { formatInteger, formatValue } from "../lib/format.js";
 import { LineChart, seriesColor } from "./line-chart.js";
+import { groupOf, groupOrder, isSystemGroup } from "./groups.js";
 import { SeriesStore, smooth } from "./series-store.js";
+
+export { groupOf, groupOrder, isSystemGroup };
 
 const REDRAW_MS = 250; // live points redraw at most four times a second
 const RELOAD_MIN_MS = 5000;
 
-export function groupOf(key) {
-  const slash = key.indexOf("/");
-  return slash > 0 ? `${key.slice(0, slash)}/*` : key;
-}
-
-export function groupOrder(name) {
-  if (name === "train/*") return "0";
-  if (name === "val/*") return "1";
-  return name.endsWith("/*") ? `2${name}` : `3${name}`;
-}
-
 export class RunCharts {
-  constructor({ container, empty, chartsUrl, options }) {
-    Object.assign(this, { container, empty, chartsUrl, options });
+  constructor({ container, empty, chartsUrl, options, systemSection = null, systemContainer = null }) {
+    Object.assign(this, { container, empty, chartsUrl, options, systemSection, systemContainer });
     this.store = new SeriesStore();
     this.cards = new Map(); // group -> {figure, note, chart}
     this.redrawTimer = 0;
@@ -155,8 +149,11 @@ export class RunCharts {
     figure.append(caption, host);
     // Keep the cards in group order as new groups appear.
     const order = groupOrder(name);
-    const next = [...this.container.children].find((el) => groupOrder(el.dataset.group) > order);
-    this.container.insertBefore(figure, next ?? null);
+    const system = isSystemGroup(name) && this.systemContainer;
+    const container = system ? this.systemContainer : this.container;
+    if (system && this.systemSection) this.systemSection.hidden = false;
+    const next = [...container.children].find((el) => groupOrder(el.dataset.group) > order);
+    container.insertBefore(figure, next ?? null);
     card = { figure, note, chart: new LineChart(host) };
     this.cards.set(name, card);
     return card;

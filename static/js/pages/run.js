@@ -30,7 +30,14 @@ let charts = null;
 const chartOptions = chartTools($("chart-tools"), (options) => charts?.setOptions(options));
 const chartsReady = import("../charts/run-charts.js")
   .then(({ RunCharts }) => {
-    charts = new RunCharts({ container: $("charts"), empty: $("charts-empty"), chartsUrl: urls.chartsUrl, options: chartOptions });
+    charts = new RunCharts({
+      container: $("charts"),
+      empty: $("charts-empty"),
+      chartsUrl: urls.chartsUrl,
+      options: chartOptions,
+      systemSection: $("system-metrics"),
+      systemContainer: $("system-charts"),
+    });
     return charts;
   })
   .catch((error) => {

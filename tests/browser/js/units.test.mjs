@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import test from "node:test";
 
 import { plainText } from "../../../static/js/live/ansi.js";
+import { groupOf, groupOrder, isSystemGroup } from "../../../static/js/charts/groups.js";
 import { SeriesStore, smooth } from "../../../static/js/charts/series-store.js";
 import { formatDuration, formatValue } from "../../../static/js/lib/format.js";
 import { percent } from "../../../static/js/lib/status.js";
@@ -54,4 +55,18 @@ test("durations and values read at a glance", () => {
   assert.equal(formatValue(2.3456789), "2.346");
   assert.equal(percent(5, 0), null);
   assert.equal(percent(150, 100), 100);
+});
+
+test("system series get a chart per measure, every GPU of the run in one, after the training charts", () => {
+  assert.equal(groupOf("train/loss"), "train/*");
+  assert.equal(groupOf("lr"), "lr");
+  assert.equal(groupOf("system/cpu_percent"), "system/cpu_percent");
+  assert.equal(groupOf("system/rss_mib"), "system/rss_mib");
+  assert.equal(groupOf("system/gpu0/util_percent"), "system/gpu*/util_percent");
+  assert.equal(groupOf("system/gpu12/util_percent"), "system/gpu*/util_percent");
+  assert.equal(groupOf("system/gpu3/memory_mib"), "system/gpu*/memory_mib");
+  assert.ok(isSystemGroup("system/gpu*/memory_mib") && !isSystemGroup("train/*") && !isSystemGroup("systemic"));
+  const names = ["system/rss_mib", "lr", "val/*", "system/cpu_percent", "train/*", "eval/*"];
+  names.sort((a, b) => groupOrder(a).localeCompare(groupOrder(b)));
+  assert.deepEqual(names, ["train/*", "val/*", "eval/*", "lr", "system/cpu_percent", "system/rss_mib"]);
 });
