@@ -37,6 +37,11 @@ _HOME = BASE_DIR if (BASE_DIR / "manage.py").is_file() else Path.cwd()
 DATA_DIR = env_path("CONTROLPLANE_DATA_DIR", _HOME / "var")
 RUNS_DIR = env_path("CONTROLPLANE_RUNS_DIR", DATA_DIR / "runs")
 ARTIFACTS_DIR = env_path("CONTROLPLANE_ARTIFACTS_DIR", DATA_DIR / "artifacts")
+# Behind nginx: downloads answer with `X-Accel-Redirect: <prefix><storage key>` once authorized and
+# audited, and nginx sends the file with sendfile (deploy/nginx/controlplane.conf). Empty: streamed.
+X_ACCEL_PREFIX = env_str("CONTROLPLANE_X_ACCEL_PREFIX", "")
+if X_ACCEL_PREFIX and not re.fullmatch(r"/[A-Za-z0-9._~/-]*/", X_ACCEL_PREFIX):
+    raise ConfigError("CONTROLPLANE_X_ACCEL_PREFIX must be a URI path that starts and ends with '/'")
 PROGRAMS_FILE = env_str("CONTROLPLANE_PROGRAMS_FILE", "") or None
 # Comma-separated Fernet keys, newest first (vault/crypto.py checks them when the app loads).
 CONTROLPLANE_SECRETS_KEY = env_str("CONTROLPLANE_SECRETS_KEY", "")
