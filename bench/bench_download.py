@@ -150,7 +150,9 @@ class Sampler(threading.Thread):
         return self.samples
 
 
-def start_server(port: int, log_path: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_server(
+    port: int, log_path: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     command = [
         sys.executable,
         "-m",
@@ -276,14 +278,18 @@ def bench(args: argparse.Namespace, db_name: str, data_dir: Path) -> int:
         targets = [Target("ours: uvicorn, streamed", f"{direct[0]}{download}", auth, direct[1].pid)]
         if not args.no_nginx:
             # The same product behind nginx, handing the transfer over with X-Accel-Redirect.
-            proxied = _server(stack, data_dir / "server-xaccel.log", {"CONTROLPLANE_X_ACCEL_PREFIX": X_ACCEL_PREFIX})
+            proxied = _server(
+                stack, data_dir / "server-xaccel.log", {"CONTROLPLANE_X_ACCEL_PREFIX": X_ACCEL_PREFIX}
+            )
             port = free_port()
             workdir = data_dir / "nginx"
             reference = nginx.start(workdir, port, artifacts, upstream=proxied[0])
             stack.callback(nginx.stop, reference)
             base = f"http://127.0.0.1:{port}"
             targets.append(Target("nginx: sendfile", f"{base}/files/{storage_key}", {}, reference.pid))
-            targets.append(Target("ours: nginx + X-Accel-Redirect", f"{base}{download}", auth, proxied[1].pid))
+            targets.append(
+                Target("ours: nginx + X-Accel-Redirect", f"{base}{download}", auth, proxied[1].pid)
+            )
         return measure(targets, args.repeats, path, size, sha256)
 
 
@@ -394,12 +400,14 @@ def measure(targets: list[Target], repeats: int, path: Path, size: int, sha256: 
             ratio = target.mib_s(size) / reference.mib_s(size)
             met = ratio >= TARGET_RATIO
             passed &= met or target is targets[0]
-            print(f"  ratio {target.label} / nginx: {ratio:.3f} (target >= {TARGET_RATIO}: {'met' if met else 'NOT met'})")
+            verdict = "met" if met else "NOT met"
+            print(f"  ratio {target.label} / nginx: {ratio:.3f} (target >= {TARGET_RATIO}: {verdict})")
     for failure in failures:
         print(f"check failed: {failure}")
     print(
-        f"{'PASS' if passed else 'FAIL'}: product RSS growth {growth:.1f} MiB (max) while sending {size / MIB:,.0f} MiB "
-        f"(limit {TARGET_GROWTH_MIB:.0f} MiB)" + ("" if not failures else f"; {len(failures)} check(s) failed")
+        f"{'PASS' if passed else 'FAIL'}: product RSS growth {growth:.1f} MiB (max) while sending "
+        f"{size / MIB:,.0f} MiB (limit {TARGET_GROWTH_MIB:.0f} MiB)"
+        + ("" if not failures else f"; {len(failures)} check(s) failed")
     )
     return 0 if passed else 1
 

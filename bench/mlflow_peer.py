@@ -73,21 +73,27 @@ def start(executable: Path, db_name: str, artifacts: Path, port: int, log: Path)
     env = {**os.environ, "MLFLOW_TRACKING_URI": "", "PYTHONUNBUFFERED": "1"}
     env.pop("DATABASE_URL", None)
     with log.open("wb") as log_file:
-        return subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def wait_ready(base: str, server: subprocess.Popen[bytes], log: Path, timeout: float = 180.0) -> float:
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
         if server.poll() is not None:
-            raise RuntimeError(f"mlflow exited with {server.returncode}: {log.read_text(errors='replace')[-2000:]}")
+            raise RuntimeError(
+                f"mlflow exited with {server.returncode}: {log.read_text(errors='replace')[-2000:]}"
+            )
         try:
             if httpx.get(f"{base}/health", timeout=2).status_code == 200:
                 return time.perf_counter() - started
         except httpx.TransportError:
             pass
         time.sleep(0.3)
-    raise RuntimeError(f"mlflow was not ready after {timeout:.0f} s: {log.read_text(errors='replace')[-2000:]}")
+    raise RuntimeError(
+        f"mlflow was not ready after {timeout:.0f} s: {log.read_text(errors='replace')[-2000:]}"
+    )
 
 
 class Client:

@@ -100,7 +100,11 @@ def start(workdir: Path, port: int, files: Path, upstream: str | None = None) ->
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            error = (workdir / "error.log").read_text(errors="replace") if (workdir / "error.log").exists() else ""
+            error = (
+                (workdir / "error.log").read_text(errors="replace")
+                if (workdir / "error.log").exists()
+                else ""
+            )
             raise RuntimeError(f"nginx exited with {process.returncode}: {error[-1000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/nginx-alive", timeout=1).status_code == 200:

@@ -78,7 +78,9 @@ def ours_ingest(http: httpx.Client, steps: int, keys: int) -> float:
 
     params = {"points": steps, "keys": keys, "per_line": max(1, 8_000 // keys)}
     started = time.perf_counter()
-    created = http.post("/api/v1/runs/", json={"name": f"ingest-{keys}", "program": "flood", "params": params})
+    created = http.post(
+        "/api/v1/runs/", json={"name": f"ingest-{keys}", "program": "flood", "params": params}
+    )
     created.raise_for_status()
     run_id = created.json()["id"]
     while True:
@@ -105,7 +107,9 @@ def mlflow_ingest(client: mlflow_peer.Client, db_name: str, steps: int, keys: in
     return elapsed
 
 
-def bench_ingest(http: httpx.Client, client: mlflow_peer.Client, db: str, points: int, repeats: int) -> list[Row]:
+def bench_ingest(
+    http: httpx.Client, client: mlflow_peer.Client, db: str, points: int, repeats: int
+) -> list[Row]:
     ours_ingest(http, 100, 1)  # warm-up: the worker's first task, the program's first start
     mlflow_ingest(client, db, 100, 1)
     rows: list[Row] = []
@@ -156,7 +160,9 @@ def ours_full_read(http: httpx.Client, run_id: int) -> int:
     return count
 
 
-def bench_reads(http: httpx.Client, client: mlflow_peer.Client, ours_run: int, theirs_run: str, warm: int) -> list[Row]:
+def bench_reads(
+    http: httpx.Client, client: mlflow_peer.Client, ours_run: int, theirs_run: str, warm: int
+) -> list[Row]:
     ours_cold, ours_spike = timed(lambda: ours_chart(http, ours_run))
     theirs_cold, history = timed(lambda: client.history(theirs_run, CHART_KEY))
     theirs_spike = max(point["value"] for point in history) == SPIKE_VALUE
@@ -167,13 +173,18 @@ def bench_reads(http: httpx.Client, client: mlflow_peer.Client, ours_run: int, t
         theirs_warm.append(timed(lambda: client.history(theirs_run, CHART_KEY))[0])
     theirs_full = theirs_warm  # for MLflow the chart is the full read: get-history of every point
     count = ours_full_read(http, ours_run)
-    print(f"  spike kept: ours {ours_spike}, MLflow {theirs_spike}; full read {count:,} / {len(history):,} points")
+    print(f"  spike kept: ours {ours_spike}, MLflow {theirs_spike}; full read {count:,} / {len(history):,}")
     if not (ours_spike and theirs_spike and count == len(history)):
         raise RuntimeError("a chart lost the spike or a full read lost points")
     return [
         ("chart, cold (first request)", ours_cold, theirs_cold, "ms"),
         ("chart, warm (p50)", statistics.median(ours_warm), statistics.median(theirs_warm), "ms"),
-        (f"full read of {count:,} points (p50)", statistics.median(ours_full), statistics.median(theirs_full), "ms"),
+        (
+            f"full read of {count:,} points (p50)",
+            statistics.median(ours_full),
+            statistics.median(theirs_full),
+            "ms",
+        ),
     ]
 
 
@@ -196,13 +207,22 @@ def bench_download(
         ours_s.append(fetch(http, ours_url))
         theirs_s.append(fetch(client.http, theirs_url))
     mib = size / MIB
-    return [(f"download {mib:,.0f} MiB", mib / statistics.median(ours_s), mib / statistics.median(theirs_s), "MiB/s")]
+    return [
+        (
+            f"download {mib:,.0f} MiB",
+            mib / statistics.median(ours_s),
+            mib / statistics.median(theirs_s),
+            "MiB/s",
+        )
+    ]
 
 
 # -- the run ----------------------------------------------------------------------------------
 
 
-def seed(args: argparse.Namespace, db: str, owner: Any, client: mlflow_peer.Client, data_dir: Path) -> dict[str, Any]:
+def seed(
+    args: argparse.Namespace, db: str, owner: Any, client: mlflow_peer.Client, data_dir: Path
+) -> dict[str, Any]:
     """The chart series (same values, same spike) and the download file in both products."""
     from django.conf import settings
 
@@ -215,7 +235,9 @@ def seed(args: argparse.Namespace, db: str, owner: Any, client: mlflow_peer.Clie
     series = MetricSeries.objects.create(run=run, key=CHART_KEY)
     copy_points(os.environ["BENCH_OURS_DB"], series.pk, args.chart_points, _day_ago(), spike)
     experiment_id, theirs_run = client.new_run(f"reads-{secrets.token_hex(4)}")
-    mlflow_peer.copy_series(db, theirs_run, CHART_KEY, [series_value(s, spike) for s in range(args.chart_points)])
+    mlflow_peer.copy_series(
+        db, theirs_run, CHART_KEY, [series_value(s, spike) for s in range(args.chart_points)]
+    )
     size = args.download_mib * MIB
     key = f"{run.pk}/1/model.bin"
     path = Path(settings.ARTIFACTS_DIR) / key
@@ -246,7 +268,9 @@ def report(rows: list[Row]) -> None:
         print(f"{what:<40} {ours:>12,.1f} {theirs:>12,.1f} {ours / theirs:>12.3f}  {unit}, {better}")
 
 
-def run_bench(args: argparse.Namespace, ours_db: str, theirs_db: str, data_dir: Path, stack: contextlib.ExitStack) -> None:
+def run_bench(
+    args: argparse.Namespace, ours_db: str, theirs_db: str, data_dir: Path, stack: contextlib.ExitStack
+) -> None:
     executable = mlflow_peer.ensure_installed()
     setup_django(ours_db, data_dir, redis=True)
     from django.contrib.auth import get_user_model
@@ -254,7 +278,9 @@ def run_bench(args: argparse.Namespace, ours_db: str, theirs_db: str, data_dir: 
     from accounts.tokens import do_issue_token
 
     # A superuser, as in the load test: it launches whatever roles come to be.
-    owner = get_user_model().objects.create_superuser("bench", "bench@example.invalid", secrets.token_urlsafe(24))
+    owner = get_user_model().objects.create_superuser(
+        "bench", "bench@example.invalid", secrets.token_urlsafe(24)
+    )
     programs = data_dir / "programs.toml"
     programs.write_text(PROGRAMS)
     logs = data_dir / "logs"
@@ -266,7 +292,8 @@ def run_bench(args: argparse.Namespace, ours_db: str, theirs_db: str, data_dir: 
     stack.callback(_stop_group, theirs)
     print(f"ours ready in {load_stack.wait_web_ready(ours, 60):.1f} s", flush=True)
     base = f"http://127.0.0.1:{port}"
-    print(f"MLflow {mlflow_peer.MLFLOW_VERSION} ready in {mlflow_peer.wait_ready(base, theirs, logs / 'mlflow.log'):.1f} s")
+    ready = mlflow_peer.wait_ready(base, theirs, logs / "mlflow.log")
+    print(f"MLflow {mlflow_peer.MLFLOW_VERSION} ready in {ready:.1f} s")
     auth = {"Authorization": f"Bearer {do_issue_token(owner).plaintext}"}
     http = stack.enter_context(httpx.Client(base_url=ours.base_url, headers=auth, timeout=300))
     client = mlflow_peer.Client(base)
@@ -275,7 +302,9 @@ def run_bench(args: argparse.Namespace, ours_db: str, theirs_db: str, data_dir: 
     rows = bench_ingest(http, client, theirs_db, args.points, args.ingest_repeats)
     seeded = seed(args, theirs_db, owner, client, data_dir)
     rows += bench_reads(http, client, seeded["ours_run"], seeded["theirs_run"], args.repeats)
-    rows += bench_download(http, client, seeded["ours_url"], seeded["theirs_url"], seeded["size"], args.repeats)
+    rows += bench_download(
+        http, client, seeded["ours_url"], seeded["theirs_url"], seeded["size"], args.repeats
+    )
     print(f"load average {os.getloadavg()}")
     report(rows)
 
@@ -294,7 +323,9 @@ def _stop_group(process: Any) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--points", type=int, default=200_000, help="points per ingest case")
     parser.add_argument("--chart-points", type=int, default=200_000, help="points of the charted series")
     parser.add_argument("--download-mib", type=int, default=512)

@@ -37,11 +37,7 @@ _HOME = BASE_DIR if (BASE_DIR / "manage.py").is_file() else Path.cwd()
 DATA_DIR = env_path("CONTROLPLANE_DATA_DIR", _HOME / "var")
 RUNS_DIR = env_path("CONTROLPLANE_RUNS_DIR", DATA_DIR / "runs")
 ARTIFACTS_DIR = env_path("CONTROLPLANE_ARTIFACTS_DIR", DATA_DIR / "artifacts")
-# Behind nginx: downloads answer with `X-Accel-Redirect: <prefix><storage key>` once authorized and
-# audited, and nginx sends the file with sendfile (deploy/nginx/controlplane.conf). Empty: streamed.
-X_ACCEL_PREFIX = env_str("CONTROLPLANE_X_ACCEL_PREFIX", "")
-if X_ACCEL_PREFIX and not re.fullmatch(r"/[A-Za-z0-9._~/-]*/", X_ACCEL_PREFIX):
-    raise ConfigError("CONTROLPLANE_X_ACCEL_PREFIX must be a URI path that starts and ends with '/'")
+X_ACCEL_PREFIX = env_str("CONTROLPLANE_X_ACCEL_PREFIX", "")  # nginx sends downloads: runs/apps.py
 PROGRAMS_FILE = env_str("CONTROLPLANE_PROGRAMS_FILE", "") or None
 # Comma-separated Fernet keys, newest first (vault/crypto.py checks them when the app loads).
 CONTROLPLANE_SECRETS_KEY = env_str("CONTROLPLANE_SECRETS_KEY", "")
@@ -388,7 +384,6 @@ configure_logging(
         flood_limit=env_int("CONTROLPLANE_LOG_FLOOD_LIMIT", 500, minimum=0),
     )
 )
-
 # Observability: who may scrape /metrics, the worker's metrics port, what /readyz requires.
 METRICS_TOKEN = env_str("CONTROLPLANE_METRICS_TOKEN", "")
 METRICS_ALLOWED_NETWORKS = parse_networks(

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.http import (
     Http404,
     HttpRequest,
@@ -39,6 +40,16 @@ from runs.storage import artifact_path
 # memory per download for no gain once the socket, not the thread hop, is the limit.
 CHUNK = 512 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_URI_PREFIX = re.compile(r"/[A-Za-z0-9._~/-]*/")
+
+
+def check_x_accel_prefix() -> None:
+    """CONTROLPLANE_X_ACCEL_PREFIX is empty or a URI path between slashes (nginx's location)."""
+    prefix = settings.X_ACCEL_PREFIX
+    if prefix and not _URI_PREFIX.fullmatch(prefix):
+        raise ImproperlyConfigured(
+            f"CONTROLPLANE_X_ACCEL_PREFIX must be a URI path that starts and ends with '/', not {prefix!r}"
+        )
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:

@@ -12,11 +12,13 @@ from typing import Any
 import httpx
 import pytest
 from django.contrib.auth.models import User
+from django.core.exceptions import ImproperlyConfigured
 from rest_framework.test import APIClient
 
 from accounts.tokens import do_issue_token
 from audit.models import AuditRecord
 from bench import nginx
+from runs.downloads import check_x_accel_prefix
 from runs.models import Artifact, Run
 from runs.storage import artifact_path
 from tests.conftest import free_port
@@ -107,3 +109,12 @@ def test_through_nginx_the_bytes_ranges_and_etag_are_the_products(
     direct = httpx.get(f"{proxy}{PREFIX}{artifact.storage_key}", timeout=10)
     assert direct.status_code == 404
     assert [d["status"] for d in downloads()] == [200, 206, 206, 200]
+
+
+@pytest.mark.parametrize("prefix", ["_protected/", "/protected", "/a b/", "http://x/"])
+def test_a_prefix_that_is_not_a_uri_path_between_slashes_stops_the_start(settings: Any, prefix: str) -> None:
+    settings.X_ACCEL_PREFIX = prefix
+    with pytest.raises(ImproperlyConfigured, match="CONTROLPLANE_X_ACCEL_PREFIX"):
+        check_x_accel_prefix()
+    settings.X_ACCEL_PREFIX = "/_protected_artifacts/"
+    check_x_accel_prefix()
