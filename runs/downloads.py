@@ -36,8 +36,6 @@ from runs.models import Artifact
 from runs.selectors import access_artifact
 from runs.storage import artifact_path
 
-# Measured on a 2 GiB file (docs/benchmarks.md): 512 KiB gave 247 MiB/s, larger chunks cost
-# memory per download for no gain once the socket, not the thread hop, is the limit.
 CHUNK = 512 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _URI_PREFIX = re.compile(r"/[A-Za-z0-9._~/-]*/")
