@@ -43,7 +43,6 @@ def write_config(workdir: Path, port: int, files: Path, upstream: str | None) ->
             alias {files}/;
             etag off;
             add_header ETag $upstream_http_etag always;
-            add_header Cache-Control "private, no-transform" always;
         }}
         location / {{
             proxy_pass {upstream};

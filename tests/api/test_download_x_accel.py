@@ -93,6 +93,7 @@ def test_through_nginx_the_bytes_ranges_and_etag_are_the_products(
         assert whole.status_code == 200
         assert whole.content == BODY
         assert whole.headers["ETag"] == f'"{artifact.sha256}"'
+        assert whole.headers.get_list("Cache-Control") == ["private, no-transform"]  # passed through, once
         assert whole.headers["Content-Disposition"] == "attachment; filename*=UTF-8''model%20weights.bin"
         assert "X-Accel-Redirect" not in whole.headers
         tail = client.get(url, headers={"Range": "bytes=-100"})
