@@ -11,7 +11,7 @@ rotated each round), each timed with curl writing to /dev/null (the same cheap c
    ``CONTROLPLANE_X_ACCEL_PREFIX`` so it authorizes, audits and hands the transfer back to nginx
    (``X-Accel-Redirect``), as compose's ``proxy`` profile deploys it.
 
-Target: >= 0.9x nginx's throughput (met by 3; 1 is reported), and RSS growth of the product's
+Target: >= 0.9x nginx's throughput for 1 (3 is printed), and RSS growth of the product's
 server (VmRSS of its process tree sampled every 50 ms, against the median before the download)
 under 64 MiB. Also checks the sha256 of the whole body and a Range request for the last 1 MiB
 (206, Content-Range, bytes) through each path.
@@ -393,13 +393,14 @@ def measure(targets: list[Target], repeats: int, path: Path, size: int, sha256: 
     growth = max(max(target.growth) for target in targets if target.label.startswith("ours"))
     passed = growth < TARGET_GROWTH_MIB and not failures
     if len(targets) == 3:
-        # The throughput target is met by the topology that serves downloads at scale: nginx in
-        # front with X-Accel-Redirect (compose's `proxy` profile); uvicorn alone is reported too.
+        # Judged: what compose ships by default (uvicorn streams). Through nginx + X-Accel-Redirect
+        # the bytes are nginx's own sendfile, so that ratio only shows the per-request overhead
+        # (and, on a loaded machine, the noise): printed, not judged.
         reference = targets[1]
         for target in (targets[0], targets[2]):
             ratio = target.mib_s(size) / reference.mib_s(size)
             met = ratio >= TARGET_RATIO
-            passed &= met or target is targets[0]
+            passed &= met or target is targets[2]
             verdict = "met" if met else "NOT met"
             print(f"  ratio {target.label} / nginx: {ratio:.3f} (target >= {TARGET_RATIO}: {verdict})")
     for failure in failures:
