@@ -1,23 +1,32 @@
-"""Memory of the ASGI server while it streams a 2 GiB artifact.
+"""Downloads of a 2 GiB artifact: throughput against Debian's nginx (sendfile), and memory.
 
-Serves a 2 GiB file through the real server (``uvicorn controlplane.asgi:application``, a
-subprocess with the same environment) at ``/api/v1/artifacts/<id>/download/`` with a bearer token,
-and samples the server's resident set (VmRSS of the process and any children, every 50 ms) while
-an httpx client streams the body, hashing it on the fly and discarding it.
+Three ways to fetch the same file, in the same run, interleaved (``--repeats`` rounds, the order
+rotated each round), each timed with curl writing to /dev/null (the same cheap client for all):
 
-Baseline = RSS after one small warm-up request (a 64 KiB Range request through the same view).
-Target: peak - baseline < 64 MiB. Also checks that the body's sha256 matches and that a Range
-request for the last 1 MiB answers 206 with the right bytes and Content-Range.
+1. ours, uvicorn alone: ``/api/v1/artifacts/<id>/download/`` with a bearer token, the file
+   streamed by the view (``runs/downloads.py``), as compose publishes the web service by default;
+2. the baseline, nginx alone: the same file at ``/files/<storage key>`` with ``sendfile on``
+   (bench/nginx.py; ``apt-get install -y nginx-light``);
+3. ours behind that nginx: the same download URL through nginx, the web server started with
+   ``CONTROLPLANE_X_ACCEL_PREFIX`` so it authorizes, audits and hands the transfer back to nginx
+   (``X-Accel-Redirect``), as compose's ``proxy`` profile deploys it.
+
+Target: >= 0.9x nginx's throughput for 1 (3 is printed), and RSS growth of the product's
+server (VmRSS of its process tree sampled every 50 ms, against the median before the download)
+under 64 MiB. Also checks the sha256 of the whole body and a Range request for the last 1 MiB
+(206, Content-Range, bytes) through each path.
 
 Each invocation creates a throwaway database ``bench_controlplane_<pid>`` and temp data directory
-(holding the 2 GiB file) and removes both at the end.
+(holding the file) and removes both at the end.
 
-Usage: .venv/bin/python bench/bench_download.py [--size-mib 2048] [--fill random|sparse] [--no-redis]
+Usage: .venv/bin/python bench/bench_download.py [--size-mib 2048] [--fill random|sparse]
+       [--repeats 3] [--no-nginx] [--no-redis]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import secrets
@@ -30,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -37,10 +47,13 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import nginx  # noqa: E402
+from bench.nginx import X_ACCEL_PREFIX  # noqa: E402
 from bench.throwaway import create_database, drop_database, setup_django  # noqa: E402
 
 MIB = 1024 * 1024
 TARGET_GROWTH_MIB = 64.0
+TARGET_RATIO = 0.9
 SAMPLE_EVERY = 0.05
 
 
@@ -137,7 +150,9 @@ class Sampler(threading.Thread):
         return self.samples
 
 
-def start_server(port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def start_server(
+    port: int, log_path: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     command = [
         sys.executable,
         "-m",
@@ -153,7 +168,11 @@ def start_server(port: int, log_path: Path) -> subprocess.Popen[bytes]:
     ]
     with log_path.open("wb") as log_file:
         return subprocess.Popen(
-            command, cwd=REPO, env=dict(os.environ), stdout=log_file, stderr=subprocess.STDOUT
+            command,
+            cwd=REPO,
+            env={**os.environ, **(extra_env or {})},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -191,6 +210,8 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=2048, help="artifact size in MiB")
     parser.add_argument("--fill", choices=("random", "sparse"), default="random")
     parser.add_argument("--no-redis", action="store_true", help="the server runs without REDIS_URL")
+    parser.add_argument("--repeats", type=int, default=3, help="downloads of each kind, interleaved")
+    parser.add_argument("--no-nginx", action="store_true", help="skip the nginx comparison")
     args = parser.parse_args()
 
     db_name = f"bench_controlplane_{os.getpid()}"
@@ -209,10 +230,25 @@ def main() -> int:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+@dataclass
+class Target:
+    """One way of downloading the same file: a URL, its headers, and the processes serving it."""
+
+    label: str
+    url: str
+    headers: dict[str, str]
+    pid: int
+    seconds: list[float] = field(default_factory=list)
+    growth: list[float] = field(default_factory=list)
+
+    def mib_s(self, size: int) -> float:
+        return size / MIB / statistics.median(self.seconds)
+
+
 def bench(args: argparse.Namespace, db_name: str, data_dir: Path) -> int:
     t0 = time.perf_counter()
     setup_django(db_name, data_dir, redis=not args.no_redis)
-    print(f"database {db_name} migrated in {time.perf_counter() - t0:.1f} s")
+    print(f"database {db_name} migrated in {time.perf_counter() - t0:.1f} s; load average {os.getloadavg()}")
 
     from django.conf import settings
     from django.contrib.auth import get_user_model
@@ -227,111 +263,151 @@ def bench(args: argparse.Namespace, db_name: str, data_dir: Path) -> int:
         name="download", owner=user, program="bench", queue="training", status=RunStatus.SUCCEEDED, attempt=1
     )
     storage_key = f"{run.pk}/1/model.bin"
-    path = Path(settings.ARTIFACTS_DIR) / storage_key
+    artifacts = Path(settings.ARTIFACTS_DIR)
+    path = artifacts / storage_key
     t0 = time.perf_counter()
     sha256 = make_file(path, size, args.fill)
     print(f"{args.fill} file of {size / MIB:,.0f} MiB written and hashed in {time.perf_counter() - t0:.1f} s")
     artifact = Artifact.objects.create(
         run=run, attempt=1, name="model.bin", kind="model", size=size, sha256=sha256, storage_key=storage_key
     )
+    download = f"/api/v1/artifacts/{artifact.pk}/download/"
+    auth = {"Authorization": f"Bearer {token}"}
+    with contextlib.ExitStack() as stack:
+        direct = _server(stack, data_dir / "server.log")
+        targets = [Target("ours: uvicorn, streamed", f"{direct[0]}{download}", auth, direct[1].pid)]
+        if not args.no_nginx:
+            # The same product behind nginx, handing the transfer over with X-Accel-Redirect.
+            proxied = _server(
+                stack, data_dir / "server-xaccel.log", {"CONTROLPLANE_X_ACCEL_PREFIX": X_ACCEL_PREFIX}
+            )
+            port = free_port()
+            workdir = data_dir / "nginx"
+            reference = nginx.start(workdir, port, artifacts, upstream=proxied[0])
+            stack.callback(nginx.stop, reference)
+            base = f"http://127.0.0.1:{port}"
+            targets.append(Target("nginx: sendfile", f"{base}/files/{storage_key}", {}, reference.pid))
+            targets.append(
+                Target("ours: nginx + X-Accel-Redirect", f"{base}{download}", auth, proxied[1].pid)
+            )
+        return measure(targets, args.repeats, path, size, sha256)
 
+
+def _server(
+    stack: contextlib.ExitStack, log: Path, extra_env: dict[str, str] | None = None
+) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    url = f"{base}/api/v1/artifacts/{artifact.pk}/download/"
-    auth = {"Authorization": f"Bearer {token}"}
-    server_log = data_dir / "server.log"
-    server = start_server(port, server_log)
+    server = start_server(port, log, extra_env)
+    stack.callback(stop_server, server)
     try:
         ready = wait_ready(base, server)
-        print(f"uvicorn pid {server.pid} on port {port}, ready in {ready:.1f} s")
-        return measure(server.pid, url, auth, path, size, sha256)
     except Exception:
-        print("server log tail:\n" + server_log.read_text(errors="replace")[-3000:])
+        print("server log tail:\n" + log.read_text(errors="replace")[-3000:])
         raise
+    print(f"uvicorn pid {server.pid} on port {port}, ready in {ready:.1f} s ({log.name})")
+    return base, server
+
+
+def curl(target: Target, *extra: str) -> list[str]:
+    """curl for the timed downloads: a C client whose cost is small and the same for every server,
+    so the figure is the server's (a Python client capped nginx at a third of what curl reads)."""
+    headers = [arg for name, value in target.headers.items() for arg in ("-H", f"{name}: {value}")]
+    return ["curl", "-s", *headers, *extra, target.url]
+
+
+def download_once(target: Target, size: int) -> list[str]:
+    """Download the whole file once; record seconds and the serving tree's RSS growth."""
+    settle = []
+    for _ in range(10):
+        settle.append(rss_mib(target.pid))
+        time.sleep(SAMPLE_EVERY)
+    baseline = statistics.median(settle)
+    sampler = Sampler(target.pid)
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        command = curl(target, "-o", "/dev/null", "-w", "%{http_code} %{size_download}")
+        answer = subprocess.run(command, capture_output=True, text=True, check=False).stdout.split()
     finally:
-        stop_server(server)
+        target.seconds.append(time.perf_counter() - started)
+        target.growth.append(max(sampler.stop()) - baseline)
+    if answer != ["200", str(size)]:
+        return [f"{target.label}: curl said {answer}"]
+    return []
 
 
-def measure(pid: int, url: str, auth: dict[str, str], path: Path, size: int, sha256: str) -> int:
-    failures: list[str] = []
-    with httpx.Client(timeout=httpx.Timeout(30.0), headers=auth) as client:
-        warm = client.get(url, headers={"Range": "bytes=0-65535"})
-        if warm.status_code != 206 or len(warm.content) != 65536:
-            failures.append(f"warm-up range request answered {warm.status_code}, {len(warm.content)} bytes")
-        time.sleep(0.5)
-        settle = []
-        for _ in range(10):
-            settle.append(rss_mib(pid))
-            time.sleep(SAMPLE_EVERY)
-        baseline = statistics.median(settle)
-        hwm_before = hwm_mib(pid)
+def check_body(target: Target, sha256: str) -> list[str]:
+    """The whole body's sha256, through the same path (untimed)."""
+    body = subprocess.Popen(curl(target), stdout=subprocess.PIPE)
+    assert body.stdout is not None
+    digest = hashlib.sha256()
+    while chunk := body.stdout.read(MIB):
+        digest.update(chunk)
+    body.wait()
+    return [] if digest.hexdigest() == sha256 else [f"{target.label}: sha256 mismatch"]
 
-        sampler = Sampler(pid)
-        sampler.start()
-        digest = hashlib.sha256()
-        received = 0
-        started = time.perf_counter()
-        try:
-            with client.stream("GET", url) as response:
-                status = response.status_code
-                length = response.headers.get("Content-Length")
-                for chunk in response.iter_bytes(MIB):
-                    digest.update(chunk)
-                    received += len(chunk)
-        finally:
-            elapsed = time.perf_counter() - started
-            samples = sampler.stop()
-        hwm_after = hwm_mib(pid)
 
-        tail_start = size - MIB
-        tail = client.get(url, headers={"Range": f"bytes=-{MIB}"})
-        with path.open("rb") as handle:
-            handle.seek(tail_start)
-            expected_tail = handle.read()
-
-    peak = max(samples)
-    growth = peak - baseline
-    match = digest.hexdigest() == sha256
-    if status != 200:
-        failures.append(f"download answered {status}")
-    if received != size or length != str(size):
-        failures.append(f"received {received:,} bytes, Content-Length {length}, expected {size:,}")
-    if not match:
-        failures.append("sha256 mismatch")
+def check_range(client: httpx.Client, target: Target, path: Path, size: int) -> list[str]:
+    """A Range request for the last 1 MiB answers 206 with the right bytes and Content-Range."""
+    tail_start = size - MIB
+    tail = client.get(target.url, headers={**target.headers, "Range": f"bytes=-{MIB}"})
+    with path.open("rb") as handle:
+        handle.seek(tail_start)
+        expected_tail = handle.read()
     expected_range = f"bytes {tail_start}-{size - 1}/{size}"
-    range_ok = (
+    if (
         tail.status_code == 206
         and tail.headers.get("Content-Range") == expected_range
         and tail.content == expected_tail
-    )
-    if not range_ok:
-        failures.append(
-            f"range request: {tail.status_code}, Content-Range {tail.headers.get('Content-Range')!r} "
-            f"(expected {expected_range!r}), {len(tail.content):,} bytes, "
-            f"content {'matches' if tail.content == expected_tail else 'differs'}"
-        )
+    ):
+        return []
+    return [
+        f"{target.label}: range request answered {tail.status_code}, Content-Range "
+        f"{tail.headers.get('Content-Range')!r} (expected {expected_range!r}), {len(tail.content):,} bytes"
+    ]
 
-    print(
-        f"download:        {received / MIB:,.0f} MiB in {elapsed:.2f} s "
-        f"= {received / MIB / elapsed:,.0f} MiB/s"
-    )
-    print(f"sha256 match:    {'yes' if match else 'NO'} ({digest.hexdigest()[:16]}...)")
-    print(
-        f"server RSS:      baseline {baseline:.1f} MiB, peak {peak:.1f} MiB, growth {growth:.1f} MiB "
-        f"({len(samples)} samples every {SAMPLE_EVERY * 1000:.0f} ms)"
-    )
-    print(f"server VmHWM:    {hwm_before:.1f} MiB before the download, {hwm_after:.1f} MiB after")
-    print(
-        f"range last 1MiB: {tail.status_code}, Content-Range {tail.headers.get('Content-Range')}, "
-        f"bytes {'match' if tail.content == expected_tail else 'DIFFER'}"
-    )
+
+def measure(targets: list[Target], repeats: int, path: Path, size: int, sha256: str) -> int:
+    failures: list[str] = []
+    with httpx.Client(timeout=httpx.Timeout(60.0)) as client:
+        for target in targets:  # warm-up: a small Range request through every path
+            warm = client.get(target.url, headers={**target.headers, "Range": "bytes=0-65535"})
+            if warm.status_code != 206 or len(warm.content) != 65536:
+                failures.append(f"{target.label}: warm-up range answered {warm.status_code}")
+        for repeat in range(repeats):
+            # Interleaved, and the order rotated each round, so load from others hits all alike.
+            for target in targets[repeat % len(targets) :] + targets[: repeat % len(targets)]:
+                failures += download_once(target, size)
+        for target in targets:
+            failures += check_range(client, target, path, size)
+            if target is not targets[1]:  # nginx's own file serving needs no check
+                failures += check_body(target, sha256)
+    print(f"\n{size / MIB:,.0f} MiB, {repeats} downloads of each, interleaved (median; all runs):")
+    for target in targets:
+        runs = ", ".join(f"{size / MIB / s:,.0f}" for s in target.seconds)
+        print(
+            f"  {target.label:<32} {target.mib_s(size):>7,.0f} MiB/s  ({runs})  "
+            f"RSS growth max {max(target.growth):.1f} MiB"
+        )
+    growth = max(max(target.growth) for target in targets if target.label.startswith("ours"))
+    passed = growth < TARGET_GROWTH_MIB and not failures
+    if len(targets) == 3:
+        # Judged: what compose ships by default (uvicorn streams). Through nginx + X-Accel-Redirect
+        # the bytes are nginx's own sendfile, so that ratio only shows the per-request overhead
+        # (and, on a loaded machine, the noise): printed, not judged.
+        reference = targets[1]
+        for target in (targets[0], targets[2]):
+            ratio = target.mib_s(size) / reference.mib_s(size)
+            met = ratio >= TARGET_RATIO
+            passed &= met or target is targets[2]
+            verdict = "met" if met else "NOT met"
+            print(f"  ratio {target.label} / nginx: {ratio:.3f} (target >= {TARGET_RATIO}: {verdict})")
     for failure in failures:
         print(f"check failed: {failure}")
-    passed = growth < TARGET_GROWTH_MIB and not failures
-    verdict = "PASS" if passed else "FAIL"
     print(
-        f"{verdict}: server RSS growth {growth:.1f} MiB while streaming {size / MIB:,.0f} MiB "
-        f"(ratio {growth / TARGET_GROWTH_MIB:.2f} of the {TARGET_GROWTH_MIB:.0f} MiB limit)"
+        f"{'PASS' if passed else 'FAIL'}: product RSS growth {growth:.1f} MiB (max) while sending "
+        f"{size / MIB:,.0f} MiB (limit {TARGET_GROWTH_MIB:.0f} MiB)"
         + ("" if not failures else f"; {len(failures)} check(s) failed")
     )
     return 0 if passed else 1

@@ -45,14 +45,14 @@ class Stack:
             return ""
 
 
-def product_env(queue: str) -> dict[str, str]:
+def product_env(queue: str, programs_file: Path = PROGRAMS_FILE) -> dict[str, str]:
     """The product's environment: what `throwaway.setup_django` put in os.environ, plus ours."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     env.update(
         {
             "DJANGO_SETTINGS_MODULE": "controlplane.settings",
             "CELERY_BROKER_URL": os.environ["REDIS_URL"],
-            "CONTROLPLANE_PROGRAMS_FILE": str(PROGRAMS_FILE),
+            "CONTROLPLANE_PROGRAMS_FILE": str(programs_file),
             "CONTROLPLANE_DEFAULT_QUEUE": queue,
             # Production's defaults: the log lines a request costs are part of what is measured.
             "LOG_LEVEL": "INFO",
@@ -81,8 +81,8 @@ def _spawn(command: list[str], env: dict[str, str], log_path: Path) -> subproces
         )
 
 
-def start(queue: str, slots: int, logs: Path) -> Stack:
-    env = product_env(queue)
+def start(queue: str, slots: int, logs: Path, programs_file: Path = PROGRAMS_FILE) -> Stack:
+    env = product_env(queue, programs_file)
     port = free_port()
     web = _spawn(
         [

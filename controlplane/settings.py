@@ -37,6 +37,7 @@ _HOME = BASE_DIR if (BASE_DIR / "manage.py").is_file() else Path.cwd()
 DATA_DIR = env_path("CONTROLPLANE_DATA_DIR", _HOME / "var")
 RUNS_DIR = env_path("CONTROLPLANE_RUNS_DIR", DATA_DIR / "runs")
 ARTIFACTS_DIR = env_path("CONTROLPLANE_ARTIFACTS_DIR", DATA_DIR / "artifacts")
+X_ACCEL_PREFIX = env_str("CONTROLPLANE_X_ACCEL_PREFIX", "")  # nginx sends downloads: runs/apps.py
 PROGRAMS_FILE = env_str("CONTROLPLANE_PROGRAMS_FILE", "") or None
 # Comma-separated Fernet keys, newest first (vault/crypto.py checks them when the app loads).
 CONTROLPLANE_SECRETS_KEY = env_str("CONTROLPLANE_SECRETS_KEY", "")
@@ -380,7 +381,6 @@ configure_logging(
         flood_limit=env_int("CONTROLPLANE_LOG_FLOOD_LIMIT", 500, minimum=0),
     )
 )
-
 # Observability: who may scrape /metrics, the worker's metrics port, what /readyz requires.
 METRICS_TOKEN = env_str("CONTROLPLANE_METRICS_TOKEN", "")
 METRICS_ALLOWED_NETWORKS = parse_networks(

@@ -12,3 +12,7 @@ class RunsConfig(AppConfig):
 
         register_run_counts(read_run_counts)
         register_queue_source(program_queues)
+        # A bad CONTROLPLANE_X_ACCEL_PREFIX stops the start, not the first download.
+        from runs.downloads import check_x_accel_prefix
+
+        check_x_accel_prefix()

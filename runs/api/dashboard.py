@@ -8,6 +8,7 @@ series with min/max bands and times, a safetensors header preview, and the whole
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -247,7 +248,21 @@ async def log_text(request: HttpRequest, run_id: int) -> HttpResponseBase:
 
 # -- a whole metric series, streamed ---------------------------------------------------------------
 
+# 10,000 points a page: pages of 50,000 took the server's RSS up 27 MiB at a million points for
+# no measurable gain (bench/bench_export.py); the formatting below was the cost.
 METRIC_EXPORT_PAGE = 10_000
+
+
+def json_number(value: float | None) -> str:
+    """`value` as json.dumps writes it (repr for finite floats), without its per-call cost."""
+    if value is None:
+        return "null"
+    return repr(value) if math.isfinite(value) else json.dumps(value)
+
+
+def ndjson_line(step: int, value: float | None) -> str:
+    """Byte for byte `json.dumps({"step": step, "value": value}) + "\\n"`, three times faster."""
+    return f'{{"step": {step}, "value": {json_number(value)}}}\n'
 
 
 async def _metric_pages(series_id: int | None, csv: bool) -> AsyncIterator[bytes]:
@@ -261,9 +276,9 @@ async def _metric_pages(series_id: int | None, csv: bool) -> AsyncIterator[bytes
         if not page:
             return
         if csv:
-            text = "".join(f"{p.step},{'' if p.value is None else repr(p.value)}\n" for p in page)
+            text = "".join([f"{p.step},{'' if p.value is None else repr(p.value)}\n" for p in page])
         else:
-            text = "".join(json.dumps({"step": p.step, "value": p.value}) + "\n" for p in page)
+            text = "".join([ndjson_line(p.step, p.value) for p in page])
         yield text.encode()
         after = page[-1].step
         if not more:
@@ -282,10 +297,10 @@ async def metric_export(request: HttpRequest, run_id: int) -> HttpResponseBase:
         return found
     key = request.GET.get("key", "")[:200]
     kind = request.GET.get("format", "ndjson")
-    if not key or kind not in {"ndjson", "csv"}:
-        return JsonResponse(
-            {"detail": "key is required; format is ndjson or csv.", "code": "invalid"}, status=400
-        )
+    if not key:
+        return JsonResponse({"key": ["This field is required."]}, status=400)
+    if kind not in {"ndjson", "csv"}:
+        return JsonResponse({"format": ["ndjson or csv"]}, status=400)
     # A key the run has not reported (yet) is an empty series, as on the metrics endpoint.
     series_id = await sync_to_async(selectors.series_id_for)(found.pk, key)
     csv = kind == "csv"
