@@ -10,8 +10,13 @@ class FleetConfig(AppConfig):
         from fleet import hooks
         from fleet.selectors import placements_of
         from runs import lifecycle
-        from runs.launch_hooks import register_launch_validator, register_placement_reader
+        from runs.launch_hooks import (
+            register_launch_validator,
+            register_placement_reader,
+            register_pool_lister,
+        )
 
         lifecycle.on_transition(hooks.after_transition, admits=True)
         register_launch_validator(hooks.validate_launch)
         register_placement_reader(placements_of)
+        register_pool_lister(hooks.pool_capacities)
