@@ -20,10 +20,10 @@ from fleet.models import DeviceKind
 from runs import lifecycle
 from runs.models import Run
 
-# Holder colours: classes `holder-0` … `holder-8` in static/css/fleet.css. A run's colour is its
+# Holder colours: classes `holder-0` … `holder-7` in static/css/fleet.css. A run's colour is its
 # id modulo this, so it is the same on every load and every worker (the CSP forbids inline
 # styles, hence a fixed palette of classes rather than a computed colour).
-HOLDER_COLOURS = 9
+HOLDER_COLOURS = 8
 GIB = 2**30
 
 
@@ -147,8 +147,8 @@ def _card(worker: dict[str, Any], readable: set[int], now: datetime) -> WorkerCa
             described += f" · held by {holder.label}"
         else:
             described += " · free"
-        slot = device["kind"] == DeviceKind.SLOT
-        cells.append(DeviceCell(f"S{device['index']}" if slot else str(device["index"]), device["kind"], described, holder))
+        label = f"S{device['index']}" if device["kind"] == DeviceKind.SLOT else str(device["index"])
+        cells.append(DeviceCell(label, device["kind"], described, holder))
     legend = [
         Holder(h.run_id, h.visible, h.name, h.url, h.status, h.colour, counts[h.run_id])
         for h in holders.values()
@@ -193,7 +193,8 @@ def pools(principal: Principal, workers: list[dict[str, Any]], now: datetime) ->
     waiting = waiting_by_pool()
     groups: dict[str, PoolGroup] = {}
     for worker in workers:
-        group = groups.setdefault(worker["pool"], PoolGroup(worker["pool"], waiting=waiting.get(worker["pool"], 0)))
+        pool = worker["pool"]
+        group = groups.setdefault(pool, PoolGroup(pool, waiting=waiting.get(pool, 0)))
         group.workers.append(_card(worker, readable, now))
     for pool, count in waiting.items():
         # Runs wait in a pool no worker has joined yet (a fresh install's `default`): say so.

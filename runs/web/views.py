@@ -299,9 +299,11 @@ def _post_launch(request: HttpRequest) -> HttpResponse:
             name=name, program=program_name, params=params, secrets=secrets, owner=request.user, fleet=fleet
         )
     except services.LaunchError as error:
-        fields = {"name", "program", "secrets"} | resources.FIELD_NAMES | {
-            launch.input_name(p) for p in (program.params if program else {})
-        }
+        fields = (
+            {"name", "program", "secrets"}
+            | resources.FIELD_NAMES
+            | {launch.input_name(p) for p in (program.params if program else {})}
+        )
         by_field, general = launch.split_errors(error.errors, fields)
         # 200 like any form shown again with its errors (success is a redirect).
         return _launch_page(

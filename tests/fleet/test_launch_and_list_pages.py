@@ -31,7 +31,9 @@ def post_launch(client: Client, **fields: str) -> tuple[int, str]:
 
 
 def field_error(html: str, input_id: str) -> str:
-    found = re.search(rf'<p class="field-error" id="{input_id}-error"><span aria-hidden="true">⚠ </span>([^<]*)</p>', html)
+    found = re.search(
+        rf'<p class="field-error" id="{input_id}-error"><span aria-hidden="true">⚠ </span>([^<]*)</p>', html
+    )
     return unescape(found.group(1)) if found else ""
 
 
@@ -81,8 +83,16 @@ def test_empty_fields_take_the_defaults_and_a_ticked_box_is_preemptible() -> Non
 @pytest.mark.parametrize(
     ("fields", "input_id", "message"),
     [
-        ({"resources.pool": "a100", "resources.gpus": "16"}, "id_gpus", "needs 16 GPUs; the largest a100 worker has 4"),
-        ({"resources.pool": "nowhere", "resources.gpus": "1"}, "id_pool", "unknown pool 'nowhere'; known pools: a100"),
+        (
+            {"resources.pool": "a100", "resources.gpus": "16"},
+            "id_gpus",
+            "needs 16 GPUs; the largest a100 worker has 4",
+        ),
+        (
+            {"resources.pool": "nowhere", "resources.gpus": "1"},
+            "id_pool",
+            "unknown pool 'nowhere'; known pools: a100",
+        ),
         ({"resources.pool": "Not A Pool!"}, "id_pool", "a pool name: lowercase letters"),
         ({"resources.gpus": "-1"}, "id_gpus", "must be between 0 and 64"),
         ({"resources.gpus": "two"}, "id_gpus", "must be an integer"),
@@ -104,7 +114,9 @@ def test_bad_fleet_fields_are_form_errors_naming_the_field(
     assert not Run.objects.exists()
     # The typed values are shown again, not reset to the defaults.
     for name, value in fields.items():
-        assert re.search(rf'name="{re.escape(name)}" id="id_\w+" value="{re.escape(value)}"', unescape(html)), name
+        assert re.search(
+            rf'name="{re.escape(name)}" id="id_\w+" value="{re.escape(value)}"', unescape(html)
+        ), name
 
 
 def test_the_form_and_the_api_give_the_same_message() -> None:
@@ -149,7 +161,9 @@ def test_the_runs_list_says_why_a_queued_run_waits_and_nothing_for_others() -> N
     def line(run: Run) -> str:
         row = html[html.index(f'data-run-id="{run.pk}"') :]
         row = row[: row.index("</tr>")]
-        found = re.search(r'<span class="waiting-line muted" data-live="waiting"( hidden)?>([^<]*)</span>', row)
+        found = re.search(
+            r'<span class="waiting-line muted" data-live="waiting"( hidden)?>([^<]*)</span>', row
+        )
         assert found, row
         return "" if found.group(1) else found.group(2)
 
