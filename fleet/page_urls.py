@@ -4,5 +4,5 @@ from fleet import web
 
 urlpatterns = [
     path("", web.worker_list, name="worker-page-list"),
-    path("<int:worker_id>/drain/", web.worker_drain, name="worker-page-drain"),
+    path("<int:pk>/drain/", web.worker_drain, name="worker-page-drain"),
 ]

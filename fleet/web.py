@@ -42,9 +42,9 @@ def worker_list(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @requires(Action.FLEET_MANAGE)
-def worker_drain(request: HttpRequest, worker_id: int) -> HttpResponse:
+def worker_drain(request: HttpRequest, pk: int) -> HttpResponse:
     preempt = request.POST.get("preempt") == "true"
-    worker, stopped = do_drain_worker(request.user, worker_id, preempt=preempt)
+    worker, stopped = do_drain_worker(request.user, pk, preempt=preempt)
     done = f"Worker {worker.name} is draining: no new runs go to it; its runs finish"
     if preempt:
         done += f", and {len(stopped)} preemptible run{'s' if len(stopped) != 1 else ''} were asked to stop"

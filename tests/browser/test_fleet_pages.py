@@ -163,3 +163,28 @@ def test_the_launch_form_refuses_more_gpus_than_the_pools_largest_worker_has(
     assert (run.resources, run.priority, run.preemptible) == ({"pool": "ui-a100", "gpus": 1}, 60, False)
     fleet["api"].post(f"/api/v1/runs/{run.pk}/cancel/")
     assert problems.unexpected() == []
+
+
+def test_the_fleet_pages_pass_an_axe_audit_in_light_and_dark(
+    browser: Browser, stack: Stack, fleet: dict[str, Any]
+) -> None:
+    from tests.browser.test_accessibility import AXE, audit
+
+    admin = make_user("ada", "admin")
+    problems: dict[str, list[str]] = {}
+    for scheme in ("light", "dark"):
+        # The CSP forbids injecting axe's script; this context only audits.
+        context = browser.new_context(
+            base_url=stack.base_url, viewport=DESKTOP, color_scheme=scheme, bypass_csp=True
+        )
+        page = context.new_page()
+        sign_in(page, admin.username)
+        assert AXE.exists(), "node_modules/axe-core is missing: run ./dev setup"
+        for url in ("/workers/", "/"):
+            page.goto(url)
+            problems[f"{scheme} {url}"] = audit(page)
+        if scheme == "dark":
+            page.goto("/workers/")
+            shoot(page, "fleet-workers-dark")
+        context.close()
+    assert {url: found for url, found in problems.items() if found} == {}

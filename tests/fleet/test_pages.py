@@ -122,6 +122,22 @@ def test_a_device_held_by_a_run_the_viewer_may_not_read_names_no_run(monkeypatch
     assert "secret-project" in owners_view.get("/workers/").content.decode()
 
 
+def test_the_workers_page_carries_the_strict_csp_and_holds_no_inline_code() -> None:
+    from tests.browser.test_web_pages import InlineCode
+
+    owner = make_user("olivia", "operator")
+    gpu_worker("gpu-1", 2, pool="a100")
+    waiting_run(owner, pool="a100", gpus=1)
+    schedule_pass()
+    client, _ = signed_in("admin", "ada")
+    response = client.get("/workers/")
+    assert "style-src 'self'" in response["Content-Security-Policy"]
+    assert "unsafe-inline" not in response["Content-Security-Policy"]
+    parser = InlineCode()
+    parser.feed(response.content.decode())
+    assert parser.problems == []
+
+
 def test_an_empty_fleet_says_how_workers_join() -> None:
     client, _ = signed_in("viewer", "vera")
     html = client.get("/workers/").content.decode()
