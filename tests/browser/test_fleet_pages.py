@@ -5,6 +5,7 @@ updated live. Screenshots: test-output/screenshots/fleet-*.png."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -36,7 +37,7 @@ def open_as(browser: Browser, stack: Stack, user: User) -> tuple[Page, PageProbl
 
 
 @pytest.fixture
-def fleet(stack: Stack, transactional_db: Any) -> dict[str, Any]:
+def fleet(stack: Stack, transactional_db: Any) -> Iterator[dict[str, Any]]:
     """Two workers as rows (no processes: nothing consumes their queues, so admitted runs stay
     queued holding their devices) in pools of their own, and three runs: two placed, one waiting."""
     a100 = [DeviceSpec(i, DeviceKind.GPU, "NVIDIA A100-SXM4-80GB", 80 * GIB) for i in range(4)]

@@ -104,13 +104,14 @@ def test_the_colour_of_a_run_is_the_same_on_every_worker_and_every_load() -> Non
 
 def test_a_device_held_by_a_run_the_viewer_may_not_read_names_no_run(monkeypatch: Any) -> None:
     from accounts import policy
+    from accounts.roles import Role
 
     owner = make_user("olivia", "operator")
     gpu_worker("gpu-1", 2, pool="a100")
     secret = waiting_run(owner, pool="a100", gpus=1, name="secret-project")
     schedule_pass()
     # Today every role reads every run; the page must follow the rule if it narrows to own runs.
-    narrowed = policy.Rule(policy.Role.VIEWER, "read", others=policy.ADMINS, verb="read runs")
+    narrowed = policy.Rule(Role.VIEWER, "read", others=policy.ADMINS, verb="read runs")
     monkeypatch.setitem(policy.RULES, policy.Action.RUN_READ, narrowed)
     client, _ = signed_in("viewer", "vera")
     html = client.get("/workers/").content.decode()
