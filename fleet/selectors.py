@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from datetime import datetime
 from typing import Any
 
@@ -76,6 +77,11 @@ def placements_of(runs: list[Run]) -> dict[int, dict[str, Any]]:
         )
         for run_id, worker, index, kind in rows:
             devices.setdefault(run_id, []).append((worker, index, kind))
+    waiting = [run for run in runs if run.status == RunStatus.QUEUED and run.queue == ""]
+    if len(waiting) > FEW_WAITING:
+        positions = _queue_positions(waiting)
+    else:
+        positions = {run.pk: _queue_position(run) for run in waiting}
     found: dict[int, dict[str, Any]] = {}
     for run in runs:
         held = devices.get(run.pk)
@@ -83,15 +89,40 @@ def placements_of(runs: list[Run]) -> dict[int, dict[str, Any]]:
         if held:
             gpus = [index for _, index, kind in held if kind == "gpu"]
             assigned = {"worker": held[0][0], "devices": gpus, "slots": len(held) - len(gpus)}
-        found[run.pk] = {"assigned": assigned, "queue_position": _queue_position(run)}
+        found[run.pk] = {"assigned": assigned, "queue_position": positions.get(run.pk)}
     return found
 
 
-def _queue_position(run: Run) -> int | None:
-    if run.status != RunStatus.QUEUED or run.queue != "":
-        return None
-    pool = (run.resources or {}).get("pool") or "default"
+# Up to this many waiting runs, one COUNT each; beyond (a list page, the runs list's poll: up to
+# 200), one read of every waiting run's (priority, age) in their pools: 200 COUNTs took ~1.5 s
+# with 2,000 queued runs, the one read takes a few milliseconds.
+FEW_WAITING = 3
+
+
+def _pool_of(run: Run) -> str:
+    return str((run.resources or {}).get("pool") or "default")
+
+
+def _queue_position(run: Run) -> int:
+    pool = _pool_of(run)
     # Priority then age, as the pass orders them (aging is not counted here: a close count).
     ahead = Q(priority__gt=run.priority) | Q(priority=run.priority, created_at__lt=run.created_at)
     waiting = lifecycle.queued_runs().filter(queue="", resources__pool=pool)
     return waiting.filter(ahead).exclude(pk=run.pk).count()
+
+
+def _queue_positions(runs: list[Run]) -> dict[int, int]:
+    """What `_queue_position` counts, for many runs at once: each pool's waiting runs sorted by
+    (priority descending, age), and each run's place found by bisection (ties as the count)."""
+    pools = sorted({_pool_of(run) for run in runs})
+    rows = (
+        lifecycle.queued_runs()
+        .filter(queue="", resources__pool__in=pools)
+        .values_list("resources__pool", "priority", "created_at")
+    )
+    keys: dict[str, list[tuple[int, datetime]]] = {}
+    for pool, priority, created_at in rows:
+        keys.setdefault(str(pool), []).append((-priority, created_at))
+    for ordered in keys.values():
+        ordered.sort()
+    return {run.pk: bisect_left(keys.get(_pool_of(run), []), (-run.priority, run.created_at)) for run in runs}

@@ -8,7 +8,9 @@ from html import unescape
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from fleet.scheduler import schedule_pass
 from runs.models import Run
@@ -200,3 +202,38 @@ def test_the_run_page_shows_the_queue_position_of_a_waiting_run() -> None:
     assert "Waiting: 1 run ahead of it in a100" in page
     first = client.get(f"/runs/{ahead.pk}/").content.decode()
     assert '<dd class="num" id="queue-position">next in a100</dd>' in first
+
+
+def test_queue_positions_read_in_bulk_equal_the_count_of_each_run() -> None:
+    from fleet.selectors import _queue_position, _queue_positions
+
+    owner = make_user("olivia", "operator")
+    runs = [
+        waiting_run(owner, pool=pool, gpus=1, priority=priority)
+        for pool in ("a100", "h100")
+        for priority in (50, 70, 50, 10, 70, 90, 50)
+    ]
+    runs.append(waiting_run(owner, pool="default", gpus=0))
+    # Two runs of one age and priority: neither is ahead of the other, in either reading.
+    Run.objects.filter(pk=runs[2].pk).update(created_at=runs[0].created_at)
+    fresh = list(Run.objects.filter(pk__in=[run.pk for run in runs]))
+    assert _queue_positions(fresh) == {run.pk: _queue_position(run) for run in fresh}
+    assert sorted(_queue_positions(fresh).values())[:3] == [0, 0, 0]  # each pool's head
+
+
+def test_the_runs_list_and_its_poll_read_waiting_reasons_in_a_fixed_number_of_queries() -> None:
+    owner = make_user("olivia", "operator")
+    client, _ = signed_in("viewer", "vera")
+
+    def queries(waiting: int) -> tuple[int, int]:
+        for _ in range(waiting):
+            waiting_run(owner, pool="a100", gpus=1)
+        ids = ",".join(str(pk) for pk in Run.objects.values_list("pk", flat=True))
+        with CaptureQueriesContext(connection) as page:
+            assert client.get("/?page_size=200").status_code == 200
+        with CaptureQueriesContext(connection) as poll:
+            assert client.get(f"/api/v1/runs/states/?ids={ids}").status_code == 200
+        return len(page), len(poll)
+
+    few = queries(5)
+    assert queries(60) == few
