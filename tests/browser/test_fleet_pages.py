@@ -136,6 +136,11 @@ def test_the_runs_list_says_why_a_run_waits_and_follows_it_live(
     page.goto(f"/runs/{runs['waiting']}/")
     expect(page.locator("[data-live=waiting]")).to_contain_text("quota: olivia uses 4 of 4 GPUs")
     expect(page.locator("#queue-position")).to_have_text("next in ui-a100")
+    # The open run page follows a new reason too (it fetches its summary while the run waits).
+    Run.objects.filter(pk=runs["waiting"]).update(waiting_reason="no live worker in pool ui-a100")
+    expect(page.locator("[data-live=waiting]")).to_contain_text(
+        "no live worker in pool ui-a100", timeout=12_000
+    )
     assert problems.unexpected() == []
 
 
