@@ -70,5 +70,6 @@ def permissions(request: HttpRequest) -> dict[str, Any]:
             "read_audit": can(principal, Action.AUDIT_READ),
             "manage_dead_letters": can(principal, Action.DEAD_LETTER_MANAGE),
             "manage_tokens": can(principal, Action.TOKEN_MANAGE),
+            "read_fleet": can(principal, Action.FLEET_READ),
         },
     }

@@ -23,6 +23,7 @@ urlpatterns = [
     path("login/", SignInView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("secrets/", include("vault.page_urls")),
+    path("workers/", include("fleet.page_urls")),
     path("audit/", include("accounts.web.audit_urls")),
     path("api/v1/", include((api_patterns, "api"))),
     path("api/v1/artifacts/<int:artifact_id>/download/", download_artifact, name="artifact-download"),

@@ -18,11 +18,11 @@ from rest_framework.views import APIView
 from accounts.policy import Action
 from accounts.roles import Role, role_of
 from audit import chain as audit
-from fleet.models import DeviceKind, Quota, Reservation, Worker, WorkerState
-from fleet.preemption import preempt_worker
+from fleet.models import DeviceKind, Quota, Reservation, Worker
 from fleet.quotas import limit_of
 from fleet.scheduler import schedule_pass_on_commit
 from fleet.selectors import describe_workers
+from fleet.services import do_drain_worker
 
 MAX_QUOTA = 10_000
 
@@ -82,15 +82,7 @@ class WorkerDrainView(APIView):
     @extend_schema(request=DrainSerializer, responses={202: WorkerSerializer})
     def post(self, request: Request, pk: int) -> Response:
         preempt = isinstance(request.data, dict) and request.data.get("preempt") is True
-        with transaction.atomic():
-            worker = Worker.objects.select_for_update().filter(pk=pk).first()
-            if worker is None:
-                raise Http404("No such worker.")
-            Worker.objects.filter(pk=worker.pk).update(state=WorkerState.DRAINING)
-            stopped = preempt_worker(worker.pk) if preempt else []
-            audit.record("fleet.drain", actor=request.user, target=worker, details={"preempted": stopped})
-            schedule_pass_on_commit("drain")
-        worker.refresh_from_db()
+        worker, _ = do_drain_worker(request.user, pk, preempt=preempt)
         return Response(describe_workers([worker])[0], status=status.HTTP_202_ACCEPTED)
 
 

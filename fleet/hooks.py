@@ -28,6 +28,25 @@ def after_transition(event: TransitionEvent) -> None:
     schedule_pass_on_commit(str(event.trigger))
 
 
+def _largest_gpu_counts(pool: str | None = None) -> dict[str, int]:
+    """pool -> the most GPUs one worker of it has (the most one run may ask for there)."""
+    devices = Device.objects.filter(kind=DeviceKind.GPU)
+    if pool is not None:
+        devices = devices.filter(worker__pool=pool)
+    rows = devices.values("worker_id", "worker__pool").annotate(count=Count("id"))
+    largest: dict[str, int] = {}
+    for row in rows:
+        largest[row["worker__pool"]] = max(largest.get(row["worker__pool"], 0), row["count"])
+    return largest
+
+
+def pool_capacities() -> list[tuple[str, int, int]]:
+    """[(pool, largest GPU count of one worker, workers)] for every pool a worker has joined."""
+    largest = _largest_gpu_counts()
+    rows = Worker.objects.values("pool").annotate(count=Count("id")).values_list("pool", "count")
+    return sorted((pool, largest.get(pool, 0), count) for pool, count in rows)
+
+
 def validate_launch(owner: User | None, resources: dict[str, Any]) -> dict[str, str]:
     """Pool and GPU count against the fleet as registered (any worker seen, live or not)."""
     pool = str(resources.get("pool") or "default")
@@ -39,13 +58,7 @@ def validate_launch(owner: User | None, resources: dict[str, Any]) -> dict[str, 
         known = sorted(set(Worker.objects.values_list("pool", flat=True)))[:20]
         return {"resources.pool": f"unknown pool {pool[:64]!r}; known pools: {', '.join(known) or 'none'}"}
     if gpus > 0:
-        per_worker = (
-            Device.objects.filter(worker__pool=pool, kind=DeviceKind.GPU)
-            .values("worker_id")
-            .annotate(count=Count("id"))
-            .values_list("count", flat=True)
-        )
-        largest = max(per_worker, default=0)
+        largest = _largest_gpu_counts(pool).get(pool, 0)
         if gpus > largest:
             return {"resources.gpus": f"needs {gpus} GPUs; the largest {pool} worker has {largest}"}
     return {}

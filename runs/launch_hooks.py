@@ -28,6 +28,25 @@ def validate(owner: Any, resources: dict[str, Any]) -> dict[str, str]:
     return errors
 
 
+# () -> [(pool, largest GPU count of one worker in it, worker count)], for the launch form's
+# pool choices and their help (the fleet knows its pools; runs sits below it).
+PoolLister = Callable[[], list[tuple[str, int, int]]]
+_pool_listers: list[PoolLister] = []
+
+
+def register_pool_lister(lister: PoolLister) -> None:
+    if lister not in _pool_listers:
+        _pool_listers.append(lister)
+
+
+def known_pools() -> list[tuple[str, int, int]]:
+    found: dict[str, tuple[str, int, int]] = {}
+    for lister in tuple(_pool_listers):
+        for pool in lister():
+            found[pool[0]] = pool
+    return [found[name] for name in sorted(found)]
+
+
 # runs -> {run id: {"assigned": {...} | None, "queue_position": int | None}}, read in bulk by the
 # run serializer (one call per page, not per run).
 PlacementReader = Callable[[list[Any]], dict[int, dict[str, Any]]]
@@ -45,7 +64,20 @@ def waiting_reason(run: Any, position: int | None) -> str:
     if run.waiting_reason or position is None:
         return str(run.waiting_reason)
     pool = (run.resources or {}).get("pool") or "default"
+    if position == 0:
+        # First in line, yet not placed: what it needs is held by runs already admitted.
+        return f"next in {pool}, waiting for devices to free up"
     return f"{position} run{'s' if position != 1 else ''} ahead of it in {pool}"
+
+
+def waiting_reasons(runs: list[Any]) -> dict[int, str]:
+    """Why each queued run of a page waits (the runs list and its live poll); other runs are left
+    out. One placement read for the whole page, as the run serializer does."""
+    queued = [run for run in runs if run.status == "queued"]
+    if not queued:
+        return {}
+    placements = placements_of(queued)
+    return {run.pk: waiting_reason(run, placements[run.pk]["queue_position"]) for run in queued}
 
 
 def placements_of(runs: list[Any]) -> dict[int, dict[str, Any]]:

@@ -234,6 +234,13 @@ def run_states(principal: Principal, run_ids: list[int]) -> list[Run]:
             "started_at",
             "finished_at",
             "updated_at",
+            # Why a queued run waits (runs.launch_hooks.waiting_reasons): the stored reason, or
+            # its place among the runs of its pool ahead of it.
+            "waiting_reason",
+            "queue",
+            "resources",
+            "priority",
+            "created_at",
         )
         .order_by("-id")
     )

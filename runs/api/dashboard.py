@@ -27,7 +27,7 @@ from rest_framework.views import APIView
 from accounts.drf import request_principal
 from accounts.http import http_principal, refusal
 from accounts.policy import Action
-from runs import selectors
+from runs import launch_hooks, selectors
 from runs.api.serializers import LogLineSerializer
 from runs.api.views import int_param
 from runs.models import Run
@@ -42,8 +42,9 @@ MAX_PREVIEW_TENSORS = 5_000
 LOG_TEXT_PAGE = 10_000
 
 
-def run_state(run: Run) -> dict[str, Any]:
-    """The fields of a run that change while it lives (what the runs list and run page poll)."""
+def run_state(run: Run, waiting_reason: str = "") -> dict[str, Any]:
+    """The fields of a run that change while it lives (what the runs list and run page poll);
+    `waiting_reason` is why a queued run waits, "" for any other."""
     return {
         "id": run.pk,
         "status": run.status,
@@ -54,6 +55,7 @@ def run_state(run: Run) -> dict[str, Any]:
         ),
         "started_at": run.started_at,
         "finished_at": run.finished_at,
+        "waiting_reason": waiting_reason,
     }
 
 
@@ -75,12 +77,13 @@ class RunStatesView(APIView):
         if len(ids) > MAX_STATE_IDS:
             raise ValidationError({"ids": [f"at most {MAX_STATE_IDS} ids"]})
         runs = selectors.run_states(request_principal(request), ids) if ids else []
+        waiting = launch_hooks.waiting_reasons(runs)
         return Response(
             {
                 # The server's clock, so a client can tick durations without trusting its own.
                 "now": timezone.now(),
                 "latest_id": selectors.latest_run_id(request_principal(request)),
-                "runs": [run_state(run) for run in runs],
+                "runs": [run_state(run, waiting.get(run.pk, "")) for run in runs],
             }
         )
 

@@ -24,7 +24,7 @@ from ops.middleware import repeating_since
 from runs import launch_hooks, lifecycle, selectors, services
 from runs.models import Artifact, Run, RunStatus
 from runs.programs import Program, all_programs, get_program
-from runs.web import display, launch
+from runs.web import display, launch, resources
 from runs.web.assets import module_graph
 from runs.web.listing import PAGE_SIZES, SORTS, paginate, parse_list_query
 from vault.selectors import usable_secret_names
@@ -55,13 +55,14 @@ class RunRow:
     finished_iso: str
     duration: str
     progress: int | None
+    waiting: str = ""  # why a queued run waits (fleet admission), "" otherwise
 
 
 def _iso(moment: datetime | None) -> str:
     return moment.isoformat() if moment is not None else ""
 
 
-def _row(run: Run, now: datetime) -> RunRow:
+def _row(run: Run, now: datetime, waiting: str = "") -> RunRow:
     return RunRow(
         run=run,
         id=str(run.pk),
@@ -77,6 +78,7 @@ def _row(run: Run, now: datetime) -> RunRow:
         finished_iso=_iso(run.finished_at),
         duration=display.format_duration(display.duration_seconds(run, now)),
         progress=display.progress_percent(run),
+        waiting=waiting,
     )
 
 
@@ -100,6 +102,7 @@ def run_list(request: HttpRequest) -> HttpResponse:
     )
     page = paginate(runs, query)
     now = timezone.now()
+    waiting = launch_hooks.waiting_reasons(page.runs)
     owners = list(
         get_user_model()
         .objects.filter(is_active=True)
@@ -113,7 +116,7 @@ def run_list(request: HttpRequest) -> HttpResponse:
         request,
         "runs/list.html",
         {
-            "rows": [_row(run, now) for run in page.runs],
+            "rows": [_row(run, now, waiting.get(run.pk, "")) for run in page.runs],
             "query": query,
             "statuses": [(status, display.STATUS_LABELS[RunStatus(status)]) for status in RunStatus.values],
             "owners": owners,
@@ -181,6 +184,7 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         "row": _row(run, now),
         "assigned": placement["assigned"],
         "waiting": waiting,
+        "queue_position": placement["queue_position"] if queued else None,
         "program": program,
         "timeline": display.timeline(run),
         "attempts": list(run.attempts.order_by("number")),
@@ -225,6 +229,7 @@ def _launch_page(
     general: list[str],
     clone_of: Run | None = None,
     secrets: list[str] | None = None,
+    placement: dict[str, Any] | None = None,
 ) -> HttpResponse:
     programs = all_programs()
     chosen = set(secrets or [])
@@ -237,6 +242,7 @@ def _launch_page(
             "program": program,
             "name": name,
             "fields": fields,
+            "resources": resources.fields(request.user, placement or resources.defaults(clone_of), errors),
             "errors": errors,
             "general_errors": general,
             "error_count": len(errors) + len(general),
@@ -286,16 +292,19 @@ def _post_launch(request: HttpRequest) -> HttpResponse:
     name = request.POST.get("name", "")
     params, shown = launch.posted_params(program, request.POST) if program is not None else ({}, {})
     secrets = request.POST.getlist("secrets")
+    fleet, placement = resources.posted(request.POST)
     assert isinstance(request.user, User)  # `requires` has run
     try:
         # The very validation the API runs: one rule, one set of messages.
         checked = services.check_launch(
-            name=name, program=program_name, params=params, secrets=secrets, owner=request.user
+            name=name, program=program_name, params=params, secrets=secrets, owner=request.user, fleet=fleet
         )
     except services.LaunchError as error:
-        fields = {"name", "program", "secrets"} | {
-            launch.input_name(p) for p in (program.params if program else {})
-        }
+        fields = (
+            {"name", "program", "secrets"}
+            | resources.FIELD_NAMES
+            | {launch.input_name(p) for p in (program.params if program else {})}
+        )
         by_field, general = launch.split_errors(error.errors, fields)
         # 200 like any form shown again with its errors (success is a redirect).
         return _launch_page(
@@ -306,6 +315,7 @@ def _post_launch(request: HttpRequest) -> HttpResponse:
             errors=by_field,
             general=general,
             secrets=secrets,
+            placement=placement,
         )
     run = services.do_launch_run(
         request.user,

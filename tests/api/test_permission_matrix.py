@@ -82,6 +82,8 @@ MATRIX: list[Row] = [
     r("login", "GET", 200, 200, 200, 200, 200),
     r("login", "POST", 200, 200, 200, 200, 200, body={"username": "nobody", "password": "wrong"}, form=True),
     r("logout", "POST", 302, 302, 302, 302, 302, form=True),
+    r("worker-page-list", "GET", *PAGE_READ),
+    r("worker-page-drain", "POST", 302, 403, 403, 403, 302, target="worker", form=True),
     r("dead-letter-list", "GET", *PAGE_ADMIN),
     r("dead-letter-requeue-page", "POST", 302, 403, 403, 403, 302, target="dead_run", form=True),
     r("dead-letter-discard-page", "POST", 302, 403, 403, 403, 302, target="dead_run", form=True),

@@ -82,7 +82,10 @@ def test_the_run_json_says_where_it_runs_or_why_it_waits() -> None:
     )
     second = operator.get(f"/api/v1/runs/{second['id']}/").json()
     assert second["assigned"] is None
-    assert (second["queue_position"], second["waiting_reason"]) == (0, "0 runs ahead of it in a100")
+    assert (second["queue_position"], second["waiting_reason"]) == (
+        0,
+        "next in a100, waiting for devices to free up",
+    )
     listed = operator.get("/api/v1/runs/").json()["results"]
     assert {run["id"]: run["assigned"] is not None for run in listed} == {
         first["id"]: True,

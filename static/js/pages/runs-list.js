@@ -1,6 +1,6 @@
 // The runs list, live: every few seconds one cheap request (/api/v1/runs/states/?ids=...)
-// refreshes the status, progress and duration of the runs on the page; durations of running
-// runs tick every second in between. Polling pauses while the tab is hidden.
+// refreshes the status, progress, duration and waiting reason of the runs on the page;
+// durations of running runs tick every second in between. Polling pauses while the tab is hidden.
 
 import "./common.js";
 import { getJSON, withParams } from "../lib/api.js";
@@ -35,6 +35,13 @@ function progressCell(cell, runId, progress) {
   cell.append(bar, " ", text);
 }
 
+// Why a queued run waits ("3 runs ahead of it in a100"), under its badge; hidden otherwise.
+function waitingLine(line, reason) {
+  if (!line) return;
+  line.textContent = reason ?? "";
+  line.hidden = !reason;
+}
+
 function durationSeconds(row) {
   const { started, finished, status } = row.dataset;
   if (!started || status === "queued") return null;
@@ -66,6 +73,7 @@ async function poll() {
       row.dataset.finished = run.finished_at ?? "";
       row.dataset.dirty = "true";
       progressCell(row.querySelector('[data-live="progress-cell"]'), run.id, run.progress);
+      waitingLine(row.querySelector('[data-live="waiting"]'), run.waiting_reason);
     }
     tick();
     const banner = document.getElementById("new-runs");

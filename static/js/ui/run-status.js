@@ -1,12 +1,16 @@
 // The run's status on its page: badge, phase, progress bar, elapsed time and ETA, updated from
 // status frames. When the status itself changes, the server-rendered parts (actions, timeline,
-// attempts, artifacts) are fetched again and swapped in.
+// attempts, artifacts) are fetched again and swapped in; while the run is queued, every few seconds
+// too, so its queue position and waiting reason stay current.
 
 import { refreshFragments } from "../lib/fragments.js";
 import { formatDuration, formatInteger, localizeTimes } from "../lib/format.js";
 import { LABELS, LIVE, applyBadge, percent } from "../lib/status.js";
 
 const RATE_WINDOW_MS = 60000;
+// While the run waits, why it waits (its queue position, a quota, a busy pool) changes without a
+// status frame: the summary is fetched again this often, never while the tab is hidden.
+const WAITING_REFRESH_MS = 5000;
 
 export class RunStatus extends EventTarget {
   constructor({ page, announcer, fragmentsUrl }) {
@@ -15,6 +19,9 @@ export class RunStatus extends EventTarget {
     this.samples = []; // [clientMs, step] for the ETA
     this.readSummary();
     this.timer = setInterval(() => this.tick(), 1000);
+    this.waitingTimer = setInterval(() => {
+      if (this.status === "queued" && !document.hidden) this.refresh();
+    }, WAITING_REFRESH_MS);
     this.tick();
   }
 
