@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from fleet.models import DeviceKind
 
@@ -35,15 +36,16 @@ class WorkerRoom:
     free: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # kind -> free devices
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
+    """A run waiting for admission (a tuple: a pass builds one per queued run, 10,000 of them)."""
+
     run_id: int
     owner_id: int
     owner_name: str
     pool: str
     gpus: int
     priority: int
-    created_at: datetime
+    created_at: datetime | None  # None when the database ordered the queue (fleet.snapshot)
     request_id: str = ""
 
     @property
@@ -76,12 +78,12 @@ def effective_priority(priority: int, created_at: datetime, now: datetime, aging
 
 
 def order(candidates: list[Candidate], now: datetime, aging_minutes: float) -> list[Candidate]:
+    """The admission order, as the rule reads. The pass lets the database sort (fleet.snapshot's
+    queue query, the same rule in SQL; tests/fleet/test_scheduler_order.py holds them equal)."""
+
     def key(run: Candidate) -> tuple[int, datetime, int]:
-        return (
-            -effective_priority(run.priority, run.created_at, now, aging_minutes),
-            run.created_at,
-            run.run_id,
-        )
+        created = run.created_at if run.created_at is not None else now
+        return (-effective_priority(run.priority, created, now, aging_minutes), created, run.run_id)
 
     return sorted(candidates, key=key)
 
@@ -134,31 +136,43 @@ def plan(
     gpus_held: dict[int, int],
     gpu_limits: dict[int, int],
 ) -> Plan:
-    """Place `ordered` (already in admission order) onto `workers`; mutates their free lists."""
+    """Place `ordered` (already in admission order) onto `workers`; mutates their free lists.
+
+    Linear in queued runs: what a run's pool can ever offer is computed once per (pool, kind,
+    size), the workers are grouped by pool once, and a pool whose head is held back costs each
+    run behind it two dict lookups."""
     result = Plan()
     held = dict(gpus_held)
     pools = pool_stats(workers)
+    by_pool: dict[tuple[str, str], list[WorkerRoom]] = {}
+    for worker in workers:
+        for kind in worker.total:
+            by_pool.setdefault((worker.pool, kind), []).append(worker)
+    unfit: dict[tuple[str, str, int], str | None] = {}
+    reasons, blocked = result.reasons, result.blocked
     for run in ordered:
-        reason = unfit_reason(run, pools)
+        kind = DeviceKind.GPU if run.gpus > 0 else DeviceKind.SLOT
+        shape = (run.pool, kind, run.gpus)
+        if shape not in unfit:
+            unfit[shape] = unfit_reason(run, pools)
+        reason = unfit[shape]
         if reason is not None:
-            result.reasons[run.run_id] = reason
+            reasons[run.run_id] = reason
             continue
-        limit = gpu_limits.get(run.owner_id, 0)
         used = held.get(run.owner_id, 0)
-        if run.gpus and used + run.gpus > limit:
-            result.reasons[run.run_id] = f"quota: {run.owner_name} uses {used} of {limit} GPUs"
-            continue
-        result.reasons[run.run_id] = ""
-        if (run.pool, run.kind) in result.blocked:
+        if run.gpus:
+            limit = gpu_limits.get(run.owner_id, 0)
+            if used + run.gpus > limit:
+                reasons[run.run_id] = f"quota: {run.owner_name} uses {used} of {limit} GPUs"
+                continue
+        reasons[run.run_id] = ""
+        if (run.pool, kind) in blocked:
             continue  # held back behind the head of its pool
-        worker = best_fit(run, workers)
-        if worker is None:
-            result.blocked[(run.pool, run.kind)] = run
+        chosen = best_fit(run, by_pool.get((run.pool, kind), []))
+        if chosen is None:
+            blocked[(run.pool, kind)] = run
             continue
-        taken, worker.free[run.kind] = (
-            worker.free[run.kind][: run.demand],
-            worker.free[run.kind][run.demand :],
-        )
+        taken, chosen.free[kind] = chosen.free[kind][: run.demand], chosen.free[kind][run.demand :]
         held[run.owner_id] = used + run.gpus
-        result.placements.append(Placement(run, worker, tuple(device_id for device_id, _ in taken)))
+        result.placements.append(Placement(run, chosen, tuple(device_id for device_id, _ in taken)))
     return result
