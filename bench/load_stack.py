@@ -81,8 +81,9 @@ def _spawn(command: list[str], env: dict[str, str], log_path: Path) -> subproces
         )
 
 
-def start(queue: str, slots: int, logs: Path) -> Stack:
-    env = product_env(queue)
+def start(queue: str, slots: int, logs: Path, extra_env: dict[str, str] | None = None) -> Stack:
+    """`extra_env`: what a bench changes in both processes (its programs file, the fleet's)."""
+    env = {**product_env(queue), **(extra_env or {})}
     port = free_port()
     web = _spawn(
         [
