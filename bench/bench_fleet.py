@@ -200,7 +200,21 @@ def analyse(records: list[dict[str, Any]], runs: dict[int, dict[str, Any]]) -> d
         utilisation[pool] = (used / capacity if capacity else 1.0, len(queued_steps) * STEP)
         used_total += used
         capacity_total += capacity
+    gaps = []
+    for (host, _), intervals in by_device.items():
+        pool = next(p for n, p, _ in WORKERS if n == host)
+        for (_, end_a), (start_b, _) in itertools.pairwise(sorted(intervals)):
+            if waiting[pool][min(steps - 1, int((end_a - start) / STEP))] > 0:
+                gaps.append(start_b - end_a)
+    gaps.sort()
+    gap_text = (
+        f"{len(gaps)} gaps, p50 {statistics.median(gaps) * 1000:.0f} ms, "
+        f"p95 {gaps[max(0, round(0.95 * len(gaps)) - 1)] * 1000:.0f} ms"
+        if gaps
+        else "none"
+    )
     return {
+        "gaps": gap_text,
         "double_booked": double_booked,
         "wrong_device_count": wrong_count,
         "quota_breach_seconds": breaches,
@@ -256,7 +270,9 @@ def bench(args: argparse.Namespace, db_name: str, data_dir: Path) -> int:
     for pool, (share, seconds) in figures["utilisation"].items():
         print(f"utilisation of pool {pool} while runs waited there: {share:.1%} over {seconds:.1f} s")
     print(f"fleet utilisation while work was queued: {figures['fleet_utilisation']:.1%} (target > 90 %)")
-    print(f"admission -> program start: p50 {latencies[0] * 1000:.0f} ms, p95 {latencies[1] * 1000:.0f} ms")
+    for step, (p50, p95) in latencies.items():
+        print(f"{step}: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms")
+    print(f"idle device time between two programs while runs waited: {figures['gaps']}")
     print(f"runs placed by the beat's stand-in pass (missed by event passes): {placed_by_beat}")
     ok = (
         figures["double_booked"] == 0
@@ -268,21 +284,33 @@ def bench(args: argparse.Namespace, db_name: str, data_dir: Path) -> int:
     return 0 if ok else 1
 
 
-def dispatch_latencies(records: list[dict[str, Any]]) -> tuple[float, float]:
-    """The send to the worker's queue (the run's `enqueued_at`, set on the admitting pass's
-    commit) → its program's first instant: p50, p95 (first attempts: nothing is preempted here)."""
+def dispatch_latencies(records: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Where a device's time between two programs goes, p50 and p95 of each step:
+    - program end -> its attempt finished (the supervisor sees the exit and ends the run; the
+      pass on that commit frees and places),
+    - send to the worker's queue (the run's `enqueued_at`, on the admitting pass's commit) ->
+      its program's first instant (the worker takes the message, claims, starts the program)."""
     from runs.models import RunAttempt
 
-    started = {(r["run_id"], r["attempt"]): r["start"] for r in records}
-    gaps = []
-    rows = RunAttempt.objects.values_list("run_id", "number", "run__enqueued_at")
-    for run_id, number, enqueued in rows:
-        if (run_id, number) in started and enqueued is not None:
-            gaps.append(started[(run_id, number)] - enqueued.timestamp())
-    if not gaps:
-        return (float("nan"), float("nan"))
-    gaps.sort()
-    return statistics.median(gaps), gaps[max(0, round(0.95 * len(gaps)) - 1)]
+    by_attempt = {(r["run_id"], r["attempt"]): r for r in records}
+    ended, started = [], []
+    rows = RunAttempt.objects.values_list("run_id", "number", "finished_at", "run__enqueued_at")
+    for run_id, number, finished, enqueued in rows:
+        record = by_attempt.get((run_id, number))
+        if record is None:
+            continue
+        if finished is not None:
+            ended.append(finished.timestamp() - record["end"])
+        if enqueued is not None:
+            started.append(record["start"] - enqueued.timestamp())
+
+    def p50_p95(values: list[float]) -> tuple[float, float]:
+        if not values:
+            return (float("nan"), float("nan"))
+        ordered = sorted(values)
+        return statistics.median(ordered), ordered[max(0, round(0.95 * len(ordered)) - 1)]
+
+    return {"program end -> run ended": p50_p95(ended), "sent -> program start": p50_p95(started)}
 
 
 def main() -> int:

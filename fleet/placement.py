@@ -5,9 +5,13 @@ Rules (docs/architecture.md, "Fleet"):
   is the run's priority plus one point per `CONTROLPLANE_AGING_MINUTES` it has waited since it was
   launched, at most +100: a run nobody outranks for long enough reaches the head.
 - Hold-back (no starvation of big runs): the first run of a pool that fits the pool's largest
-  worker but finds no room now blocks its pool for that kind of device: no run behind it in the
-  pool is placed in this pass, so the devices that free up go to the head, not to a stream of
-  small runs that keep jumping it. Runs a quota holds back, or that can never fit, do not block.
+  worker but finds no room now keeps ONE worker of the pool for that kind of device: the active
+  worker big enough for it with the most free devices (ties: the lowest id). No run behind it is
+  placed there in this pass, so the devices that free up there go to the head, not to a stream
+  of small runs that keep jumping it; the pool's other workers keep taking the runs behind it.
+  The kept worker has the most free devices of the pool and gets no new run, so that number never
+  falls from pass to pass until the head fits. Runs a quota holds back, or that can never fit, do
+  not hold anything back.
 - Placement: best fit, the live active worker of the pool with the fewest free devices left
   after the placement (ties: the lowest id), lowest device indices first.
 """
@@ -139,15 +143,16 @@ def plan(
     """Place `ordered` (already in admission order) onto `workers`; mutates their free lists.
 
     Linear in queued runs: what a run's pool can ever offer is computed once per (pool, kind,
-    size), the workers are grouped by pool once, and a pool whose head is held back costs each
-    run behind it two dict lookups."""
+    size), the workers are grouped by pool once, and a run bigger than the most free devices of
+    any open worker of its pool (the common case on a busy fleet) costs a few dict lookups."""
     result = Plan()
     held = dict(gpus_held)
     pools = pool_stats(workers)
-    by_pool: dict[tuple[str, str], list[WorkerRoom]] = {}
-    for worker in workers:
-        for kind in worker.total:
-            by_pool.setdefault((worker.pool, kind), []).append(worker)
+    # (pool, kind) -> its workers still open to this pass's placements (not kept for a head).
+    open_workers = by_pool_and_kind(workers)
+    # (pool, kind) -> the most free devices on one open worker; dropped when a placement or a
+    # hold-back changes it. A run bigger than that costs no scan of the pool's workers.
+    most_free: dict[tuple[str, str], int] = {}
     unfit: dict[tuple[str, str, int], str | None] = {}
     reasons, blocked = result.reasons, result.blocked
     for run in ordered:
@@ -166,13 +171,39 @@ def plan(
                 reasons[run.run_id] = f"quota: {run.owner_name} uses {used} of {limit} GPUs"
                 continue
         reasons[run.run_id] = ""
-        if (run.pool, kind) in blocked:
-            continue  # held back behind the head of its pool
-        chosen = best_fit(run, by_pool.get((run.pool, kind), []))
+        key = (run.pool, kind)
+        if key not in most_free:
+            most_free[key] = max(
+                (len(w.free.get(kind, [])) for w in open_workers.get(key, []) if w.active), default=0
+            )
+        chosen = best_fit(run, open_workers.get(key, [])) if run.demand <= most_free[key] else None
         if chosen is None:
-            blocked[(run.pool, kind)] = run
+            if key not in blocked:
+                blocked[key] = run
+                hold = hold_for(run, open_workers.get(key, []))
+                if hold is not None:
+                    open_workers[key] = [w for w in open_workers[key] if w is not hold]
+                    most_free.pop(key, None)
             continue
         taken, chosen.free[kind] = chosen.free[kind][: run.demand], chosen.free[kind][run.demand :]
+        most_free.pop(key, None)
         held[run.owner_id] = used + run.gpus
         result.placements.append(Placement(run, chosen, tuple(device_id for device_id, _ in taken)))
     return result
+
+
+def by_pool_and_kind(workers: list[WorkerRoom]) -> dict[tuple[str, str], list[WorkerRoom]]:
+    grouped: dict[tuple[str, str], list[WorkerRoom]] = {}
+    for worker in workers:
+        for kind in worker.total:
+            grouped.setdefault((worker.pool, kind), []).append(worker)
+    return grouped
+
+
+def hold_for(head: Candidate, workers: list[WorkerRoom]) -> WorkerRoom | None:
+    """The worker kept for a head that found no room: the active one big enough for it with the
+    most free devices (ties: the lowest id), the first to have room as its runs end."""
+    big_enough = [w for w in workers if w.active and w.total.get(head.kind, 0) >= head.demand]
+    if not big_enough:
+        return None
+    return min(big_enough, key=lambda w: (-len(w.free.get(head.kind, [])), w.id))
