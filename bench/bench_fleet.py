@@ -17,7 +17,7 @@ Checked from the programs' own records, and printed:
   time it had runs waiting (launched, program not started yet); the fleet figure sums both pools
   (target > 90 %). Dispatch latency (admission → program start) is printed to explain it.
 
-Usage: .venv/bin/python bench/bench_fleet.py [--runs 200] [--seed 3]
+Usage: .venv/bin/python bench/bench_fleet.py [--runs 200] [--seed 3] [--seconds 1,4]
 Set BENCH_REDIS_URL to a Redis database of your own (the broker of this bench's workers).
 """
 
@@ -110,7 +110,9 @@ def make_owners() -> dict[str, Any]:
     return owners
 
 
-def launch_all(owners: dict[str, Any], count: int, out: Path, rng: random.Random) -> list[int]:
+def launch_all(
+    owners: dict[str, Any], count: int, out: Path, rng: random.Random, seconds: tuple[float, float]
+) -> list[int]:
     from runs.services import check_launch, do_launch_run
 
     ids = []
@@ -125,7 +127,7 @@ def launch_all(owners: dict[str, Any], count: int, out: Path, rng: random.Random
         launch = check_launch(
             name=f"fleet-{n}",
             program="fleetprobe",
-            params={"seconds": round(rng.uniform(1, 4), 2), "out": str(out)},
+            params={"seconds": round(rng.uniform(*seconds), 2), "out": str(out)},
             owner=owner,
             fleet={"resources": {"pool": pool, "gpus": gpus}, "priority": rng.randint(0, 70)},
         )
@@ -237,7 +239,7 @@ def bench(args: argparse.Namespace, db_name: str, data_dir: Path) -> int:
     try:
         wait_registered(len(WORKERS), timeout=120)
         began = time.monotonic()
-        run_ids = launch_all(owners, args.runs, out, random.Random(args.seed))
+        run_ids = launch_all(owners, args.runs, out, random.Random(args.seed), args.seconds)
         launched = time.monotonic() - began
         placed_by_beat = wait_all_ended(run_ids, timeout=args.timeout)
         wall = time.monotonic() - began
@@ -260,6 +262,7 @@ def bench(args: argparse.Namespace, db_name: str, data_dir: Path) -> int:
     succeeded = sum(1 for run in runs.values() if run["status"] == "succeeded")
     latencies = dispatch_latencies(records)
     print(f"fleet: {', '.join(f'{n} (pool {p}, {g} GPUs)' for n, p, g in WORKERS)}; quotas {QUOTAS}")
+    print(f"runs: {args.seconds[0]:g}-{args.seconds[1]:g} s of work each")
     print(f"runs: {args.runs} launched in {launched:.1f} s; all ended after {wall:.1f} s")
     print(f"finished: {succeeded} of {args.runs} succeeded; {len(records)} program records")
     print(
@@ -319,9 +322,12 @@ def main() -> int:
     )
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--seconds", default="1,4", help="each run's work: uniform in MIN,MAX seconds")
     parser.add_argument("--timeout", type=float, default=900, help="seconds for every run to end")
     parser.add_argument("--keep", action="store_true", help="keep the data directory (logs, records)")
     args = parser.parse_args()
+    low, high = (float(part) for part in args.seconds.split(","))
+    args.seconds = (low, high)
     db_name = f"bench_controlplane_{os.getpid()}"
     data_dir = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     create_database(db_name)
