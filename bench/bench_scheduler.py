@@ -4,12 +4,15 @@
 runs (1-4 GPUs, priorities 0-100, ages spread over a day). For each N in --sizes:
 - the first pass: admits what fits (up to 800 devices' worth) and writes reasons;
 - then --passes steady passes on the full fleet (nothing fits; the common case while a queue is
-  long): p50 / p95 / max.
-The Celery send on commit is replaced by a counter: the broker's cost is not the pass's.
+  long): p50 / p95 / max, each followed by a pass of the old implementation
+  (bench/scheduler_baseline.py) on the same rows: the ratio old/new holds on a loaded machine.
+The Celery send on commit is replaced by a counter: the broker's cost is not the pass's. The
+table is ANALYZEd after seeding, as autovacuum would have done on a queue that grew for a while.
+--profile prints cProfile, each query's time and EXPLAIN ANALYZE of the queue query.
 
 Each invocation creates a throwaway database ``bench_controlplane_<pid>`` and drops it at the end.
 
-Usage: .venv/bin/python bench/bench_scheduler.py [--sizes 2500,5000,10000] [--passes 10]
+Usage: .venv/bin/python bench/bench_scheduler.py [--sizes 1000,5000,10000] [--passes 10] [--profile]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -69,14 +73,30 @@ def seed_runs(count: int, users: list[int], rng: random.Random) -> None:
         for i in range(count)
     ]
     Run.objects.bulk_create(rows, batch_size=2000)
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE runs_run")
 
 
-def timed_pass() -> tuple[float, int]:
+def timed_pass(baseline: bool = False) -> tuple[float, int]:
+    from django.utils import timezone
+
+    from bench import scheduler_baseline
+    from fleet.models import Worker
     from fleet.scheduler import schedule_pass
 
+    # The workers are rows nobody heartbeats: keep them live (outside the timing), or a bench
+    # longer than the lease measures a fleet of lost workers.
+    Worker.objects.update(heartbeat_at=timezone.now())
     started = time.perf_counter()
-    report = schedule_pass()
+    report = scheduler_baseline.schedule_pass() if baseline else schedule_pass()
     return time.perf_counter() - started, len(report.placed)
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, round(0.95 * len(ordered)) - 1)]
 
 
 def bench(args: argparse.Namespace, db_name: str, data_dir: Path) -> None:
@@ -93,27 +113,79 @@ def bench(args: argparse.Namespace, db_name: str, data_dir: Path) -> None:
     Quota.objects.bulk_create([Quota(user_id=pk, max_gpus=10_000) for pk in users])
     rng = random.Random(12)
     print(f"fleet: {args.workers} workers x {args.gpus} GPUs in {len(POOLS)} pools; 50 users")
-    header = f"{'queued':>8} {'first pass':>11} {'placed':>7} {'steady p50':>11} {'p95':>8} {'max':>8}"
-    print(f"{header}  per 1k queued (p95)")
+    print("steady passes alternate: the current pass, then the old one (bench/scheduler_baseline.py)")
+    header = f"{'queued':>8} {'first pass':>11} {'placed':>7} {'p50':>7} {'p95':>7} {'max':>7}"
+    print(f"{header} {'old p50':>8} {'old p95':>8} {'p95 old/new':>12}")
     for size in args.sizes:
         seed_runs(size, users, rng)
         first, placed = timed_pass()
-        steady = sorted(timed_pass()[0] for _ in range(args.passes))
-        p95 = steady[max(0, round(0.95 * len(steady)) - 1)]
-        print(
-            f"{size:>8} {first * 1000:>9.0f}ms {placed:>7} {statistics.median(steady) * 1000:>9.0f}ms "
-            f"{p95 * 1000:>6.0f}ms {steady[-1] * 1000:>6.0f}ms  {p95 * 1000 / (size / 1000):.1f} ms"
+        new: list[float] = []
+        old: list[float] = []
+        for _ in range(args.passes):
+            new.append(timed_pass()[0])
+            if args.baseline:
+                old.append(timed_pass(baseline=True)[0])
+        old_figures = (
+            f"{statistics.median(old) * 1000:>6.0f}ms {p95(old) * 1000:>6.0f}ms {p95(old) / p95(new):>11.1f}x"
+            if old
+            else ""
         )
+        print(
+            f"{size:>8} {first * 1000:>9.0f}ms {placed:>7} {statistics.median(new) * 1000:>5.0f}ms "
+            f"{p95(new) * 1000:>5.0f}ms {max(new) * 1000:>5.0f}ms {old_figures}"
+        )
+    if args.profile:
+        profile_pass()
+
+
+def profile_pass() -> None:
+    """cProfile of one steady pass, and each query it sends with its time (the last size)."""
+    import cProfile
+    import pstats
+
+    from django.db import connection
+
+    queries: list[tuple[float, str]] = []
+
+    def timed(execute, sql, params, many, context):
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            queries.append((time.perf_counter() - started, sql))
+
+    profiler = cProfile.Profile()
+    with connection.execute_wrapper(timed):
+        profiler.runcall(timed_pass)
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+    for seconds, sql in queries:
+        print(f"{seconds * 1000:8.1f} ms  {' '.join(sql.split())[:150]}")
+    from django.conf import settings
+    from django.utils import timezone
+
+    from fleet.placement import AGING_CAP
+    from fleet.snapshot import _POSTGRES_QUEUE
+
+    params: dict[str, Any] = {
+        "now": timezone.now(),
+        "aging": float(str(settings.FLEET["AGING_MINUTES"])),
+        "cap": AGING_CAP,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + _POSTGRES_QUEUE, params)
+        print("\n".join(row[0] for row in cursor.fetchall()))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", default="2500,5000,10000", help="queued runs, comma-separated")
+    parser.add_argument("--sizes", default="1000,5000,10000", help="queued runs, comma-separated")
     parser.add_argument("--passes", type=int, default=10, help="steady passes per size")
     parser.add_argument("--workers", type=int, default=200)
     parser.add_argument("--gpus", type=int, default=4, help="GPUs per worker")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the old pass")
+    parser.add_argument("--profile", action="store_true", help="profile one steady pass at the last size")
     args = parser.parse_args()
     args.sizes = [int(part) for part in args.sizes.split(",")]
     db_name = f"bench_controlplane_{os.getpid()}"

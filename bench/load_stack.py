@@ -81,8 +81,15 @@ def _spawn(command: list[str], env: dict[str, str], log_path: Path) -> subproces
         )
 
 
-def start(queue: str, slots: int, logs: Path, programs_file: Path = PROGRAMS_FILE) -> Stack:
-    env = product_env(queue, programs_file)
+def start(
+    queue: str,
+    slots: int,
+    logs: Path,
+    programs_file: Path = PROGRAMS_FILE,
+    extra_env: dict[str, str] | None = None,
+) -> Stack:
+    """`extra_env`: what a bench changes in both processes (the fleet's settings, say)."""
+    env = {**product_env(queue, programs_file), **(extra_env or {})}
     port = free_port()
     web = _spawn(
         [

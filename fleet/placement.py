@@ -5,9 +5,13 @@ Rules (docs/architecture.md, "Fleet"):
   is the run's priority plus one point per `CONTROLPLANE_AGING_MINUTES` it has waited since it was
   launched, at most +100: a run nobody outranks for long enough reaches the head.
 - Hold-back (no starvation of big runs): the first run of a pool that fits the pool's largest
-  worker but finds no room now blocks its pool for that kind of device: no run behind it in the
-  pool is placed in this pass, so the devices that free up go to the head, not to a stream of
-  small runs that keep jumping it. Runs a quota holds back, or that can never fit, do not block.
+  worker but finds no room now keeps ONE worker of the pool for that kind of device: the active
+  worker big enough for it with the most free devices (ties: the lowest id). No run behind it is
+  placed there in this pass, so the devices that free up there go to the head, not to a stream
+  of small runs that keep jumping it; the pool's other workers keep taking the runs behind it.
+  The kept worker has the most free devices of the pool and gets no new run, so that number never
+  falls from pass to pass until the head fits. Runs a quota holds back, or that can never fit, do
+  not hold anything back.
 - Placement: best fit, the live active worker of the pool with the fewest free devices left
   after the placement (ties: the lowest id), lowest device indices first.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from fleet.models import DeviceKind
 
@@ -35,15 +40,16 @@ class WorkerRoom:
     free: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # kind -> free devices
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
+    """A run waiting for admission (a tuple: a pass builds one per queued run, 10,000 of them)."""
+
     run_id: int
     owner_id: int
     owner_name: str
     pool: str
     gpus: int
     priority: int
-    created_at: datetime
+    created_at: datetime | None  # None when the database ordered the queue (fleet.snapshot)
     request_id: str = ""
 
     @property
@@ -76,12 +82,12 @@ def effective_priority(priority: int, created_at: datetime, now: datetime, aging
 
 
 def order(candidates: list[Candidate], now: datetime, aging_minutes: float) -> list[Candidate]:
+    """The admission order, as the rule reads. The pass lets the database sort (fleet.snapshot's
+    queue query, the same rule in SQL; tests/fleet/test_scheduler_order.py holds them equal)."""
+
     def key(run: Candidate) -> tuple[int, datetime, int]:
-        return (
-            -effective_priority(run.priority, run.created_at, now, aging_minutes),
-            run.created_at,
-            run.run_id,
-        )
+        created = run.created_at if run.created_at is not None else now
+        return (-effective_priority(run.priority, created, now, aging_minutes), created, run.run_id)
 
     return sorted(candidates, key=key)
 
@@ -134,31 +140,70 @@ def plan(
     gpus_held: dict[int, int],
     gpu_limits: dict[int, int],
 ) -> Plan:
-    """Place `ordered` (already in admission order) onto `workers`; mutates their free lists."""
+    """Place `ordered` (already in admission order) onto `workers`; mutates their free lists.
+
+    Linear in queued runs: what a run's pool can ever offer is computed once per (pool, kind,
+    size), the workers are grouped by pool once, and a run bigger than the most free devices of
+    any open worker of its pool (the common case on a busy fleet) costs a few dict lookups."""
     result = Plan()
     held = dict(gpus_held)
     pools = pool_stats(workers)
+    # (pool, kind) -> its workers still open to this pass's placements (not kept for a head).
+    open_workers = by_pool_and_kind(workers)
+    # (pool, kind) -> the most free devices on one open worker; dropped when a placement or a
+    # hold-back changes it. A run bigger than that costs no scan of the pool's workers.
+    most_free: dict[tuple[str, str], int] = {}
+    unfit: dict[tuple[str, str, int], str | None] = {}
+    reasons, blocked = result.reasons, result.blocked
     for run in ordered:
-        reason = unfit_reason(run, pools)
+        kind = DeviceKind.GPU if run.gpus > 0 else DeviceKind.SLOT
+        shape = (run.pool, kind, run.gpus)
+        if shape not in unfit:
+            unfit[shape] = unfit_reason(run, pools)
+        reason = unfit[shape]
         if reason is not None:
-            result.reasons[run.run_id] = reason
+            reasons[run.run_id] = reason
             continue
-        limit = gpu_limits.get(run.owner_id, 0)
         used = held.get(run.owner_id, 0)
-        if run.gpus and used + run.gpus > limit:
-            result.reasons[run.run_id] = f"quota: {run.owner_name} uses {used} of {limit} GPUs"
+        if run.gpus:
+            limit = gpu_limits.get(run.owner_id, 0)
+            if used + run.gpus > limit:
+                reasons[run.run_id] = f"quota: {run.owner_name} uses {used} of {limit} GPUs"
+                continue
+        reasons[run.run_id] = ""
+        key = (run.pool, kind)
+        if key not in most_free:
+            most_free[key] = max(
+                (len(w.free.get(kind, [])) for w in open_workers.get(key, []) if w.active), default=0
+            )
+        chosen = best_fit(run, open_workers.get(key, [])) if run.demand <= most_free[key] else None
+        if chosen is None:
+            if key not in blocked:
+                blocked[key] = run
+                hold = hold_for(run, open_workers.get(key, []))
+                if hold is not None:
+                    open_workers[key] = [w for w in open_workers[key] if w is not hold]
+                    most_free.pop(key, None)
             continue
-        result.reasons[run.run_id] = ""
-        if (run.pool, run.kind) in result.blocked:
-            continue  # held back behind the head of its pool
-        worker = best_fit(run, workers)
-        if worker is None:
-            result.blocked[(run.pool, run.kind)] = run
-            continue
-        taken, worker.free[run.kind] = (
-            worker.free[run.kind][: run.demand],
-            worker.free[run.kind][run.demand :],
-        )
+        taken, chosen.free[kind] = chosen.free[kind][: run.demand], chosen.free[kind][run.demand :]
+        most_free.pop(key, None)
         held[run.owner_id] = used + run.gpus
-        result.placements.append(Placement(run, worker, tuple(device_id for device_id, _ in taken)))
+        result.placements.append(Placement(run, chosen, tuple(device_id for device_id, _ in taken)))
     return result
+
+
+def by_pool_and_kind(workers: list[WorkerRoom]) -> dict[tuple[str, str], list[WorkerRoom]]:
+    grouped: dict[tuple[str, str], list[WorkerRoom]] = {}
+    for worker in workers:
+        for kind in worker.total:
+            grouped.setdefault((worker.pool, kind), []).append(worker)
+    return grouped
+
+
+def hold_for(head: Candidate, workers: list[WorkerRoom]) -> WorkerRoom | None:
+    """The worker kept for a head that found no room: the active one big enough for it with the
+    most free devices (ties: the lowest id), the first to have room as its runs end."""
+    big_enough = [w for w in workers if w.active and w.total.get(head.kind, 0) >= head.demand]
+    if not big_enough:
+        return None
+    return min(big_enough, key=lambda w: (-len(w.free.get(head.kind, [])), w.id))

@@ -17,7 +17,7 @@ from django.db.models import Count
 
 from fleet.agent import lost_before
 from fleet.models import Reservation, WorkerState
-from fleet.placement import Candidate
+from fleet.placement import Candidate, WorkerRoom
 from runs import lifecycle
 from runs.lifecycle import Trigger
 from runs.models import RunStatus
@@ -25,27 +25,37 @@ from runs.models import RunStatus
 log = structlog.get_logger(__name__)
 
 
-def _victims_on_workers(head: Candidate, now: datetime) -> dict[int, list[tuple[int, int, int, int]]]:
-    """worker id -> [(priority, devices held, run id, attempt)] of runs the head may preempt."""
+# (worker id, priority, devices held, run id, attempt) of a running run a head might preempt.
+Victim = tuple[int, int, int, int, int]
+
+
+def _victims(heads: list[Candidate], now: datetime) -> dict[tuple[str, str], list[Victim]]:
+    """(pool, kind) -> the running, preemptible runs on live active workers there, below the
+    highest head's priority: one query for every head of the pass."""
     rows = (
         Reservation.objects.filter(
-            device__worker__pool=head.pool,
+            device__worker__pool__in={head.pool for head in heads},
             device__worker__state=WorkerState.ACTIVE,
             device__worker__heartbeat_at__gte=lost_before(now),
-            device__kind=head.kind,
+            device__kind__in={head.kind for head in heads},
             run__status=RunStatus.RUNNING,
             run__preemptible=True,
-            run__priority__lt=head.priority,
+            run__priority__lt=max(head.priority for head in heads),
             run__preempt_count__lt=int(settings.FLEET["MAX_PREEMPTIONS"] or 0),
         )
-        .values("device__worker_id", "run_id", "run__priority", "run__attempt")
+        .values_list(
+            "device__worker__pool",
+            "device__kind",
+            "device__worker_id",
+            "run_id",
+            "run__priority",
+            "run__attempt",
+        )
         .annotate(held=Count("id"))
     )
-    found: dict[int, list[tuple[int, int, int, int]]] = {}
-    for row in rows:
-        found.setdefault(row["device__worker_id"], []).append(
-            (row["run__priority"], row["held"], row["run_id"], row["run__attempt"])
-        )
+    found: dict[tuple[str, str], list[Victim]] = {}
+    for pool, kind, worker_id, run_id, priority, attempt, held in rows:
+        found.setdefault((pool, kind), []).append((worker_id, priority, held, run_id, attempt))
     return found
 
 
@@ -67,25 +77,49 @@ def _fewest(runs: list[tuple[int, int, int, int]], missing: int) -> list[tuple[i
     return None
 
 
-def choose(head: Candidate, now: datetime) -> list[tuple[int, int]]:
-    """The fewest victims on one worker that make room for `head`: [(run id, attempt)]."""
+def choose(
+    head: Candidate,
+    now: datetime,
+    victims: list[Victim] | None = None,
+    rooms: list[WorkerRoom] | None = None,
+) -> list[tuple[int, int]]:
+    """The fewest victims on one worker that make room for `head`: [(run id, attempt)].
+    `victims` and `rooms` come from the pass (read once for all heads); without them, read here."""
+    if victims is None:
+        victims = _victims([head], now).get((head.pool, head.kind), [])
+    free = {room.id: len(room.free.get(head.kind, [])) for room in rooms} if rooms is not None else None
+    on_worker: dict[int, list[tuple[int, int, int, int]]] = {}
+    for worker_id, priority, held, run_id, attempt in victims:
+        if priority < head.priority:
+            on_worker.setdefault(worker_id, []).append((priority, held, run_id, attempt))
     best: list[tuple[int, int]] | None = None
-    for worker_id, runs in sorted(_victims_on_workers(head, now).items()):
-        missing = head.demand - _free_on(worker_id, head.kind)
+    for worker_id, runs in sorted(on_worker.items()):
+        room = free.get(worker_id, 0) if free is not None else _free_on(worker_id, head.kind)
+        missing = head.demand - room
         chosen = [] if missing <= 0 else _fewest(runs[:16], missing)
         if chosen is not None and (best is None or len(chosen) < len(best)):
             best = chosen
     return best or []
 
 
-def preempt_for(heads: list[Candidate], now: datetime) -> list[int]:
-    """Preempt for each blocked head unless runs are already stopping in its pool."""
+def preempt_for(heads: list[Candidate], now: datetime, rooms: list[WorkerRoom] | None = None) -> list[int]:
+    """Preempt for each blocked head unless runs are already stopping in its pool. `rooms`: the
+    pass's workers with the free devices its plan left."""
+    if not heads:
+        return []
+    stopping = set(
+        Reservation.objects.filter(
+            run__status=RunStatus.PREEMPTED, device__worker__pool__in={head.pool for head in heads}
+        ).values_list("device__worker__pool", flat=True)
+    )
+    waiting = [head for head in heads if head.pool not in stopping]  # room is on its way there
+    victims = _victims(waiting, now) if waiting else {}
     preempted: list[int] = []
-    for head in heads:
-        stopping = Reservation.objects.filter(run__status=RunStatus.PREEMPTED, device__worker__pool=head.pool)
-        if stopping.exists():
-            continue  # room is on its way: the next pass places the head
-        for run_id, attempt in choose(head, now):
+    for head in waiting:
+        candidates = victims.get((head.pool, head.kind), [])
+        if not candidates:
+            continue
+        for run_id, attempt in choose(head, now, candidates, rooms):
             if lifecycle.perform(run_id, Trigger.PREEMPT_REQUEST, attempt=attempt):
                 preempted.append(run_id)
                 log.info("run_preempted", run_id=run_id, for_run=head.run_id)

@@ -17,13 +17,13 @@ from typing import Any
 import structlog
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Exists, OuterRef, Q
 from django.utils import timezone
 
 from fleet.agent import lost_before
-from fleet.models import Device, DeviceKind, Reservation, Worker, WorkerState
-from fleet.placement import Candidate, Plan, WorkerRoom, order, plan
+from fleet.models import Reservation
+from fleet.placement import Plan, plan
 from fleet.quotas import gpu_limits
+from fleet.snapshot import gpus_held, read_rooms, waiting_runs
 from runs import lifecycle
 from runs.models import Run, RunStatus
 from runs.services import enqueue_run
@@ -75,65 +75,12 @@ def _release_stale(now: datetime) -> int:
     return released
 
 
-def read_rooms(now: datetime) -> list[WorkerRoom]:
-    """Live workers (active or draining) with their devices; free ones listed by index."""
-    live = Worker.objects.filter(heartbeat_at__gte=lost_before(now))
-    rooms = {w.id: WorkerRoom(w.id, w.name, w.pool, w.queue, w.state == WorkerState.ACTIVE) for w in live}
-    devices = (
-        Device.objects.filter(worker_id__in=list(rooms))
-        .annotate(taken=Exists(Reservation.objects.filter(device_id=OuterRef("pk"))))
-        .order_by("worker_id", "index")
-        .values_list("id", "worker_id", "index", "kind", "taken")
-    )
-    for device_id, worker_id, index, kind, taken in devices:
-        room = rooms[worker_id]
-        room.total[kind] = room.total.get(kind, 0) + 1
-        free = room.free.setdefault(kind, [])
-        if not taken:
-            free.append((device_id, index))
-    return list(rooms.values())
-
-
-def waiting_runs(now: datetime) -> tuple[list[Candidate], dict[int, str]]:
-    """Queued runs waiting for admission, due now; and their current waiting reasons."""
-    rows = (
-        lifecycle.queued_runs()
-        .filter(queue="")
-        .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
-        .values_list(
-            "pk",
-            "owner_id",
-            "owner__username",
-            "resources",
-            "priority",
-            "created_at",
-            "request_id",
-            "waiting_reason",
-        )
-    )
-    candidates, reasons = [], {}
-    for pk, owner_id, username, resources, priority, created_at, request_id, reason in rows.iterator(2000):
-        pool, gpus = requested(resources)
-        candidates.append(Candidate(pk, owner_id, username, pool, gpus, priority, created_at, request_id))
-        reasons[pk] = reason
-    return candidates, reasons
-
-
 def requested(resources: Any) -> tuple[str, int]:
+    """(pool, GPUs) a run's `resources` ask for; the queue query applies the same rule in SQL."""
     resources = resources if isinstance(resources, dict) else {}
     pool = resources.get("pool") or "default"
     gpus = resources.get("gpus") or 0
     return str(pool), int(gpus) if isinstance(gpus, int) else 0
-
-
-def gpus_held() -> dict[int, int]:
-    rows = (
-        Reservation.objects.filter(device__kind=DeviceKind.GPU)
-        .values("run__owner_id")
-        .annotate(count=Count("id"))
-        .values_list("run__owner_id", "count")
-    )
-    return dict(rows)
 
 
 def _admit(decided: Plan) -> list[tuple[int, str, str]]:
@@ -178,13 +125,13 @@ def schedule_pass(now: datetime | None = None) -> PassReport:
         _lock()
         report.released = _release_stale(now)
         rooms = read_rooms(now)
-        candidates, reasons_before = waiting_runs(now)
-        ordered = order(candidates, now, float(str(settings.FLEET["AGING_MINUTES"])))
+        # In admission order already (the database sorts by effective priority).
+        candidates, reasons_before = waiting_runs(now, float(str(settings.FLEET["AGING_MINUTES"])))
         limits = gpu_limits({c.owner_id for c in candidates})
-        decided = plan(ordered, rooms, gpus_held(), limits)
+        decided = plan(candidates, rooms, gpus_held(), limits)
         messages = _admit(decided)
         _store_reasons(decided, reasons_before)
-        report.preempted = preempt_for(list(decided.blocked.values()), now)
+        report.preempted = preempt_for(list(decided.blocked.values()), now, rooms)
         report.placed = [run_id for run_id, _, _ in messages]
         report.waiting = len(candidates) - len(messages)
 

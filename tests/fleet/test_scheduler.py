@@ -65,6 +65,29 @@ def test_a_big_head_is_not_starved_by_small_runs_behind_it() -> None:
     assert small.pk not in schedule_pass().placed
 
 
+def test_a_big_head_keeps_one_worker_and_the_pools_other_workers_keep_taking_runs() -> None:
+    owner = make_user("alice")
+    Quota.objects.create(user=owner, max_gpus=100)
+    gpu_worker("w1", 4)
+    gpu_worker("w2", 4)
+    three = waiting_run(owner, gpus=3)
+    schedule_pass()
+    two = waiting_run(owner, gpus=2)
+    schedule_pass()
+    assert {name for name, _ in devices_of(three)} == {"w1"}  # w1: 1 free
+    assert {name for name, _ in devices_of(two)} == {"w2"}  # w2: 2 free
+    big = waiting_run(owner, gpus=4, created_at=timezone.now() - timedelta(seconds=5))
+    first, second = waiting_run(owner, gpus=1), waiting_run(owner, gpus=1)
+    # The head keeps w2 (the most free devices); w1's free device goes to the run behind it,
+    # and nothing is placed on w2 although it has room for the second small run.
+    assert schedule_pass().placed == [first.pk]
+    assert devices_of(first) == [("w1", 3)]
+    lifecycle.perform(two.pk, Trigger.CANCEL_QUEUED)  # w2 is whole again
+    assert schedule_pass().placed == [big.pk]
+    assert {name for name, _ in devices_of(big)} == {"w2"}
+    assert Reservation.objects.filter(run=second).count() == 0
+
+
 def test_aging_lifts_a_long_waiting_run_above_newer_higher_priority_ones() -> None:
     owner = make_user("alice")
     gpu_worker("w", 1)

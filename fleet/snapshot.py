@@ -1,0 +1,117 @@
+"""What one scheduler pass reads, in as few queries as the rules allow (fleet.scheduler).
+
+- The fleet: live workers with every device and whether it is reserved, in one query.
+- GPUs each owner holds, in one aggregate over the reservations.
+- The queue: the runs waiting for admission, in admission order computed by the database
+  (effective priority with aging, then age, then id: the rule of fleet.placement.order), with the
+  pool and GPU count taken out of `resources` in SQL, so Python parses no JSON and sorts nothing.
+  The rows become `Candidate`s (tuples: cheap to build 10,000 of). `created_at` is not read: the
+  order is the database's, and converting 10,000 timestamps was a third of the pass.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db import connection
+from django.db.models import Count
+
+from fleet.agent import lost_before
+from fleet.models import DeviceKind, Reservation, Worker
+from fleet.placement import AGING_CAP, Candidate, WorkerRoom
+
+# The columns the pass needs, then the stored reason (owners' names are read apart). `resources` is a
+# dict; a pool that is missing or empty is "default", a GPU count that is not an integer is 0
+# (fleet.scheduler.requested, the same rule for one run).
+_POSTGRES_QUEUE = """
+SELECT r.id, r.owner_id,
+       COALESCE(NULLIF(r.resources ->> 'pool', ''), 'default') AS pool,
+       CASE WHEN jsonb_typeof(r.resources -> 'gpus') = 'number'
+                 AND (r.resources ->> 'gpus') ~ '^-?[0-9]{1,9}$'
+            THEN (r.resources ->> 'gpus')::integer ELSE 0 END AS gpus,
+       r.priority, r.request_id, r.waiting_reason
+FROM runs_run r
+WHERE r.status = 'queued' AND r.queue = '' AND (r.not_before IS NULL OR r.not_before <= %(now)s)
+ORDER BY r.priority + LEAST(%(cap)s, FLOOR(GREATEST(0.0, EXTRACT(EPOCH FROM (%(now)s - r.created_at))::float8)
+                                           / (%(aging)s * 60.0))::integer) DESC,
+         r.created_at, r.id
+"""
+# SQLite (standalone): the same rule in its dialect; CAST truncates, which is FLOOR for the
+# non-negative ages it is given.
+_SQLITE_QUEUE = """
+SELECT r.id, r.owner_id,
+       COALESCE(NULLIF(json_extract(r.resources, '$.pool'), ''), 'default') AS pool,
+       CASE WHEN json_type(r.resources, '$.gpus') = 'integer'
+            THEN json_extract(r.resources, '$.gpus') ELSE 0 END AS gpus,
+       r.priority, r.request_id, r.waiting_reason
+FROM runs_run r
+WHERE r.status = 'queued' AND r.queue = '' AND (r.not_before IS NULL OR r.not_before <= %(now)s)
+ORDER BY r.priority + MIN(%(cap)s, CAST(MAX(0, (julianday(%(now)s) - julianday(r.created_at)) * 86400.0)
+                                        / (%(aging)s * 60.0) AS INTEGER)) DESC,
+         r.created_at, r.id
+"""
+
+
+def read_rooms(now: datetime) -> list[WorkerRoom]:
+    """Live workers (active or draining) with their devices; free ones listed by index."""
+    rows = (
+        Worker.objects.filter(heartbeat_at__gte=lost_before(now))
+        .order_by("id", "devices__index")
+        .values_list(
+            "id",
+            "name",
+            "pool",
+            "queue",
+            "state",
+            "devices__id",
+            "devices__index",
+            "devices__kind",
+            "devices__reservation__id",
+        )
+    )
+    rooms: dict[int, WorkerRoom] = {}
+    for worker_id, name, pool, queue, state, device_id, index, kind, reservation_id in rows:
+        room = rooms.get(worker_id)
+        if room is None:
+            room = rooms[worker_id] = WorkerRoom(worker_id, name, pool, queue, state == "active")
+        if device_id is None:
+            continue  # a worker without devices
+        room.total[kind] = room.total.get(kind, 0) + 1
+        free = room.free.setdefault(kind, [])
+        if reservation_id is None:
+            free.append((device_id, index))
+    return list(rooms.values())
+
+
+def gpus_held() -> dict[int, int]:
+    """owner id -> GPUs their runs hold (on any worker: a lost worker's runs hold theirs until
+    their leases expire)."""
+    rows = (
+        Reservation.objects.filter(device__kind=DeviceKind.GPU)
+        .values("run__owner_id")
+        .annotate(count=Count("id"))
+        .values_list("run__owner_id", "count")
+    )
+    return dict(rows)
+
+
+def waiting_runs(now: datetime, aging_minutes: float) -> tuple[list[Candidate], dict[int, str]]:
+    """Queued runs waiting for admission and due now, in admission order; and their current
+    waiting reasons."""
+    at: Any = now
+    sql = _POSTGRES_QUEUE
+    if connection.vendor != "postgresql":
+        # SQLite stores naive UTC text: compare like with like.
+        sql, at = _SQLITE_QUEUE, connection.ops.adapt_datetimefield_value(now)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"now": at, "aging": aging_minutes, "cap": AGING_CAP})
+        rows = cursor.fetchall()
+    # Owners' names for the quota reasons: one small query, not a join on every queued row.
+    names = dict(User.objects.filter(pk__in={row[1] for row in rows}).values_list("pk", "username"))
+    candidates = [
+        Candidate(run_id, owner_id, names.get(owner_id, ""), pool, gpus, priority, None, request_id)
+        for run_id, owner_id, pool, gpus, priority, request_id, _ in rows
+    ]
+    return candidates, {row[0]: row[6] for row in rows}
