@@ -8,6 +8,7 @@ from django.contrib.auth.models import User
 from django.db.models import Count
 
 from fleet.models import Device, DeviceKind, Worker
+from fleet.quotas import limit_of
 from fleet.scheduler import schedule_pass_on_commit
 from runs.lifecycle import LIVE_STATUSES, TransitionEvent, Trigger
 from runs.models import Run, RunStatus
@@ -61,4 +62,9 @@ def validate_launch(owner: User | None, resources: dict[str, Any]) -> dict[str, 
         largest = _largest_gpu_counts(pool).get(pool, 0)
         if gpus > largest:
             return {"resources.gpus": f"needs {gpus} GPUs; the largest {pool} worker has {largest}"}
+        if owner is not None:
+            # Above the owner's quota, a run would wait for ever, admitted by no pass.
+            limit, _ = limit_of(owner)
+            if gpus > limit:
+                return {"resources.gpus": f"needs {gpus} GPUs; your quota is {limit} GPUs at once"}
     return {}

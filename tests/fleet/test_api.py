@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from accounts.tokens import do_issue_token
-from fleet.models import Worker
+from fleet.models import Quota, Worker
 from fleet.scheduler import schedule_pass
 from tests.conftest import make_user
 from tests.fleet.helpers import gpu_worker
@@ -38,6 +39,10 @@ def test_bad_fleet_fields_are_400s_naming_the_field() -> None:
         response = launch(operator, **body)
         assert response.status_code == 400 and field in response.json(), (field, response.json())
     assert "resources.gpus" in launch(operator, resources={"pool": "a100", "gpus": -1}).json()
+    Quota.objects.create(user=User.objects.get(username="olivia"), max_gpus=2)
+    over_quota = launch(operator, resources={"pool": "a100", "gpus": 3})
+    assert over_quota.status_code == 400
+    assert over_quota.json()["resources.gpus"] == ["needs 3 GPUs; your quota is 2 GPUs at once"]
     assert "priority" in launch(operator, priority=101).json()
     assert (
         launch(client_for("admin", "ada"), priority=100, resources={"pool": "a100", "gpus": 4}).status_code
