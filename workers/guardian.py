@@ -118,7 +118,11 @@ def main(argv: list[str]) -> None:
     while True:
         ready, _, _ = select.select([lifeline], [], [], 0.5)
         if ready and not os.read(lifeline, 1):
-            sys.stderr.write("guardian: the supervisor is gone; ending the program\n")
+            # Its stderr is a pipe to the supervisor that just died: a write raises EPIPE there,
+            # which must not end the guardian before it has ended the program.
+            with contextlib.suppress(OSError):
+                sys.stderr.write("guardian: the supervisor is gone; ending the program\n")
+                sys.stderr.flush()
             _end_group(GRACE_SECONDS)
         # One waitpid for every child: the program, and the orphans this subreaper adopts.
         returncode = _reap_orphans(program.pid)

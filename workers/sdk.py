@@ -169,7 +169,9 @@ def _connect_events_socket(path: str) -> int:
         connection.connect(address)
     except OSError as error:
         connection.close()
-        raise ValueError(f"cannot connect to {ENV_EVENTS_SOCKET}={path!r}: {error.strerror or error}") from None
+        raise ValueError(
+            f"cannot connect to {ENV_EVENTS_SOCKET}={path!r}: {error.strerror or error}"
+        ) from None
     finally:
         if directory is not None:
             os.close(directory)

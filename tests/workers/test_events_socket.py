@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT
 from workers.events_socket import EventsSocket
 from workers.sdk import ENV_EVENTS_FD, ENV_EVENTS_SOCKET, Reporter
 from workers.streams import Chunk, ChunkQueue
@@ -91,7 +91,9 @@ def test_every_rank_s_lines_arrive_whole_and_in_order_from_concurrent_writers(tm
     collector.join(timeout=30)
 
     seen = [writer_of(line) for line in lines]  # every line parses: none was cut or mixed
-    assert Counter(name for name, _ in seen) == {f"r{rank}/{thread}": 400 for rank in range(3) for thread in (0, 1)}
+    assert Counter(name for name, _ in seen) == {
+        f"r{rank}/{thread}": 400 for rank in range(3) for thread in (0, 1)
+    }
     for name in {name for name, _ in seen}:
         assert [step for writer, step in seen if writer == name] == list(range(400))
     assert not channel.path.exists()  # removed once the program is gone
@@ -128,7 +130,9 @@ def test_a_run_directory_deeper_than_a_socket_path_allows_still_works(tmp_path: 
     writer = start_writer(channel, "deep", rank=0, all_ranks=False, threads=1, lines=5, keys=1)
     assert writer.wait(timeout=30) == 0
     program.alive.clear()
-    assert [writer_of(line) for line in drain_until_end(chunks, 10)] == [("deep/0", step) for step in range(5)]
+    assert [writer_of(line) for line in drain_until_end(chunks, 10)] == [
+        ("deep/0", step) for step in range(5)
+    ]
 
 
 def test_the_reporter_falls_back_to_the_pipe_when_the_socket_is_unreachable(

@@ -5,7 +5,7 @@ on CPU). The global batch stays `batch_size` sequences whatever the number of pr
 rank draws the same batch from the same seeded generator and keeps its strided share
 (DistributedSampler's split, `rank::world_size`), and DDP averages the gradients. The mean of
 the shares' mean losses is the mean loss of the whole batch, so a run on N processes follows the
-1-process run's trajectory up to floating-point rounding (docs/programs.md says how closely), and
+1-process run's trajectory up to floating-point rounding (docs/distributed.md says how closely), and
 a checkpoint of either resumes the other.
 
 Rank 0 writes checkpoints, evaluates, writes the model and reports; every rank restores the same
