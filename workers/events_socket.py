@@ -52,15 +52,19 @@ class EventsSocket:
         """Create the socket file (replacing one a previous attempt left) and listen on it."""
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        address, directory_fd = unix_socket_address(self.path)
         try:
-            self._listener.bind(address)
-        finally:
-            if directory_fd is not None:
-                os.close(directory_fd)
-        # Only this user's processes (the worker and its programs) may connect.
-        os.chmod(self.path, 0o600)
-        self._listener.listen(64)
+            address, directory_fd = unix_socket_address(self.path)
+            try:
+                self._listener.bind(address)
+            finally:
+                if directory_fd is not None:
+                    os.close(directory_fd)
+            # Only this user's processes (the worker and its programs) may connect.
+            os.chmod(self.path, 0o600)
+            self._listener.listen(64)
+        except OSError:
+            self._listener.close()  # the attempt fails to start (cannot_start); no descriptor kept
+            raise
 
     def start(self, name: str) -> None:
         threading.Thread(target=self._serve, name=name, daemon=True).start()

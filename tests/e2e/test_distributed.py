@@ -125,11 +125,19 @@ def test_a_two_process_tinygpt_run_reports_each_step_once_with_its_checkpoints_a
     assert any("torch.distributed.run" in line and "--nproc-per-node=2" in line for line in lines)
 
 
-def test_cancelling_a_two_rank_run_ends_every_rank_even_ranks_that_ignore_sigterm(owner: User) -> None:
-    run = launch(owner, "ranks", {"ignore_sigterm": True})
+def test_both_ranks_report_at_once_and_a_cancel_ends_every_rank_even_ranks_that_ignore_sigterm(
+    owner: User,
+) -> None:
+    run = launch(owner, "ranks", {"ignore_sigterm": True, "points": 3000})
     pids = wait_for(lambda: rank_pids(run), 180, interval=0.5, message="both ranks")
     assert all(process_alive(pid) for pid in pids.values())
-    wait_for(lambda: Run.objects.get(pk=run.pk).progress_step == 1, 30, message="rank 0's report")
+    wait_for(lambda: Run.objects.get(pk=run.pk).progress_step == 1, 60, message="rank 0's report")
+    # Two writers on the socket at once (each rank its own connection): every point of each.
+    points = MetricPoint.objects.filter(series__run=run)
+    wait_for(lambda: points.filter(series__key__startswith="rank").count() == 6000, 60, message="both series")
+    for rank in (0, 1):
+        steps = points.filter(series__key=f"rank{rank}/value").order_by("step").values_list("step", "value")
+        assert list(steps) == [(step, float(step)) for step in range(3000)]
     do_cancel_run(Run.objects.get(pk=run.pk), actor=owner)
     ended = finished(run, 60)
     assert ended.status == RunStatus.CANCELLED
