@@ -106,6 +106,19 @@ def rank_pids(run: Run) -> dict[int, int] | None:
     return found if len(found) == 2 else None
 
 
+def both_ranks(run: Run) -> dict[int, int]:
+    try:
+        pids: dict[int, int] = wait_for(lambda: rank_pids(run), 180, interval=0.5, message="both ranks")
+    except AssertionError as error:
+        current = Run.objects.get(pk=run.pk)
+        tree = subprocess.run(["ps", "-eo", "pid,ppid,pgid,stat,etime,args"], capture_output=True, text=True)
+        mine = [line for line in tree.stdout.splitlines() if "ranks_program" in line or "guardian" in line]
+        raise AssertionError(
+            f"{error}: {current.status}, log {log_lines(run)[-20:]}, processes {mine}"
+        ) from None
+    return pids
+
+
 def test_a_two_process_tinygpt_run_reports_each_step_once_with_its_checkpoints_and_model(owner: User) -> None:
     run = finished(launch(owner, "tinygpt-ddp", {}), 300)
     lines = log_lines(run)
@@ -129,7 +142,7 @@ def test_both_ranks_report_at_once_and_a_cancel_ends_every_rank_even_ranks_that_
     owner: User,
 ) -> None:
     run = launch(owner, "ranks", {"ignore_sigterm": True, "points": 3000})
-    pids = wait_for(lambda: rank_pids(run), 180, interval=0.5, message="both ranks")
+    pids = both_ranks(run)
     assert all(process_alive(pid) for pid in pids.values())
     wait_for(lambda: Run.objects.get(pk=run.pk).progress_step == 1, 60, message="rank 0's report")
     # Two writers on the socket at once (each rank its own connection): every point of each.
@@ -148,7 +161,7 @@ def test_both_ranks_report_at_once_and_a_cancel_ends_every_rank_even_ranks_that_
 
 def test_the_worker_s_death_ends_every_rank(owner: User, stack: Stack) -> None:
     run = launch(owner, "ranks", {"ignore_sigterm": True})
-    pids = wait_for(lambda: rank_pids(run), 180, interval=0.5, message="both ranks")
+    pids = both_ranks(run)
     stack.worker.send_signal(signal.SIGKILL)
     stack.worker.wait(timeout=30)
     # The guardian reads end-of-file on its lifeline and ends its tree: SIGTERM, 5 s, SIGKILL.
