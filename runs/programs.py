@@ -36,6 +36,10 @@ _KEYWORDS = {
     "title",
 }
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+LAUNCHER_DIRECT = "direct"
+LAUNCHER_TORCHRUN = "torchrun"
+LAUNCHERS = (LAUNCHER_DIRECT, LAUNCHER_TORCHRUN)
+MAX_PROCESSES_PER_NODE = 256
 MAX_STRING_PARAM = 10_000
 
 
@@ -50,6 +54,11 @@ class Program:
     env: dict[str, str] = field(default_factory=dict)
     # Where its runs go when a launch names no `resources`: {"pool": ..., "gpus": ...}.
     resources: dict[str, Any] = field(default_factory=dict)
+    # How the supervisor starts it: "direct" (the command itself) or "torchrun" (the command once
+    # per process, under PyTorch's launcher: workers/launch.py).
+    launcher: str = LAUNCHER_DIRECT
+    # torchrun processes on a CPU slot (a GPU run starts one per reserved GPU).
+    nproc_per_node: int = 1
     # Rules between params (a built-in program's own), by param name; run after each param passed.
     cross_check: Callable[[dict[str, Any]], dict[str, str]] | None = None
 
@@ -206,6 +215,7 @@ def load_programs_file(path: Path) -> dict[str, Program]:
         problem = resources_problem(resources)
         if problem is not None:
             raise ConfigError(f"{path}: programs.{name}.{problem[0]} {problem[1]}")
+        launcher, nproc = _check_launcher(f"{path}: programs.{name}", entry)
         programs[name] = Program(
             name=name,
             # "{python}" is the worker's own interpreter, which can import our reporting SDK.
@@ -215,8 +225,23 @@ def load_programs_file(path: Path) -> dict[str, Program]:
             queue=queue,
             env=dict(extra_env),
             resources=dict(resources),
+            launcher=launcher,
+            nproc_per_node=nproc,
         )
     return programs
+
+
+def _check_launcher(where: str, entry: dict[str, Any]) -> tuple[str, int]:
+    """A program entry's `launcher` and `nproc_per_node`, checked; ConfigError naming the key."""
+    launcher = entry.get("launcher", LAUNCHER_DIRECT)
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"{where}.launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+    nproc = entry.get("nproc_per_node", 1)
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or not 1 <= nproc <= MAX_PROCESSES_PER_NODE:
+        raise ConfigError(f"{where}.nproc_per_node must be an integer from 1 to {MAX_PROCESSES_PER_NODE}")
+    if "nproc_per_node" in entry and launcher != LAUNCHER_TORCHRUN:
+        raise ConfigError(f"{where}.nproc_per_node needs launcher = {LAUNCHER_TORCHRUN!r}")
+    return launcher, nproc
 
 
 _cache: dict[tuple[str, float], dict[str, Program]] = {}

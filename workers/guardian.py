@@ -10,6 +10,10 @@ would run beside it.
 
 The guardian exits the way the program did (same exit code, or killed by the same signal), so the
 supervisor sees the program's own ending.
+
+Launchers such as torchrun start each rank in a session of its own, out of reach of a signal to
+the group: the guardian is a child subreaper (orphaned ranks are re-parented to it, and reaped by
+it) and ends its whole process tree, not only its group (workers/proctree.py).
 """
 
 from __future__ import annotations
@@ -22,18 +26,58 @@ import subprocess
 import sys
 import time
 
+from workers.proctree import KILL_ROUNDS, become_subreaper, descendants, signal_tree
+
 GRACE_SECONDS = 5.0
 
 
 def _end_group(grace: float) -> None:
-    group = os.getpgrp()
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(group, signal.SIGTERM)
+    me = os.getpid()
+    signal_tree(me, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         time.sleep(0.1)
-    # SIGKILL reaches the guardian too, which is what we want by now.
-    os.killpg(group, signal.SIGKILL)
+        _reap_orphans(None)
+    # SIGKILL reaches the guardian too (last, after its tree), which is what we want by now.
+    signal_tree(me, signal.SIGKILL)
+
+
+def _end_escaped_descendants() -> None:
+    """The program is gone: end what is left of its tree in other sessions (ranks whose launcher
+    died), which would leave with this guardian's exit. What is left in the group is the
+    supervisor's to end, after the grace it gives the program's pipes (workers/watch.py)."""
+    group = os.getpgrp()
+    for _ in range(KILL_ROUNDS):
+        escaped = [pid for pid in descendants(os.getpid()) if _group_of(pid) not in (group, None)]
+        if not escaped:
+            return
+        for pid in escaped:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+        _reap_orphans(None)
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _reap_orphans(program_pid: int | None) -> int | None:
+    """Reap every child that has ended (the program, or a re-parented orphan); the program's
+    return code (as subprocess writes it) once it has ended, else None."""
+    returncode = None
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return returncode
+        if pid == 0:
+            return returncode
+        if pid == program_pid:
+            returncode = os.waitstatus_to_exitcode(status)
 
 
 def _exit_like(returncode: int) -> None:
@@ -56,6 +100,7 @@ def main(argv: list[str]) -> None:
     # the program ended.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    become_subreaper()
     events_fd = os.environ.get("CONTROLPLANE_EVENTS_FD")
     pass_fds = (int(events_fd),) if events_fd and events_fd.isdigit() else ()
     try:
@@ -73,10 +118,16 @@ def main(argv: list[str]) -> None:
     while True:
         ready, _, _ = select.select([lifeline], [], [], 0.5)
         if ready and not os.read(lifeline, 1):
-            sys.stderr.write("guardian: the supervisor is gone; ending the program\n")
+            # Its stderr is a pipe to the supervisor that just died: a write raises EPIPE there,
+            # which must not end the guardian before it has ended the program.
+            with contextlib.suppress(OSError):
+                sys.stderr.write("guardian: the supervisor is gone; ending the program\n")
+                sys.stderr.flush()
             _end_group(GRACE_SECONDS)
-        returncode = program.poll()
+        # One waitpid for every child: the program, and the orphans this subreaper adopts.
+        returncode = _reap_orphans(program.pid)
         if returncode is not None:
+            _end_escaped_descendants()
             _exit_like(returncode)
 
 

@@ -8,12 +8,13 @@ program's `env` table. Never the worker's configuration (database URL, keys).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runs.attempts import Claim
-from runs.programs import Program
+from runs.programs import LAUNCHER_TORCHRUN, Program
 
 PASSED_THROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
 # On the program's PYTHONPATH, so `import workers.sdk` works from any run directory.
@@ -36,8 +37,44 @@ class Launch:
     # dispatched without the fleet, which sees the worker's own CUDA_VISIBLE_DEVICES.
     gpus: tuple[int, ...] | None = None
 
-    def environment(self, events_fd: int) -> dict[str, str]:
-        """The program's whole environment, with `events_fd` as the write end of its events pipe."""
+    def processes_per_node(self) -> int:
+        """How many processes a torchrun program starts: one per reserved GPU; on a CPU slot, the
+        run's `nproc_per_node` param when the program declares one, else the program's own."""
+        if self.gpus:
+            return len(self.gpus)
+        chosen = self.claim.params.get("nproc_per_node")
+        if isinstance(chosen, int) and not isinstance(chosen, bool) and chosen >= 1:
+            return chosen
+        return self.program.nproc_per_node
+
+    def argv(self) -> tuple[str, ...]:
+        """The command to start: the program's own, or torchrun starting it once per process.
+
+        torchrun is PyTorch's own launcher (`python -m torch.distributed.run`, with the worker's
+        interpreter). `--standalone` hosts the c10d rendezvous in the launcher on a port the kernel
+        picks when it binds (localhost:0): free by construction, where a port chosen beforehand
+        could be taken by another run in between. `--no-python` runs the program's command as it
+        is written, whatever its language; `--max-restarts=0`, since the control plane's own
+        attempts (from the newest checkpoint) are the retries.
+        """
+        command = self.program.command
+        if self.program.launcher != LAUNCHER_TORCHRUN:
+            return command
+        return (
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nnodes=1",
+            f"--nproc-per-node={self.processes_per_node()}",
+            "--max-restarts=0",
+            "--no-python",
+            *command,
+        )
+
+    def environment(self, events_fd: int, events_socket: Path | None = None) -> dict[str, str]:
+        """The program's whole environment, with `events_fd` as the write end of its events pipe
+        and `events_socket` the path of the events socket any of its processes may connect to."""
         env = {name: os.environ[name] for name in PASSED_THROUGH_ENV if name in os.environ}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         env.setdefault("LANG", "C.UTF-8")
@@ -53,6 +90,8 @@ class Launch:
                 "CONTROLPLANE_ATTEMPT": str(self.claim.attempt),
             }
         )
+        if events_socket is not None:
+            env["CONTROLPLANE_EVENTS_SOCKET"] = str(events_socket)
         for name, value in self.secrets.items():
             env.setdefault(name, value)  # never over the control plane's own variables
         if self.gpus is not None:

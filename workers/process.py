@@ -1,8 +1,11 @@
 """The training program's process: started under the guardian, read without blocking, ended as a group.
 
 The program runs in its own session and process group, so cancel and shutdown signal the whole
-group and children the program forks end with it. Its three pipes (stdout, stderr, events) are
-read by one thread each into one queue, so no pipe ever blocks the program.
+group and children the program forks end with it; signals go to the guardian's whole process tree
+too, since a launcher's ranks live in sessions of their own (workers/proctree.py). Its three pipes
+(stdout, stderr, events) are read by one thread each, and its events socket (any process of the
+run may connect: workers/events_socket.py) by one thread per connection, into one queue, so no
+pipe ever blocks the program.
 
 Logs go through the supervisor's bound logger, so every line of an attempt names the supervisor
 and carries the run and the attempt.
@@ -10,7 +13,6 @@ and carries the run and the attempt.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import signal
@@ -20,11 +22,13 @@ import threading
 import time
 from typing import Any
 
+from workers.events_socket import EventsSocket
 from workers.launch import Launch
+from workers.proctree import signal_tree
 from workers.protocol import MAX_EVENT_LINE_BYTES
 from workers.streams import Chunk, read_lines
 
-READER_COUNT = 3  # stdout, stderr, events: each ends with one end-of-file chunk
+READER_COUNT = 4  # stdout, stderr, the events pipe and socket: each ends with one end-of-file chunk
 END_WAIT_SECONDS = 10
 
 
@@ -37,6 +41,7 @@ class ProgramProcess:
         # The write end of the lifeline pipe: only this process holds it, so when it dies (even by
         # SIGKILL) the guardian reads end-of-file and ends the program's whole group.
         self._lifeline: int | None = None
+        self._events_socket: EventsSocket | None = None
 
     @property
     def terminated(self) -> bool:
@@ -45,14 +50,17 @@ class ProgramProcess:
 
     def start(self, launch: Launch, chunks: queue.Queue[Chunk], line_limit: int) -> None:
         """Start the program under the guardian; raises OSError when it cannot start."""
+        events_socket = EventsSocket(launch.directory, chunks, MAX_EVENT_LINE_BYTES, self._alive)
+        events_socket.bind()
+        self._events_socket = events_socket
         read_fd, write_fd = os.pipe()
         lifeline_read, self._lifeline = os.pipe()
-        command = launch.program.command
+        command = launch.argv()
         try:
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", "workers.guardian", str(lifeline_read), "--", *command],
                 cwd=launch.directory,
-                env=launch.environment(write_fd),
+                env=launch.environment(write_fd, events_socket.path),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -63,6 +71,7 @@ class ProgramProcess:
             )
         except OSError:
             os.close(read_fd)
+            events_socket.close()
             raise
         finally:
             # The child holds its own copies; ours would keep the events pipe open after it exits.
@@ -81,13 +90,17 @@ class ProgramProcess:
                 name=f"run-{launch.run_id}-{source}",
                 daemon=True,
             ).start()
+        events_socket.start(f"run-{launch.run_id}-socket")
+
+    def _alive(self) -> bool:
+        return self.popen is None or self.popen.poll() is None
 
     def signal_group(self, signum: int) -> None:
         if self.popen is None:
             return
-        # The group may be gone already, or (on some systems) left with only a zombie leader.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.popen.pid, signum)
+        # The guardian's tree, then its group: the group may be gone already, or (on some
+        # systems) left with only a zombie leader.
+        signal_tree(self.popen.pid, signum)
 
     def terminate(self, reason: str) -> bool:
         """SIGTERM to the group, once; True when it was sent now (the caller says why in the log)."""
@@ -117,6 +130,8 @@ class ProgramProcess:
     def end_group(self) -> None:
         """Kill whatever is left of the group, drop the lifeline and reap the guardian."""
         self.signal_group(signal.SIGKILL)
+        if self._events_socket is not None:
+            self._events_socket.close()
         if self._lifeline is not None:
             os.close(self._lifeline)
             self._lifeline = None

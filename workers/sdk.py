@@ -9,10 +9,20 @@ things are through environment variables:
     The run's working directory (also the subprocess' cwd).
 ``CONTROLPLANE_PARAMS``
     Path of a JSON file holding the resolved parameters.
+``CONTROLPLANE_EVENTS_SOCKET``
+    Path of a Unix stream socket (in the run dir) that receives one JSON object
+    per line, from any process of the run that connects to it: the channel
+    that survives launchers (torchrun's ranks inherit no descriptors). The
+    reporter prefers it when set.
 ``CONTROLPLANE_EVENTS_FD``
-    Integer file descriptor, opened for writing, that receives one JSON object
-    per line.  When it is unset the :class:`Reporter` discards every event, so
-    the same program runs unchanged outside the control plane.
+    Integer file descriptor, opened for writing, that receives the same lines;
+    inherited by the program itself only.  When neither is set the
+    :class:`Reporter` discards every event, so the same program runs unchanged
+    outside the control plane.
+``RANK``
+    Set by torchrun for each process of a distributed run: by default only
+    rank 0 reports (metrics, checkpoints, artifacts, progress, status), so a
+    step is not reported once per rank.  Every rank may print log lines.
 ``CONTROLPLANE_RESUME_FROM``
     Optional checkpoint path (relative to the run dir, or absolute but inside
     it) to resume from.
@@ -40,6 +50,7 @@ import contextlib
 import json
 import math
 import os
+import socket
 import sys
 import threading
 from collections.abc import Iterable, Mapping
@@ -49,6 +60,7 @@ from typing import Any
 
 __all__ = [
     "ENV_EVENTS_FD",
+    "ENV_EVENTS_SOCKET",
     "ENV_PARAMS",
     "ENV_REQUEST_ID",
     "ENV_RESUME_FROM",
@@ -57,14 +69,20 @@ __all__ = [
     "Reporter",
     "ResumePathError",
     "load_params",
+    "process_rank",
     "resume_from",
     "run_dir",
+    "unix_socket_address",
 ]
 
 ENV_RUN_ID = "CONTROLPLANE_RUN_ID"
 ENV_RUN_DIR = "CONTROLPLANE_RUN_DIR"
 ENV_PARAMS = "CONTROLPLANE_PARAMS"
 ENV_EVENTS_FD = "CONTROLPLANE_EVENTS_FD"
+ENV_EVENTS_SOCKET = "CONTROLPLANE_EVENTS_SOCKET"
+ENV_RANK = "RANK"
+# sun_path holds 108 bytes with its NUL: a longer path is reached through a directory descriptor.
+MAX_UNIX_PATH_BYTES = 107
 ENV_RESUME_FROM = "CONTROLPLANE_RESUME_FROM"
 ENV_REQUEST_ID = "CONTROLPLANE_REQUEST_ID"
 # Values per multi-point line: ~30 bytes each, so a line stays near 250 KB, far below the 1 MiB cap.
@@ -121,13 +139,52 @@ def resume_from() -> Path | None:
     return resolved
 
 
+def process_rank() -> int:
+    """This process' rank in a distributed run (``RANK``, set by torchrun); 0 when unset."""
+    value = os.environ.get(ENV_RANK, "").strip()
+    if not value:
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{ENV_RANK} must be an integer, got {value!r}") from None
+
+
+def unix_socket_address(path: Path) -> tuple[str, int | None]:
+    """The address to bind or connect `path` with, and a directory descriptor to close after.
+
+    A path longer than sun_path allows goes through ``/proc/self/fd/<dir>/<name>``, so a deep run
+    directory still works (Linux)."""
+    if len(os.fsencode(str(path))) <= MAX_UNIX_PATH_BYTES:
+        return str(path), None
+    directory = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    return f"/proc/self/fd/{directory}/{path.name}", directory
+
+
+def _connect_events_socket(path: str) -> int:
+    """A connected descriptor for the events socket at `path`; ValueError when it cannot connect."""
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    address, directory = unix_socket_address(Path(path))
+    try:
+        connection.connect(address)
+    except OSError as error:
+        connection.close()
+        raise ValueError(
+            f"cannot connect to {ENV_EVENTS_SOCKET}={path!r}: {error.strerror or error}"
+        ) from None
+    finally:
+        if directory is not None:
+            os.close(directory)
+    return connection.detach()
+
+
 def _finite_or_none(value: float) -> float | None:
     number = float(value)
     return number if math.isfinite(number) else None
 
 
 class Reporter:
-    """Writes JSON-lines events to the supervisor's events file descriptor.
+    """Writes JSON-lines events to the supervisor's events socket or file descriptor.
 
     Each event is serialised up front and handed to the kernel with a single
     ``os.write`` (retried only for the rare short write), so a line is never
@@ -146,9 +203,23 @@ class Reporter:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_env(cls) -> Reporter:
-        """A reporter for ``CONTROLPLANE_EVENTS_FD``, or a silent one when it is unset."""
-        value = os.environ.get(ENV_EVENTS_FD, "").strip()
+    def from_env(cls, *, all_ranks: bool = False) -> Reporter:
+        """A reporter for ``CONTROLPLANE_EVENTS_SOCKET`` (preferred) or ``CONTROLPLANE_EVENTS_FD``;
+        a silent one when neither is set, or on a rank other than 0 unless `all_ranks`."""
+        if not all_ranks and process_rank() != 0:
+            return cls(None, run_dir=run_dir())
+        socket_path = os.environ.get(ENV_EVENTS_SOCKET, "").strip()
+        if socket_path:
+            try:
+                return cls(_connect_events_socket(socket_path), run_dir=run_dir())
+            except ValueError:
+                if not os.environ.get(ENV_EVENTS_FD, "").strip():
+                    raise
+                # The pipe still works for the program the supervisor started itself.
+        return cls._from_fd(os.environ.get(ENV_EVENTS_FD, "").strip())
+
+    @classmethod
+    def _from_fd(cls, value: str) -> Reporter:
         if not value:
             return cls(None, run_dir=run_dir())
         try:
@@ -262,7 +333,7 @@ class Reporter:
                 while view:
                     written = os.write(fd, view)
                     view = view[written:]
-            except BrokenPipeError:
+            except (BrokenPipeError, ConnectionResetError):
                 self._fd = None
                 sys.stderr.write("controlplane sdk: events reader has gone away; reporting disabled\n")
                 sys.stderr.flush()

@@ -64,8 +64,13 @@ class ChunkQueue(queue.Queue[Chunk]):
         return item
 
 
-def read_lines(stream: IO[bytes], source: Source, sink: queue.Queue[Chunk], limit: int) -> None:
-    """Read one pipe line by line; a line longer than `limit` keeps its head and counts the rest."""
+def read_lines(
+    stream: IO[bytes], source: Source, sink: queue.Queue[Chunk], limit: int, *, announce_end: bool = True
+) -> None:
+    """Read one pipe line by line; a line longer than `limit` keeps its head and counts the rest.
+
+    `announce_end=False`: one of several connections of a channel (workers/events_socket.py),
+    which announces its own end once all of them are done."""
     try:
         while True:
             line = stream.readline(limit + 1)
@@ -84,7 +89,8 @@ def read_lines(stream: IO[bytes], source: Source, sink: queue.Queue[Chunk], limi
     except (OSError, ValueError):
         pass
     finally:
-        sink.put(Chunk(source, None))
+        if announce_end:
+            sink.put(Chunk(source, None))
 
 
 def decode_line(data: bytes, truncated: int = 0) -> str:

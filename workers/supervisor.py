@@ -187,7 +187,7 @@ class Supervisor:
         self._process.start(launch, self._chunks, int(self.config["MAX_LOG_LINE_BYTES"]))
         assert self._process.popen is not None
         claim, program = launch.claim, launch.program
-        command = " ".join(program.command)
+        command = " ".join(launch.argv())  # torchrun's own line, for a torchrun program
         self._writer.say(system_line(f"attempt {claim.attempt} started on {self.worker}: {command}"))
         self.log.info("process_started", pid=self._process.popen.pid, program=program.name)
         worker_metrics.process_started(self.run_id, program.name, *dispatch_record(self.run_id))

@@ -28,6 +28,9 @@ class ProgramSerializer(serializers.Serializer[Any]):
     description = serializers.CharField()
     builtin = serializers.BooleanField()
     queue = serializers.CharField(help_text="the Celery queue its runs go to")
+    launcher = serializers.ChoiceField(
+        choices=["direct", "torchrun"], help_text="how it starts: itself, or once per device under torchrun"
+    )
     params_schema = serializers.DictField(help_text="JSON Schema (an object) of the params")
     defaults = serializers.DictField(help_text="every param's default")
     resources = serializers.DictField(
@@ -42,6 +45,7 @@ def describe(program: Program) -> dict[str, Any]:
         "description": program.description,
         "builtin": program.builtin,
         "queue": program.queue or settings.CELERY_TASK_DEFAULT_QUEUE,
+        "launcher": program.launcher,
         "params_schema": {
             "type": "object",
             "properties": properties,

@@ -23,6 +23,7 @@ def test_the_list_names_every_program_with_a_params_schema(api: APIClient) -> No
     assert scripted["defaults"]["lines"] == 10
     assert "command" not in scripted  # how it runs stays on the server
     assert programs["tinygpt"]["builtin"] is True
+    assert (programs["tinygpt"]["launcher"], programs["tinygpt-ddp"]["launcher"]) == ("direct", "torchrun")
     assert programs["tinygpt"]["params_schema"]["properties"]["steps"]["type"] == "integer"
 
 

@@ -72,6 +72,19 @@ def test_a_programs_file_registers_programs_with_their_schema(tmp_path: Path) ->
             r"programs.x.resources.nodes unknown field",
         ),
         ("[programs.x]\ncommand = ['a']\nresources = 'a100'", r"programs.x.resources must be an object"),
+        (
+            "[programs.x]\ncommand = ['a']\nlauncher = 'mpirun'",
+            "programs.x.launcher must be one of direct, torchrun",
+        ),
+        (
+            "[programs.x]\ncommand = ['a']\nlauncher = 'torchrun'\nnproc_per_node = 0",
+            "programs.x.nproc_per_node must be",
+        ),
+        (
+            "[programs.x]\ncommand = ['a']\nlauncher = 'torchrun'\nnproc_per_node = '2'",
+            "programs.x.nproc_per_node must be",
+        ),
+        ("[programs.x]\ncommand = ['a']\nnproc_per_node = 2", "nproc_per_node needs launcher = 'torchrun'"),
     ],
 )
 def test_bad_programs_files_are_refused_with_the_offending_entry(
@@ -105,3 +118,15 @@ def test_param_errors_name_every_bad_field() -> None:
     with pytest.raises(ParamsError) as nan:
         resolve_params(program, {"rate": float("nan")})
     assert "finite" in nan.value.errors["params.rate"]
+
+
+def test_a_program_runs_directly_unless_its_entry_names_torchrun(tmp_path: Path) -> None:
+    programs = load_programs_file(
+        write(
+            tmp_path,
+            "[programs.plain]\ncommand = ['a']\n"
+            "[programs.ddp]\ncommand = ['a']\nlauncher = 'torchrun'\nnproc_per_node = 4\n",
+        )
+    )
+    assert (programs["plain"].launcher, programs["plain"].nproc_per_node) == ("direct", 1)
+    assert (programs["ddp"].launcher, programs["ddp"].nproc_per_node) == ("torchrun", 4)

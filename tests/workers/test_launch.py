@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,41 @@ def test_a_resumed_attempt_with_a_dataset_and_secrets_gets_them_but_no_secret_ov
     assert env["CONTROLPLANE_DATASET_PATH"] == "dataset/corpus.txt"
     assert env["HF_TOKEN"] == "s3cret"
     assert env["CONTROLPLANE_RUN_ID"] == "7"
+
+
+def torchrun_launch(
+    tmp_path: Path, *, gpus: tuple[int, ...] | None, params: dict[str, object], nproc: int = 3
+) -> Launch:
+    program = Program(
+        name="ddp",
+        command=("python", "-m", "train"),
+        description="",
+        params={},
+        launcher="torchrun",
+        nproc_per_node=nproc,
+    )
+    claim = Claim(run_id=7, attempt=1, program="ddp", params=params, secrets=[], request_id="r")
+    return Launch(7, program, claim, tmp_path, tmp_path / "params.json", gpus=gpus)
+
+
+def test_a_direct_program_starts_its_own_command(tmp_path: Path) -> None:
+    assert launch(tmp_path).argv() == ("python",)
+
+
+def test_a_torchrun_program_starts_one_process_per_reserved_gpu_under_torchrun(tmp_path: Path) -> None:
+    argv = torchrun_launch(tmp_path, gpus=(2, 5), params={"nproc_per_node": 8}).argv()
+    assert argv[:4] == (sys.executable, "-m", "torch.distributed.run", "--standalone")
+    assert "--nproc-per-node=2" in argv and "--max-restarts=0" in argv
+    assert argv[-4:] == ("--no-python", "python", "-m", "train")
+
+
+def test_on_a_cpu_slot_the_run_s_param_then_the_program_s_count_decide(tmp_path: Path) -> None:
+    assert torchrun_launch(tmp_path, gpus=(), params={"nproc_per_node": 2}).processes_per_node() == 2
+    assert torchrun_launch(tmp_path, gpus=None, params={}).processes_per_node() == 3
+    assert torchrun_launch(tmp_path, gpus=(), params={"nproc_per_node": True}).processes_per_node() == 3
+
+
+def test_the_events_socket_is_named_for_every_process_of_the_run(tmp_path: Path) -> None:
+    env = launch(tmp_path).environment(events_fd=9, events_socket=tmp_path / "events.sock")
+    assert env["CONTROLPLANE_EVENTS_SOCKET"] == str(tmp_path / "events.sock")
+    assert env["CONTROLPLANE_EVENTS_FD"] == "9"

@@ -18,25 +18,26 @@ import signal
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
 from workers import sdk
 
+from . import distributed
 from .corpus import DataError, bytes_to_tensor, load_corpus
 from .evaluate import MODEL_FORMAT, validation_loss
 from .model import GPT, VOCAB_SIZE, ModelConfig, export_state_dict
+from .runtime import ENV_NUM_THREADS, Runtime, configure_threads, pick_runtime
 from .schema import ConfigError, resolve_params
 from .storage import atomic_write, save_safetensors_deterministic
 
 __all__ = ["ENV_NUM_THREADS", "MODEL_FILE", "code_version", "main"]
 
-ENV_NUM_THREADS = "CONTROLPLANE_NUM_THREADS"
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FORMAT = "tinygpt-checkpoint/1"
@@ -61,35 +62,6 @@ def _say(line: str) -> None:
     # stdout is the run's log; flush so the supervisor sees lines as they happen.
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
-
-
-@dataclass(frozen=True)
-class Runtime:
-    device: torch.device
-    autocast_dtype: torch.dtype | None
-
-
-def _pick_runtime(params: Mapping[str, Any]) -> Runtime:
-    wanted = params["device"]
-    if wanted == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda was requested but CUDA is not available on this machine")
-    use_cuda = wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if use_cuda else "cpu")
-    dtype = torch.bfloat16 if params["precision"] == "bf16" else None
-    return Runtime(device=device, autocast_dtype=dtype)
-
-
-def _configure_threads() -> None:
-    value = os.environ.get(ENV_NUM_THREADS, "").strip()
-    if not value:
-        return
-    try:
-        threads = int(value)
-    except ValueError:
-        raise ConfigError(f"{ENV_NUM_THREADS} must be a positive integer, got {value!r}") from None
-    if threads < 1:
-        raise ConfigError(f"{ENV_NUM_THREADS} must be a positive integer, got {value!r}")
-    torch.set_num_threads(threads)
 
 
 def _lr_factor(step_index: int, warmup: int, total: int) -> float:
@@ -126,9 +98,15 @@ def _checkpoint_name(step: int) -> str:
 
 class Trainer:
     def __init__(
-        self, params: dict[str, Any], runtime: Runtime, run_dir: Path, reporter: sdk.Reporter
+        self,
+        params: dict[str, Any],
+        runtime: Runtime,
+        run_dir: Path,
+        reporter: sdk.Reporter,
+        group: distributed.Group | None = None,
     ) -> None:
         self.params = params
+        self.group = group or distributed.Group()
         self.runtime = runtime
         self.run_dir = run_dir
         self.reporter = reporter
@@ -151,6 +129,12 @@ class Trainer:
         torch.manual_seed(params["seed"])
         random.seed(params["seed"])
         self.model = GPT(ModelConfig.from_params(params)).to(runtime.device)
+        # What a step runs: the model itself, or DDP around it (which averages the gradients of
+        # the ranks' shares; the model has no buffers to keep in sync).
+        self.forward: torch.nn.Module = self.model
+        if self.group.distributed:
+            devices = [runtime.device.index] if runtime.device.type == "cuda" else None
+            self.forward = DistributedDataParallel(self.model, device_ids=devices)
         self.optimizer = _build_optimizer(self.model, params, runtime.device)
         warmup, total = params["warmup_steps"], self.total_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -183,6 +167,8 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
+        if not self.group.is_main:
+            return  # rank 0 writes the one checkpoint every rank restores
         self.reporter.status("saving")
         name = _checkpoint_name(self.step)
         state = self._checkpoint_state()
@@ -237,11 +223,12 @@ class Trainer:
         """One optimizer step; returns (loss, lr used)."""
         params = self.params
         x, y = _sample_batch(self.train_data, params["batch_size"], params["seq_len"], self.batch_generator)
+        x, y = distributed.share(x, y, self.group)
         x = x.to(self.runtime.device, non_blocking=True)
         y = y.to(self.runtime.device, non_blocking=True)
         lr = float(self.scheduler.get_last_lr()[0])
         with self._autocast():
-            logits = self.model(x)
+            logits = self.forward(x)
         loss = F.cross_entropy(logits.float().view(-1, VOCAB_SIZE), y.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         # Same as loss.backward(), which torch leaves unannotated (mypy --strict rejects it).
@@ -253,6 +240,8 @@ class Trainer:
         return float(loss.item()), lr
 
     def _evaluate(self) -> float:
+        if not self.group.is_main:
+            return math.nan  # the weights are the same on every rank: rank 0 evaluates them
         self.reporter.status("evaluating")
         val_loss = validation_loss(self.model, self.runtime.device)
         self.reporter.metric(self.step, {"val/loss": val_loss})
@@ -270,6 +259,9 @@ class Trainer:
         while self.step < self.total_steps:
             started = time.perf_counter()
             loss, lr = self._train_step()
+            loss, self.stop_requested = distributed.agree(
+                loss, self.stop_requested, self.group, self.runtime.device
+            )
             elapsed = time.perf_counter() - started
             self.step += 1
             self.last_train_loss = loss
@@ -285,7 +277,7 @@ class Trainer:
             self.reporter.progress(self.step, self.total_steps)
             if eval_every and self.step % eval_every == 0 and self.step < self.total_steps:
                 val_loss = self._evaluate()
-                _say(
+                self._say(
                     f"step {self.step}/{self.total_steps} train_loss {loss:.4f} val_loss {val_loss:.4f} "
                     f"lr {lr:.3g} {tokens_per_step / elapsed:,.0f} tok/s"
                 )
@@ -296,13 +288,16 @@ class Trainer:
             elif self.stop_requested:
                 self.save_checkpoint()
             if self.stop_requested:
-                _say(f"stopping at step {self.step} (SIGTERM) after a final checkpoint")
+                distributed.barrier(self.group)  # no rank leaves before rank 0's checkpoint is written
+                self._say(f"stopping at step {self.step} (SIGTERM) after a final checkpoint")
                 sys.stdout.flush()
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 os.kill(os.getpid(), signal.SIGTERM)
         loop_seconds = time.perf_counter() - loop_started
         steps_done = self.step - first_step + 1
 
+        if not self.group.is_main:
+            return
         # fp32 on the final weights: the same procedure evaluate_safetensors runs.
         final_val_loss = self._evaluate()
         self.save_model(final_val_loss)
@@ -312,6 +307,10 @@ class Trainer:
             f"steps_per_s={rate:.3f} final_train_loss={self.last_train_loss:.4f} "
             f"final_val_loss={final_val_loss:.4f}"
         )
+
+    def _say(self, line: str) -> None:
+        if self.group.is_main:
+            _say(line)
 
     def save_model(self, final_val_loss: float) -> None:
         self.reporter.status("saving")
@@ -350,8 +349,12 @@ def main() -> int:
             raise ConfigError(f"cannot read params file {os.environ.get(sdk.ENV_PARAMS)!r}: {exc}") from exc
         params = resolve_params(raw_params)
         resume = sdk.resume_from()
-        _configure_threads()
-        runtime = _pick_runtime(params)
+        configure_threads()
+        runtime = pick_runtime(params)
+        group = distributed.join(runtime.device.type, params["batch_size"])
+        if group.distributed and runtime.device.type == "cuda":
+            runtime = Runtime(torch.device("cuda", group.local_rank), runtime.autocast_dtype)
+        # Rank 0 reports (sdk: RANK); every rank's stdout and stderr are the run's log.
         reporter = sdk.Reporter.from_env()
     except ValueError as exc:
         # ConfigError, ResumePathError and a malformed events fd all land here:
@@ -366,7 +369,7 @@ def main() -> int:
             # would need CUBLAS_WORKSPACE_CONFIG and slower kernels.
             torch.use_deterministic_algorithms(True)
         try:
-            trainer = Trainer(params, runtime, run_dir, reporter)
+            trainer = Trainer(params, runtime, run_dir, reporter, group)
         except DataError as exc:
             return _data_error(str(exc))
         signal.signal(signal.SIGTERM, lambda signum, frame: setattr(trainer, "stop_requested", True))
@@ -376,10 +379,12 @@ def main() -> int:
             except ConfigError as exc:
                 return _config_error(str(exc))
         _say(
-            f"tinygpt: device={runtime.device.type} precision={params['precision']} "
+            (f"[rank {group.rank}/{group.world_size}] " if group.distributed else "")
+            + f"tinygpt: device={runtime.device.type} precision={params['precision']} "
             f"threads={torch.get_num_threads()} dataset_sha256={trainer.dataset_sha256[:12]} "
             + (f"resuming from step {trainer.step} " if resume is not None else "")
             + f"params={json.dumps(params, sort_keys=True)}"
         )
         trainer.run()
+    distributed.leave(group)
     return 0
