@@ -181,7 +181,7 @@ def write_batch(run_id: int, attempt: int, batch: Batch, series_cache: dict[str,
         insert_log_lines(run_id, log_rows)
         point_rows: list[PointRow] = []
         if batch.points:
-            ids = series_ids(run_id, (key for key, _, _, _ in batch.points), series_cache)
+            ids = series_ids(run_id, {point[0] for point in batch.points}, series_cache)
             point_rows = [(ids[key], step, value, ts) for key, step, value, ts in batch.points]
             # A resumed attempt re-reports the steps after its checkpoint: merge, not append.
             write_metric_points(point_rows, may_repeat=attempt > 1)
@@ -190,7 +190,7 @@ def write_batch(run_id: int, attempt: int, batch: Batch, series_cache: dict[str,
             if log_rows:
                 events.publish(run_id, events.log_frame(log_rows))
             if batch.points:
-                events.publish(run_id, events.metric_frame([(k, s, v) for k, s, v, _ in batch.points]))
+                events.publish(run_id, events.metric_frame(batch.points))
             if batch.progress is not None or batch.phase is not None:
                 events.publish(
                     run_id,

@@ -65,51 +65,68 @@ def upsert_metric_points(rows: Iterable[PointRow]) -> int:
 _STAGE = "metric_point_stage"
 
 
-def write_metric_points(rows: Iterable[PointRow], *, may_repeat: bool) -> int:
+def write_metric_points(rows: Sequence[PointRow], *, may_repeat: bool) -> int:
     """Store points (the last value of a step in `rows` wins) and their rollups; returns how many."""
-    latest: dict[tuple[int, int], PointRow] = {}
-    for row in rows:
-        latest[(row[0], row[1])] = row
-    if not latest:
+    if not rows:
         return 0
     if connection.vendor != "postgresql":
-        return upsert_metric_points(latest.values())
+        return upsert_metric_points(rows)
     import psycopg
 
     table = MetricPoint._meta.db_table
-    copied = False
     if not may_repeat:
         try:
-            with transaction.atomic():  # a savepoint: a repeated step rolls back only the COPY
-                _copy_points(table, latest.values())
-            copied = True
+            # A savepoint: a repeated step (in the table, or twice in this batch) rolls back only
+            # the COPY. Not de-duplicated first: that dict of every point cost more than the COPY
+            # saves, for a case (a step reported twice in one batch) that the merge below handles.
+            with transaction.atomic():
+                _copy_points(table, rows)
+            rollups.update_rollups(rows)
+            return len(rows)
         except psycopg.errors.UniqueViolation:
             pass
-    if not copied:
-        with connection.cursor() as cursor:
-            # ON COMMIT DELETE ROWS: the staging table is empty at every transaction's start.
-            cursor.execute(  # nosemgrep: raw-sql-string-formatting - own constants
-                f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (series_id bigint, step bigint, "
-                "value float8, ts timestamptz) ON COMMIT DELETE ROWS"
-            )
-            cursor.execute(f"TRUNCATE {_STAGE}")  # nosemgrep: raw-sql-string-formatting - own constants
-        _copy_points(_STAGE, latest.values())
-        with connection.cursor() as cursor:
-            cursor.execute(  # nosemgrep: raw-sql-string-formatting - own constants
-                f"INSERT INTO {table} (series_id, step, value, ts) "  # noqa: S608 - our own table names
-                f"SELECT series_id, step, value, ts FROM {_STAGE} "
-                "ON CONFLICT (series_id, step) DO UPDATE SET value = excluded.value, ts = excluded.ts"
-            )
+    latest: dict[tuple[int, int], PointRow] = {}
+    for row in rows:
+        latest[(row[0], row[1])] = row
+    with connection.cursor() as cursor:
+        # ON COMMIT DELETE ROWS: the staging table is empty at every transaction's start.
+        cursor.execute(  # nosemgrep: raw-sql-string-formatting - own constants
+            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (series_id bigint, step bigint, "
+            "value float8, ts timestamptz) ON COMMIT DELETE ROWS"
+        )
+        cursor.execute(f"TRUNCATE {_STAGE}")  # nosemgrep: raw-sql-string-formatting - own constants
+    _copy_points(_STAGE, list(latest.values()))
+    with connection.cursor() as cursor:
+        cursor.execute(  # nosemgrep: raw-sql-string-formatting - own constants
+            f"INSERT INTO {table} (series_id, step, value, ts) "  # noqa: S608 - our own table names
+            f"SELECT series_id, step, value, ts FROM {_STAGE} "
+            "ON CONFLICT (series_id, step) DO UPDATE SET value = excluded.value, ts = excluded.ts"
+        )
     rollups.update_rollups(latest)
     return len(latest)
 
 
+_NULL = "\\N"
+
+
 def _copy_points(table: str, rows: Iterable[PointRow]) -> None:
+    """COPY in text format, the rows formatted here and sent as one buffer: about 3x cheaper in
+    the supervisor than psycopg's `write_row` per row (its per-call overhead dominates at a
+    million points). The values are ints, finite floats (repr round-trips exactly), None and
+    timestamps, so nothing needs escaping; a batch's points share a few timestamps, each
+    formatted once."""
+    stamps: dict[datetime, str] = {}
+    parts: list[str] = []
+    append = parts.append
+    for series, step, value, ts in rows:
+        stamp = stamps.get(ts)
+        if stamp is None:
+            stamp = stamps[ts] = ts.isoformat()
+        append(f"{series}\t{step}\t{_NULL if value is None else repr(value)}\t{stamp}\n")
     with connection.cursor() as cursor:
         raw = cursor.cursor
         with raw.copy(f"COPY {table} (series_id, step, value, ts) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+            copy.write("".join(parts))
 
 
 def series_ids(run_id: int, keys: Iterable[str], known: dict[str, int]) -> dict[str, int]:

@@ -22,7 +22,7 @@ from typing import Any
 
 from workers.launch import Launch
 from workers.protocol import MAX_EVENT_LINE_BYTES
-from workers.streams import Chunk, read_lines
+from workers.streams import Chunk, LineParser, read_lines
 
 READER_COUNT = 3  # stdout, stderr, events: each ends with one end-of-file chunk
 END_WAIT_SECONDS = 10
@@ -43,8 +43,15 @@ class ProgramProcess:
         """Whether SIGTERM was sent (cancel, shutdown or the maximum duration)."""
         return self.sigterm_sent_at is not None
 
-    def start(self, launch: Launch, chunks: queue.Queue[Chunk], line_limit: int) -> None:
-        """Start the program under the guardian; raises OSError when it cannot start."""
+    def start(
+        self,
+        launch: Launch,
+        chunks: queue.Queue[Chunk],
+        line_limit: int,
+        parse_event: LineParser | None = None,
+    ) -> None:
+        """Start the program under the guardian; raises OSError when it cannot start.
+        `parse_event` runs in the events reader thread on each whole event line."""
         read_fd, write_fd = os.pipe()
         lifeline_read, self._lifeline = os.pipe()
         command = launch.program.command
@@ -70,14 +77,14 @@ class ProgramProcess:
             os.close(lifeline_read)
         assert self.popen.stdout is not None and self.popen.stderr is not None
         readers = [
-            (self.popen.stdout, "stdout", line_limit),
-            (self.popen.stderr, "stderr", line_limit),
-            (os.fdopen(read_fd, "rb"), "events", MAX_EVENT_LINE_BYTES),
+            (self.popen.stdout, "stdout", line_limit, None),
+            (self.popen.stderr, "stderr", line_limit, None),
+            (os.fdopen(read_fd, "rb"), "events", MAX_EVENT_LINE_BYTES, parse_event),
         ]
-        for stream, source, size in readers:
+        for stream, source, size, parse in readers:
             threading.Thread(
                 target=read_lines,
-                args=(stream, source, chunks, size),
+                args=(stream, source, chunks, size, parse),
                 name=f"run-{launch.run_id}-{source}",
                 daemon=True,
             ).start()

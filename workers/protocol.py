@@ -55,30 +55,44 @@ def apply_event(event: Any, batch: Batch, pending_files: list[dict[str, Any]]) -
 MAX_POINTS_PER_EVENT = 100_000
 
 
+PointEntry = tuple[str, int, float | None, datetime]  # key, step, value, ts: a Batch's point
+
+
 def _apply_points(points: Any, batch: Batch) -> str | None:
+    rows = prepare_points(points, timezone.now())
+    if isinstance(rows, str):
+        return rows
+    batch.points.extend(rows)
+    return None
+
+
+def prepare_points(points: Any, now: datetime) -> list[PointEntry] | str:
     """`{"type": "metric", "points": [{"step": 1, "values": {...}}, ...]}`: many steps in one line
-    (what the SDK's `metrics` writes); all or nothing, so a bad point never half-applies a line."""
+    (what the SDK's `metrics` writes), as the batch's point rows; all or nothing, so a bad point
+    never half-applies a line: a message when one is malformed. Pure: the events reader thread
+    runs it (workers/ingest.py), off the loop's thread."""
     if not isinstance(points, list) or not points or len(points) > MAX_POINTS_PER_EVENT:
         return f"metric points must be a non-empty list of at most {MAX_POINTS_PER_EVENT} points"
-    mark = len(batch.points)
-    now = timezone.now()
-    append = batch.points.append
-    # Inlined _apply_point: this loop runs once per point of a flood (a million a minute).
+    rows: list[PointEntry] = []
+    append = rows.append
+    good_keys: set[str] = set()  # keys already checked in this line: most lines repeat a few
+    # Inlined _apply_point and _is_step: this loop runs once per point of a flood (a million a
+    # minute). JSON gives exact types, so `type(step) is int` is isinstance without bool.
     for point in points:
         if not isinstance(point, dict):
-            del batch.points[mark:]
             return "metric points must be objects"
         step, values = point.get("step"), point.get("values")
-        if not _is_step(step) or not isinstance(values, dict) or not values:
-            del batch.points[mark:]
+        if type(step) is not int or step < 0 or not isinstance(values, dict) or not values:
             return "metric needs an integer step >= 0 and a non-empty values object"
-        assert isinstance(step, int)
         for key, value in values.items():
             if type(value) is not float or not isfinite(value):
                 value = finite_or_none(value)
-            if isinstance(key, str) and 0 < len(key) <= 200:
+            if key in good_keys:
                 append((key, step, value, now))
-    return None
+            elif isinstance(key, str) and 0 < len(key) <= 200:
+                good_keys.add(key)
+                append((key, step, value, now))
+    return rows
 
 
 def _apply_point(step: Any, values: Any, batch: Batch, now: datetime) -> str | None:
