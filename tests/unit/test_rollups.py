@@ -77,3 +77,17 @@ def test_a_downsampled_read_keeps_a_spike_and_stays_within_bounds(owner: User) -
     chart = selectors.chart_series(run, ["loss"], 1_000)[0]
     assert 500 <= len(chart.steps) <= 1_000
     assert max(value for value in chart.high or [] if value is not None) == 1_000.0
+
+
+def test_points_copied_as_text_read_back_exactly_and_a_step_twice_in_one_batch_keeps_the_last(
+    owner: User,
+) -> None:
+    run = Run.objects.create(name="r", owner=owner, program="scripted", params={})
+    series = MetricSeries.objects.create(run=run, key="loss")
+    odd = [(0, 0.1), (1, -0.0), (2, 1e-310), (3, 1.7976931348623157e308), (4, None), (5, 2.5e-7)]
+    write(series.pk, odd, may_repeat=False)
+    # The same step twice in a first attempt's batch: the direct COPY refuses it, the merge keeps the last.
+    write(series.pk, [(6, 1.0), (7, 3.0), (6, 2.0)], may_repeat=False)
+    got = dict(MetricPoint.objects.filter(series=series).values_list("step", "value"))
+    assert got == {**dict(odd), 6: 2.0, 7: 3.0}
+    assert stored(series.pk, rollups.BASE_LEVEL) == brute(series.pk, rollups.BASE_LEVEL)
