@@ -7,9 +7,9 @@ same clock), so the figure holds the pipe, the supervisor's batching, the transa
 web process and the socket.
 
 1. idle: one run printing 20 lines a second for 10 s, one viewer. Target: p50 < 50 ms.
-2. busy: 4 runs printing 100 lines a second each (as the load test's program) (a metric point every 10 lines) for 20 s,
-   50 viewers spread over them, each from `?after=0` to the run's end. Targets: p99 < 250 ms;
-   zero gaps, duplicates or missing lines in every viewing.
+2. busy: 4 runs printing 100 lines a second each (the load test's program: a metric point every
+   10 lines) for 20 s, 50 viewers spread over them, each from `?after=0` to the run's end.
+   Targets: p99 < 250 ms; zero gaps, duplicates or missing lines in every viewing.
 
 It prints the busy phase's p99 against the idle phase's (a ratio in the same run, as every bench
 does) beside the absolute targets, which are what it judges.
@@ -94,12 +94,16 @@ async def view(ws_base: str, token: str, run_id: int) -> Viewing:
 
 async def launch(client: httpx.AsyncClient, lines: int, seconds: float) -> int:
     params = {"lines": lines, "seconds": seconds}
-    response = await client.post("/api/v1/runs/", json={"name": "latency", "program": "loadgen", "params": params})
+    response = await client.post(
+        "/api/v1/runs/", json={"name": "latency", "program": "loadgen", "params": params}
+    )
     response.raise_for_status()
     return int(response.json()["id"])
 
 
-async def phase(stack: load_stack.Stack, token: str, runs: int, viewers: int, lines: int, seconds: float) -> list[Viewing]:
+async def phase(
+    stack: load_stack.Stack, token: str, runs: int, viewers: int, lines: int, seconds: float
+) -> list[Viewing]:
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=stack.base_url, headers=headers, timeout=30) as client:
         run_ids = [await launch(client, lines, seconds) for _ in range(runs)]
@@ -154,7 +158,9 @@ def main() -> int:
         idle = summary("idle", asyncio.run(phase(stack, token, 1, 1, 200, 10.0)), 200)
         busy_lines = int(args.busy_rate * args.busy_seconds)
         busy = summary(
-            "busy", asyncio.run(phase(stack, token, 4, args.viewers, busy_lines, args.busy_seconds)), busy_lines
+            "busy",
+            asyncio.run(phase(stack, token, 4, args.viewers, busy_lines, args.busy_seconds)),
+            busy_lines,
         )
         print(f"load average: {os.getloadavg()}")
         clean = all(busy[k] == 0 and idle[k] == 0 for k in ("gaps", "duplicates", "missing", "unfinished"))

@@ -11,8 +11,8 @@ in its `write`. That is the backpressure that keeps the supervisor's memory flat
 from __future__ import annotations
 
 import queue
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO, Any, Literal
 
 Source = Literal["stdout", "stderr", "events"]
@@ -104,7 +104,7 @@ def _whole_line(source: Source, line: bytes, parse: LineParser | None) -> Chunk:
         return Chunk(source, line)
     try:
         parsed, weight = parse(line)
-    except Exception:  # noqa: BLE001 - unparsed, the loop parses it again and reports the problem
+    except Exception:  # unparsed: the loop parses it again and reports the problem
         return Chunk(source, line)
     return Chunk(source, line, parsed=parsed, weight=weight)
 

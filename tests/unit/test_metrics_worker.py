@@ -111,8 +111,12 @@ def test_a_written_batch_records_its_sizes_and_the_lag_of_its_oldest_line() -> N
     # The sizes themselves: 2 lines and 5 points, in the 5-row bucket and not in the 1-row one.
     assert sample("controlplane_ingest_batch_size_sum", kind="log") - before["log_sum"] == 2
     assert sample("controlplane_ingest_batch_size_sum", kind="metric") - before["metric_sum"] == 5
-    assert sample("controlplane_ingest_batch_size_bucket", kind="metric", le="5.0") - before["metric_le_5"] == 1
-    assert sample("controlplane_ingest_batch_size_bucket", kind="metric", le="1.0") - before["metric_le_1"] == 0
+    assert (
+        sample("controlplane_ingest_batch_size_bucket", kind="metric", le="5.0") - before["metric_le_5"] == 1
+    )
+    assert (
+        sample("controlplane_ingest_batch_size_bucket", kind="metric", le="1.0") - before["metric_le_1"] == 0
+    )
 
 
 @pytest.mark.django_db

@@ -38,7 +38,7 @@ def points_line(steps: range, keys: tuple[str, ...] = ("loss",)) -> bytes:
 
 def read_events(data: bytes, parse: Any) -> list[Chunk]:
     sink: queue.Queue[Chunk] = queue.Queue()
-    read_lines(io.BytesIO(data), "events", sink, 1 << 20, parse)  # type: ignore[arg-type]
+    read_lines(io.BytesIO(data), "events", sink, 1 << 20, parse)
     return [sink.get_nowait() for _ in range(sink.qsize())]
 
 
@@ -73,7 +73,8 @@ def test_the_chunk_queue_counts_a_parsed_lines_rows_against_its_byte_bound() -> 
 def test_other_events_are_parsed_in_the_reader_and_applied_by_the_loop() -> None:
     parser, writer = ingest()
     progress, phase = read_events(
-        b'{"type": "progress", "step": 4, "total": 10}\n{"type": "status", "phase": "eval"}\n', parser.parse_event
+        b'{"type": "progress", "step": 4, "total": 10}\n{"type": "status", "phase": "eval"}\n',
+        parser.parse_event,
     )[:2]
     assert progress.parsed == ParsedEvent(event={"type": "progress", "step": 4, "total": 10})
     assert progress.weight == 0
