@@ -14,6 +14,7 @@ standalone mode, takes plain `executemany`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import connection, transaction
@@ -23,6 +24,74 @@ from runs.models import LogLine, MetricPoint, MetricSeries
 
 LogRow = tuple[int, datetime, str, str]  # seq, ts, stream, line
 PointRow = tuple[int, int, float | None, datetime]  # series_id, step, value, ts
+KeyedPoint = tuple[str, int, float | None, datetime]  # key, step, value, ts: a Batch's point
+# Stands for the series id in pre-formatted COPY rows: no formatted step, value or time holds it.
+SERIES_MARK = "\x01"
+
+
+@dataclass(frozen=True)
+class PointText:
+    """One key's points of a line, formatted for `COPY (step, value, ts, series_id)` before the
+    series id is known (the events reader thread does it: workers/ingest.py), with the base-level
+    rollup buckets they touch."""
+
+    key: str
+    text: str  # rows "step\tvalue\tts\t<SERIES_MARK>\n"
+    buckets: frozenset[int]
+
+
+def point_texts(points: Sequence[KeyedPoint]) -> list[PointText]:
+    by_key: dict[str, tuple[list[str], set[int]]] = {}
+    stamps: dict[datetime, str] = {}
+    shift = rollups.BASE_LEVEL
+    for key, step, value, ts in points:
+        entry = by_key.get(key)
+        if entry is None:
+            entry = by_key[key] = ([], set())
+        stamp = stamps.get(ts)
+        if stamp is None:
+            stamp = stamps[ts] = ts.isoformat()
+        entry[0].append(f"{step}\t{_NULL if value is None else repr(value)}\t{stamp}\t{SERIES_MARK}\n")
+        entry[1].add(step >> shift)
+    return [PointText(key, "".join(rows), frozenset(buckets)) for key, (rows, buckets) in by_key.items()]
+
+
+def write_batch_points(
+    run_id: int,
+    points: Sequence[KeyedPoint],
+    texts: Sequence[PointText] | None,
+    series_cache: dict[str, int],
+    *,
+    may_repeat: bool,
+) -> None:
+    """A batch's points: its pre-formatted texts COPYed as they are when they cover every point
+    and every step is new (the common case), else the rows formatted here and merged if needed."""
+    keys = {text.key for text in texts} if texts is not None else {point[0] for point in points}
+    ids = series_ids(run_id, keys, series_cache)
+    if texts is not None and not may_repeat and connection.vendor == "postgresql" and _copy_texts(texts, ids):
+        return
+    write_metric_points(
+        [(ids[key], step, value, ts) for key, step, value, ts in points], may_repeat=may_repeat
+    )
+
+
+def _copy_texts(texts: Sequence[PointText], ids: dict[str, int]) -> bool:
+    """COPY pre-formatted points in a savepoint; False (nothing written) when a step repeats."""
+    import psycopg
+
+    table = MetricPoint._meta.db_table
+    try:
+        with (
+            transaction.atomic(),
+            connection.cursor() as cursor,
+            cursor.cursor.copy(f"COPY {table} (step, value, ts, series_id) FROM STDIN") as copy,
+        ):
+            for text in texts:
+                copy.write(text.text.replace(SERIES_MARK, str(ids[text.key])))
+    except psycopg.errors.UniqueViolation:
+        return False
+    rollups.update_rollup_buckets({(ids[text.key], bucket) for text in texts for bucket in text.buckets})
+    return True
 
 
 def insert_log_lines(run_id: int, rows: Sequence[LogRow]) -> None:

@@ -97,8 +97,12 @@ def update_rollups(touched: Iterable[Sequence[Any]]) -> None:
     (series, step) pairs or point rows that start with them."""
     if connection.vendor != "postgresql":
         return
-    level_set = {(row[0], row[1] >> BASE_LEVEL) for row in touched}
-    if not level_set:
+    update_rollup_buckets({(row[0], row[1] >> BASE_LEVEL) for row in touched})
+
+
+def update_rollup_buckets(level_set: set[tuple[int, int]]) -> None:
+    """Recompute the (series, base-level bucket) pairs given, and every level above them."""
+    if not level_set or connection.vendor != "postgresql":
         return
     levels: list[dict[str, Any]] = []
     series_ids, buckets = _arrays(level_set)

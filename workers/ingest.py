@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.utils import timezone
@@ -16,6 +16,7 @@ from django.utils import timezone
 from ops import worker_metrics
 from redaction import Redactor
 from runs.attempts import system_line
+from runs.ingest import PointText, point_texts
 from runs.models import LogStream
 from workers.protocol import MAX_EVENT_LINE_BYTES, PointEntry, apply_event, prepare_points
 from workers.streams import Chunk, decode_line
@@ -23,9 +24,10 @@ from workers.writer import AttemptWriter
 
 # Enough of stderr to classify how the program ended (workers.failures.classify_exit).
 STDERR_TAIL_LINES = 50
-# What one parsed point row holds in memory (the tuple, its float; key and timestamp are shared):
+# What one parsed point holds in memory (the tuple, its float, its COPY text; key and timestamp
+# are shared):
 # counted against the chunk queue's byte bound, so parsed lines waiting there stay bounded too.
-POINT_ROW_BYTES = 120
+POINT_ROW_BYTES = 170
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class ParsedEvent:
     event: Any = None  # the event, secrets masked (None for a multi-point metric line)
     problem: str | None = None  # why the line is skipped
     points: list[PointEntry] | None = None  # a multi-point metric line's points, checked
+    texts: list[PointText] = field(default_factory=list)  # those points formatted for COPY
     newest: Any = None  # that line's newest point
 
 
@@ -79,8 +82,10 @@ class Ingest:
         rows = prepare_points(points, timezone.now())
         if isinstance(rows, str):
             return ParsedEvent(problem=rows), 0
-        # Only the newest point is kept beside the rows (it times the training loop).
-        return ParsedEvent(points=rows, newest=points[-1]), len(rows) * POINT_ROW_BYTES
+        # Only the newest point is kept beside the rows (it times the training loop); the rows
+        # are also formatted for COPY here, so the loop's thread does not format them.
+        parsed = ParsedEvent(points=rows, texts=point_texts(rows), newest=points[-1])
+        return parsed, len(rows) * POINT_ROW_BYTES
 
     def _take_event(self, data: bytes, truncated: int, parsed: Any) -> None:
         if truncated:
@@ -89,7 +94,11 @@ class Ingest:
             parsed = self.parse_event(data)[0]
         problem = parsed.problem
         if problem is None and parsed.points is not None:
-            self.writer.batch.points.extend(parsed.points)
+            batch = self.writer.batch
+            if batch.text_points == len(batch.points):  # the texts still cover the batch
+                batch.texts.extend(parsed.texts)
+                batch.text_points += len(parsed.points)
+            batch.points.extend(parsed.points)
             worker_metrics.observe_event(self.run_id, {"type": "metric", **parsed.newest})
         elif problem is None:
             problem = apply_event(parsed.event, self.writer.batch, self.writer.pending_files)

@@ -113,3 +113,19 @@ def test_a_truncated_event_line_is_skipped_whatever_the_reader_made_of_it() -> N
     parser, writer = ingest()
     parser.take(Chunk("events", b'{"type": "sta', truncated=5))
     assert writer.batch.lines[0][2].startswith("skipped a malformed event (event line longer than")
+
+
+def test_the_batch_keeps_copy_texts_only_while_they_cover_every_point() -> None:
+    parser, writer = ingest()
+    for chunk in read_events(
+        points_line(range(3)) + points_line(range(3, 5), ("a", "b")), parser.parse_event
+    )[:2]:
+        parser.take(chunk)
+    batch = writer.batch
+    assert batch.text_points == len(batch.points) == 7
+    assert [text.key for text in batch.texts] == ["loss", "a", "b"]
+    assert batch.texts[0].text.splitlines()[1].split("\t")[:2] == ["1", "0.5"]
+    # A one-point event has no text: from here the points are formatted at write time.
+    parser.take(Chunk("events", b'{"type": "metric", "step": 9, "values": {"loss": 1}}\n'))
+    parser.take(read_events(points_line(range(10, 12)), parser.parse_event)[0])
+    assert len(batch.points) == 10 and batch.text_points == 7
