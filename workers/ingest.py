@@ -18,7 +18,7 @@ from redaction import Redactor
 from runs.attempts import system_line
 from runs.ingest import PointText, point_texts
 from runs.models import LogStream
-from workers.protocol import MAX_EVENT_LINE_BYTES, PointEntry, apply_event, prepare_points
+from workers.protocol import MAX_EVENT_LINE_BYTES, PointEntry, apply_event, prepare_columns, prepare_points
 from workers.streams import Chunk, decode_line
 from workers.writer import AttemptWriter
 
@@ -76,15 +76,26 @@ class Ingest:
             event = self.redactor.value(json.loads(data))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             return ParsedEvent(problem=f"not JSON ({error.__class__.__name__})"), 0
-        points = event.get("points") if isinstance(event, dict) and event.get("type") == "metric" else None
-        if points is None:
+        if not isinstance(event, dict) or event.get("type") != "metric":
             return ParsedEvent(event=event), 0
-        rows = prepare_points(points, timezone.now())
+        points: Any = event.get("points")
+        steps: Any = event.get("steps")
+        values: Any = event.get("values")
+        if points is not None:
+            rows = prepare_points(points, timezone.now())
+        elif steps is not None:
+            rows = prepare_columns(steps, values, timezone.now())
+        else:
+            return ParsedEvent(event=event), 0
         if isinstance(rows, str):
             return ParsedEvent(problem=rows), 0
+        if points is not None:
+            newest = points[-1]
+        else:  # checked: a dict of lists, as many values a key as steps
+            newest = {"step": steps[-1], "values": {key: column[-1] for key, column in values.items()}}
         # Only the newest point is kept beside the rows (it times the training loop); the rows
         # are also formatted for COPY here, so the loop's thread does not format them.
-        parsed = ParsedEvent(points=rows, texts=point_texts(rows), newest=points[-1])
+        parsed = ParsedEvent(points=rows, texts=point_texts(rows), newest=newest)
         return parsed, len(rows) * POINT_ROW_BYTES
 
     def _take_event(self, data: bytes, truncated: int, parsed: Any) -> None:

@@ -6,6 +6,7 @@ Pure functions, so the rules of what an event may say are tested without a proce
 from __future__ import annotations
 
 from datetime import datetime
+from itertools import repeat
 from math import isfinite
 from typing import Any
 
@@ -26,6 +27,12 @@ def apply_event(event: Any, batch: Batch, pending_files: list[dict[str, Any]]) -
         points = event.get("points")
         if points is not None:
             return _apply_points(points, batch)
+        if event.get("steps") is not None:
+            rows = prepare_columns(event.get("steps"), event.get("values"), timezone.now())
+            if isinstance(rows, str):
+                return rows
+            batch.points.extend(rows)
+            return None
         return _apply_point(step, event.get("values"), batch, timezone.now())
     if kind == "progress":
         total = event.get("total")
@@ -92,6 +99,30 @@ def prepare_points(points: Any, now: datetime) -> list[PointEntry] | str:
             elif isinstance(key, str) and 0 < len(key) <= 200:
                 good_keys.add(key)
                 append((key, step, value, now))
+    return rows
+
+
+def prepare_columns(steps: Any, values: Any, now: datetime) -> list[PointEntry] | str:
+    """`{"type": "metric", "steps": [1, 2], "values": {"loss": [0.5, 0.4]}}`: the columnar form
+    (what the SDK's `metrics` writes for steps that report the same keys): one list of steps and,
+    per key, a list of as many values. Far cheaper to write and to parse than an object a step.
+    All or nothing, as the `points` form; pure, run by the events reader thread too."""
+    problem = "metric steps must be a non-empty list of integers >= 0 with a list of as many values a key"
+    if not isinstance(steps, list) or not steps or not isinstance(values, dict) or not values:
+        return problem
+    if len(steps) * len(values) > MAX_POINTS_PER_EVENT:
+        return f"a metric line holds at most {MAX_POINTS_PER_EVENT} points"
+    for step in steps:
+        if type(step) is not int or step < 0:
+            return problem
+    rows: list[PointEntry] = []
+    for key, column in values.items():
+        if not isinstance(column, list) or len(column) != len(steps):
+            return problem
+        if not (isinstance(key, str) and 0 < len(key) <= 200):
+            continue  # as in the other forms: a bad key is dropped, its line kept
+        clean = [v if type(v) is float and isfinite(v) else finite_or_none(v) for v in column]
+        rows.extend(zip(repeat(key), steps, clean, repeat(now), strict=False))
     return rows
 
 

@@ -129,3 +129,20 @@ def test_the_batch_keeps_copy_texts_only_while_they_cover_every_point() -> None:
     parser.take(Chunk("events", b'{"type": "metric", "step": 9, "values": {"loss": 1}}\n'))
     parser.take(read_events(points_line(range(10, 12)), parser.parse_event)[0])
     assert len(batch.points) == 10 and batch.text_points == 7
+
+
+def test_a_columnar_line_is_parsed_in_the_reader_with_its_newest_step() -> None:
+    parser, writer = ingest()
+    line = b'{"type": "metric", "steps": [1, 2], "values": {"loss": [0.5, 0.25], "lr": [1, 1]}}\n'
+    chunk = read_events(line, parser.parse_event)[0]
+    assert chunk.parsed.newest == {"step": 2, "values": {"loss": 0.25, "lr": 1}}
+    parser.take(chunk)
+    assert sorted((key, step, value) for key, step, value, _ in writer.batch.points) == [
+        ("loss", 1, 0.5),
+        ("loss", 2, 0.25),
+        ("lr", 1, 1.0),
+        ("lr", 2, 1.0),
+    ]
+    assert writer.batch.text_points == 4
+    bad = read_events(b'{"type": "metric", "steps": [1], "values": {"loss": []}}\n', parser.parse_event)[0]
+    assert bad.parsed.problem is not None and bad.weight == 0
