@@ -102,3 +102,10 @@ def test_a_columnar_event_adds_every_value_and_refuses_ragged_columns_whole() ->
     }
     assert apply_event(huge, batch, []) == "a metric line holds at most 100000 points"
     assert len(batch.points) == 4
+
+
+def test_a_columnar_event_drops_a_key_that_is_not_a_name_and_keeps_the_rest() -> None:
+    batch = Batch()
+    event = {"type": "metric", "steps": [1], "values": {"": [1.0], "x" * 201: [1.0], "a": [2.0]}}
+    assert apply_event(event, batch, []) is None
+    assert [(key, step, value) for key, step, value, _ in batch.points] == [("a", 1, 2.0)]
