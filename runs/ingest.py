@@ -6,7 +6,9 @@ first attempt), or through a temporary staging table merged with one `INSERT …
 CONFLICT DO UPDATE` when a step may repeat. Which one: an attempt after a resume (attempt > 1)
 merges; a first attempt copies directly inside a savepoint, and a batch that repeats a step already
 stored (an evaluation logged twice at one step) rolls back to the savepoint and merges instead, so
-a duplicate never fails the batch; within one batch the last value of a step wins. The rollups of
+a duplicate never fails the batch; within one batch the last value of a step wins. A supervisor's
+batch usually arrives already formatted for COPY (`PointText`, made by its events reader thread),
+so the write only fills in the series ids. The rollups of
 the touched buckets are recomputed in the same transaction (runs/rollups.py). SQLite, used only in
 standalone mode, takes plain `executemany`.
 """
