@@ -109,3 +109,13 @@ def test_a_columnar_event_drops_a_key_that_is_not_a_name_and_keeps_the_rest() ->
     event = {"type": "metric", "steps": [1], "values": {"": [1.0], "x" * 201: [1.0], "a": [2.0]}}
     assert apply_event(event, batch, []) is None
     assert [(key, step, value) for key, step, value, _ in batch.points] == [("a", 1, 2.0)]
+
+
+def test_a_points_event_drops_a_key_that_is_not_a_name_and_keeps_the_rest() -> None:
+    batch = Batch()
+    event = {
+        "type": "metric",
+        "points": [{"step": 1, "values": {"": 1.0, "a": 2.0}}, {"step": 2, "values": {"a": 3.0}}],
+    }
+    assert apply_event(event, batch, []) is None
+    assert [(key, step, value) for key, step, value, _ in batch.points] == [("a", 1, 2.0), ("a", 2, 3.0)]
