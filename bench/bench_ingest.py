@@ -55,8 +55,32 @@ def rss() -> int:
         return int(statm.read().split()[1]) * 4096
 
 
-def supervised(owner: Any, steps: int, keys: int) -> tuple[float, float]:
-    """Seconds from claim to outcome, and the peak RSS growth in MiB."""
+def lag_buckets() -> dict[float, float]:
+    """The supervisor's stream-lag histogram (`controlplane_stream_lag_seconds`: per batch, its
+    oldest line read → committed), cumulative counts by upper bound, from this process."""
+    from prometheus_client import REGISTRY
+
+    counts: dict[float, float] = {}
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            if sample.name == "controlplane_stream_lag_seconds_bucket":
+                counts[float(sample.labels["le"])] = sample.value
+    return counts
+
+
+def lag_p95(before: dict[float, float], after: dict[float, float]) -> str:
+    """The bucket bound under which 95 % of the run's batches committed (the histogram's own
+    resolution: 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2 s, ...)."""
+    delta = {bound: after.get(bound, 0.0) - before.get(bound, 0.0) for bound in sorted(after)}
+    total = delta.get(float("inf"), 0.0)
+    for bound, count in delta.items():
+        if total and count >= 0.95 * total:
+            return f"<= {bound:g} s over {total:.0f} batches"
+    return "no batch"
+
+
+def supervised(owner: Any, steps: int, keys: int) -> tuple[float, float, str]:
+    """Seconds from claim to outcome, the peak RSS growth in MiB, and the stream lag's p95."""
     from runs.models import MetricPoint, Run
     from runs.programs import get_program, resolve_params
     from workers.supervisor import Supervisor
@@ -76,6 +100,7 @@ def supervised(owner: Any, steps: int, keys: int) -> tuple[float, float]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    lags = lag_buckets()
     started = time.perf_counter()
     outcome = Supervisor(run.pk).run()
     elapsed = time.perf_counter() - started
@@ -83,7 +108,7 @@ def supervised(owner: Any, steps: int, keys: int) -> tuple[float, float]:
     sampler.join()
     stored = MetricPoint.objects.filter(series__run=run).count()
     assert outcome == "succeeded" and stored == steps * keys, (outcome, stored)
-    return elapsed, (peak[0] - base) / 2**20
+    return elapsed, (peak[0] - base) / 2**20, lag_p95(lags, lag_buckets())
 
 
 def raw_copy(db_name: str, owner_id: int, steps: int, keys: int) -> float:
@@ -128,7 +153,7 @@ def main() -> int:
             steps = args.points // keys
             for _ in range(args.repeats):
                 copy_s = raw_copy(db_name, owner.pk, steps, keys)
-                ours_s, growth = supervised(owner, steps, keys)
+                ours_s, growth, lag = supervised(owner, steps, keys)
                 ratio = copy_s / ours_s
                 ok = ratio >= TARGET and growth < RSS_BOUND_MIB
                 verdict &= ok
@@ -136,7 +161,8 @@ def main() -> int:
                     f"{steps * keys:,} points, {keys} key(s): end to end "
                     f"{steps * keys / ours_s:,.0f} points/s "
                     f"({ours_s:.1f} s), raw COPY {steps * keys / copy_s:,.0f} rows/s ({copy_s:.1f} s), "
-                    f"ratio {ratio:.3f}; supervisor RSS growth {growth:.1f} MiB -- {'PASS' if ok else 'FAIL'}"
+                    f"ratio {ratio:.3f}; supervisor RSS growth {growth:.1f} MiB; stream lag p95 {lag} "
+                    f"-- {'PASS' if ok else 'FAIL'}"
                 )
         print("PASS" if verdict else "FAIL")
         return 0 if verdict else 1

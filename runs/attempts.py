@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from redaction import redact, redact_value
 from runs import events, lifecycle
-from runs.ingest import PointRow, insert_log_lines, series_ids, write_metric_points
+from runs.ingest import PointText, insert_log_lines, write_batch_points
 from runs.lifecycle import LIVE_STATUSES, Trigger
 from runs.models import Artifact, Checkpoint, ErrorKind, LogStream, Run, RunAttempt, RunStatus
 from runs.reliability import after_failure
@@ -54,6 +54,10 @@ class Batch:
     phase: str | None = None
     device: str | None = None
     nbytes: int = 0  # bytes of program output taken into it (the supervisor's batch bound)
+    # The points pre-formatted for COPY by the events reader thread; used only while they cover
+    # every point (text_points == len(points)), else the points are formatted at write time.
+    texts: list[PointText] = field(default_factory=list)
+    text_points: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.lines or self.points or self.progress or self.phase or self.device)
@@ -179,18 +183,16 @@ def write_batch(run_id: int, attempt: int, batch: Batch, series_cache: dict[str,
         first_seq = last_seq - len(batch.lines) + 1
         log_rows = [(first_seq + i, ts, stream, line) for i, (ts, stream, line) in enumerate(batch.lines)]
         insert_log_lines(run_id, log_rows)
-        point_rows: list[PointRow] = []
         if batch.points:
-            ids = series_ids(run_id, (key for key, _, _, _ in batch.points), series_cache)
-            point_rows = [(ids[key], step, value, ts) for key, step, value, ts in batch.points]
+            texts = batch.texts if batch.text_points == len(batch.points) else None
             # A resumed attempt re-reports the steps after its checkpoint: merge, not append.
-            write_metric_points(point_rows, may_repeat=attempt > 1)
+            write_batch_points(run_id, batch.points, texts, series_cache, may_repeat=attempt > 1)
 
         def publish() -> None:
             if log_rows:
                 events.publish(run_id, events.log_frame(log_rows))
             if batch.points:
-                events.publish(run_id, events.metric_frame([(k, s, v) for k, s, v, _ in batch.points]))
+                events.publish(run_id, events.metric_frame(batch.points))
             if batch.progress is not None or batch.phase is not None:
                 events.publish(
                     run_id,

@@ -38,9 +38,10 @@ class LogFrame(TypedDict):
     lines: list[LogLineFrame]
 
 
-class MetricFrame(TypedDict):
+class MetricFrame(TypedDict, total=False):
     type: Literal["metric"]
     points: list[MetricPointFrame]
+    sampled_from: int  # present when the frame holds a sample of this many points
 
 
 class StatusFrame(TypedDict, total=False):
@@ -72,14 +73,44 @@ def log_frame(rows: Sequence[tuple[int, datetime, str, str]]) -> LogFrame:
     }
 
 
-def metric_frame(points: Sequence[tuple[str, int, float | None]]) -> MetricFrame:
+# A batch's metric frame carries at most this many points (key, step pairs). A flood's batch holds
+# up to 20,000: one frame of every point cost the supervisor more than the COPY of them, and no
+# live chart draws them (it re-reads its series from the rollups once live points outgrow it).
+MAX_FRAME_POINTS = 2_000
+
+
+# (key, step, value), or a batch's point row (key, step, value, ts): only the first three are read.
+FramePoint = tuple[str, int, float | None] | tuple[str, int, float | None, datetime]
+
+
+def metric_frame(points: Sequence[FramePoint]) -> MetricFrame:
+    """The batch's points by step; a batch larger than MAX_FRAME_POINTS is sampled at an even
+    stride (every key's newest point kept) and says so with `sampled_from`, so a client knows to
+    read the series itself for every point."""
+    sampled_from = 0
+    if len(points) > MAX_FRAME_POINTS:
+        sampled_from = len(points)
+        stride = -(-len(points) // MAX_FRAME_POINTS)
+        points = [*points[::stride], *_newest_per_key(points)]
     by_step: dict[int, dict[str, float | None]] = {}
-    for key, step, value in points:
-        by_step.setdefault(step, {})[key] = value
-    return {
+    for point in points:
+        by_step.setdefault(point[1], {})[point[0]] = point[2]
+    frame: MetricFrame = {
         "type": "metric",
         "points": [{"step": step, "values": values} for step, values in sorted(by_step.items())],
     }
+    if sampled_from:
+        frame["sampled_from"] = sampled_from
+    return frame
+
+
+def _newest_per_key(points: Sequence[FramePoint]) -> list[FramePoint]:
+    """Each key's last point, scanning back over at most MAX_FRAME_POINTS points (a key reported
+    only early in a flood's batch may be missed; the chart's re-read shows it)."""
+    newest: dict[str, FramePoint] = {}
+    for point in points[: -MAX_FRAME_POINTS - 1 : -1]:
+        newest.setdefault(point[0], point)
+    return list(newest.values())
 
 
 class _Publisher:

@@ -16,7 +16,7 @@ above. Postgres only: SQLite (standalone mode) has no rollups and groups the poi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.db import connection
@@ -92,12 +92,17 @@ def _upper_sql() -> str:
     )
 
 
-def update_rollups(touched: Iterable[tuple[int, int]]) -> None:
-    """Recompute every level's buckets over the (series, step) pairs just written (Postgres)."""
+def update_rollups(touched: Iterable[Sequence[Any]]) -> None:
+    """Recompute every level's buckets over the points just written (Postgres): `touched` holds
+    (series, step) pairs or point rows that start with them."""
     if connection.vendor != "postgresql":
         return
-    level_set = {(series, step >> BASE_LEVEL) for series, step in touched}
-    if not level_set:
+    update_rollup_buckets({(row[0], row[1] >> BASE_LEVEL) for row in touched})
+
+
+def update_rollup_buckets(level_set: set[tuple[int, int]]) -> None:
+    """Recompute the (series, base-level bucket) pairs given, and every level above them."""
+    if not level_set or connection.vendor != "postgresql":
         return
     levels: list[dict[str, Any]] = []
     series_ids, buckets = _arrays(level_set)

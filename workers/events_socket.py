@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO
 
 from workers.sdk import unix_socket_address
-from workers.streams import Chunk, read_lines
+from workers.streams import Chunk, LineParser, read_lines
 
 SOCKET_NAME = "events.sock"
 # Connections at once: one per rank is the use; the bound keeps a runaway program from using up
@@ -38,11 +38,18 @@ ACCEPT_POLL_SECONDS = 0.1
 
 class EventsSocket:
     def __init__(
-        self, directory: Path, sink: queue.Queue[Chunk], limit: int, program_alive: Callable[[], bool]
+        self,
+        directory: Path,
+        sink: queue.Queue[Chunk],
+        limit: int,
+        program_alive: Callable[[], bool],
+        *,
+        parse: LineParser | None = None,
     ) -> None:
         self.path = directory / SOCKET_NAME
         self._sink = sink
         self._limit = limit
+        self._parse = parse  # as on the pipe: each whole line understood in its reader thread
         self._program_alive = program_alive
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._readers: list[threading.Thread] = []
@@ -109,7 +116,7 @@ class EventsSocket:
         connection.close()  # the file object holds its own reference to the socket
         reader = threading.Thread(
             target=_read_connection,
-            args=(stream, self._sink, self._limit),
+            args=(stream, self._sink, self._limit, self._parse),
             name=f"{threading.current_thread().name}-{len(self._readers)}",
             daemon=True,
         )
@@ -118,9 +125,11 @@ class EventsSocket:
         return True
 
 
-def _read_connection(stream: IO[bytes], sink: queue.Queue[Chunk], limit: int) -> None:
+def _read_connection(
+    stream: IO[bytes], sink: queue.Queue[Chunk], limit: int, parse: LineParser | None
+) -> None:
     try:
-        read_lines(stream, "events", sink, limit, announce_end=False)
+        read_lines(stream, "events", sink, limit, parse, announce_end=False)
     finally:
         with contextlib.suppress(OSError):
             stream.close()

@@ -26,7 +26,7 @@ from workers.events_socket import EventsSocket
 from workers.launch import Launch
 from workers.proctree import signal_tree
 from workers.protocol import MAX_EVENT_LINE_BYTES
-from workers.streams import Chunk, read_lines
+from workers.streams import Chunk, LineParser, read_lines
 
 READER_COUNT = 4  # stdout, stderr, the events pipe and socket: each ends with one end-of-file chunk
 END_WAIT_SECONDS = 10
@@ -48,9 +48,18 @@ class ProgramProcess:
         """Whether SIGTERM was sent (cancel, shutdown or the maximum duration)."""
         return self.sigterm_sent_at is not None
 
-    def start(self, launch: Launch, chunks: queue.Queue[Chunk], line_limit: int) -> None:
-        """Start the program under the guardian; raises OSError when it cannot start."""
-        events_socket = EventsSocket(launch.directory, chunks, MAX_EVENT_LINE_BYTES, self._alive)
+    def start(
+        self,
+        launch: Launch,
+        chunks: queue.Queue[Chunk],
+        line_limit: int,
+        parse_event: LineParser | None = None,
+    ) -> None:
+        """Start the program under the guardian; raises OSError when it cannot start.
+        `parse_event` runs in the events reader threads (pipe and socket) on each whole line."""
+        events_socket = EventsSocket(
+            launch.directory, chunks, MAX_EVENT_LINE_BYTES, self._alive, parse=parse_event
+        )
         events_socket.bind()
         self._events_socket = events_socket
         read_fd, write_fd = os.pipe()
@@ -79,14 +88,14 @@ class ProgramProcess:
             os.close(lifeline_read)
         assert self.popen.stdout is not None and self.popen.stderr is not None
         readers = [
-            (self.popen.stdout, "stdout", line_limit),
-            (self.popen.stderr, "stderr", line_limit),
-            (os.fdopen(read_fd, "rb"), "events", MAX_EVENT_LINE_BYTES),
+            (self.popen.stdout, "stdout", line_limit, None),
+            (self.popen.stderr, "stderr", line_limit, None),
+            (os.fdopen(read_fd, "rb"), "events", MAX_EVENT_LINE_BYTES, parse_event),
         ]
-        for stream, source, size in readers:
+        for stream, source, size, parse in readers:
             threading.Thread(
                 target=read_lines,
-                args=(stream, source, chunks, size),
+                args=(stream, source, chunks, size, parse),
                 name=f"run-{launch.run_id}-{source}",
                 daemon=True,
             ).start()

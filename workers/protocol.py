@@ -6,6 +6,7 @@ Pure functions, so the rules of what an event may say are tested without a proce
 from __future__ import annotations
 
 from datetime import datetime
+from itertools import repeat
 from math import isfinite
 from typing import Any
 
@@ -26,6 +27,12 @@ def apply_event(event: Any, batch: Batch, pending_files: list[dict[str, Any]]) -
         points = event.get("points")
         if points is not None:
             return _apply_points(points, batch)
+        if event.get("steps") is not None:
+            rows = prepare_columns(event.get("steps"), event.get("values"), timezone.now())
+            if isinstance(rows, str):
+                return rows
+            batch.points.extend(rows)
+            return None
         return _apply_point(step, event.get("values"), batch, timezone.now())
     if kind == "progress":
         total = event.get("total")
@@ -55,30 +62,68 @@ def apply_event(event: Any, batch: Batch, pending_files: list[dict[str, Any]]) -
 MAX_POINTS_PER_EVENT = 100_000
 
 
+PointEntry = tuple[str, int, float | None, datetime]  # key, step, value, ts: a Batch's point
+
+
 def _apply_points(points: Any, batch: Batch) -> str | None:
+    rows = prepare_points(points, timezone.now())
+    if isinstance(rows, str):
+        return rows
+    batch.points.extend(rows)
+    return None
+
+
+def prepare_points(points: Any, now: datetime) -> list[PointEntry] | str:
     """`{"type": "metric", "points": [{"step": 1, "values": {...}}, ...]}`: many steps in one line
-    (what the SDK's `metrics` writes); all or nothing, so a bad point never half-applies a line."""
+    (what the SDK's `metrics` writes), as the batch's point rows; all or nothing, so a bad point
+    never half-applies a line: a message when one is malformed. Pure: the events reader thread
+    runs it (workers/ingest.py), off the loop's thread."""
     if not isinstance(points, list) or not points or len(points) > MAX_POINTS_PER_EVENT:
         return f"metric points must be a non-empty list of at most {MAX_POINTS_PER_EVENT} points"
-    mark = len(batch.points)
-    now = timezone.now()
-    append = batch.points.append
-    # Inlined _apply_point: this loop runs once per point of a flood (a million a minute).
+    rows: list[PointEntry] = []
+    append = rows.append
+    good_keys: set[str] = set()  # keys already checked in this line: most lines repeat a few
+    # Inlined _apply_point and _is_step: this loop runs once per point of a flood (a million a
+    # minute). JSON gives exact types, so `type(step) is int` is isinstance without bool.
     for point in points:
         if not isinstance(point, dict):
-            del batch.points[mark:]
             return "metric points must be objects"
         step, values = point.get("step"), point.get("values")
-        if not _is_step(step) or not isinstance(values, dict) or not values:
-            del batch.points[mark:]
+        if type(step) is not int or step < 0 or not isinstance(values, dict) or not values:
             return "metric needs an integer step >= 0 and a non-empty values object"
-        assert isinstance(step, int)
         for key, value in values.items():
             if type(value) is not float or not isfinite(value):
                 value = finite_or_none(value)
-            if isinstance(key, str) and 0 < len(key) <= 200:
+            if key in good_keys:
                 append((key, step, value, now))
-    return None
+            elif isinstance(key, str) and 0 < len(key) <= 200:
+                good_keys.add(key)
+                append((key, step, value, now))
+    return rows
+
+
+def prepare_columns(steps: Any, values: Any, now: datetime) -> list[PointEntry] | str:
+    """`{"type": "metric", "steps": [1, 2], "values": {"loss": [0.5, 0.4]}}`: the columnar form
+    (what the SDK's `metrics` writes for steps that report the same keys): one list of steps and,
+    per key, a list of as many values. Far cheaper to write and to parse than an object a step.
+    All or nothing, as the `points` form; pure, run by the events reader thread too."""
+    problem = "metric steps must be a non-empty list of integers >= 0 with a list of as many values a key"
+    if not isinstance(steps, list) or not steps or not isinstance(values, dict) or not values:
+        return problem
+    if len(steps) * len(values) > MAX_POINTS_PER_EVENT:
+        return f"a metric line holds at most {MAX_POINTS_PER_EVENT} points"
+    for step in steps:
+        if type(step) is not int or step < 0:
+            return problem
+    rows: list[PointEntry] = []
+    for key, column in values.items():
+        if not isinstance(column, list) or len(column) != len(steps):
+            return problem
+        if not (isinstance(key, str) and 0 < len(key) <= 200):
+            continue  # as in the other forms: a bad key is dropped, its line kept
+        clean = [v if type(v) is float and isfinite(v) else finite_or_none(v) for v in column]
+        rows.extend(zip(repeat(key), steps, clean, repeat(now), strict=False))
+    return rows
 
 
 def _apply_point(step: Any, values: Any, batch: Batch, now: datetime) -> str | None:

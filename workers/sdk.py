@@ -259,22 +259,28 @@ class Reporter:
         self._emit({"type": "metric", "step": int(step), "values": clean})
 
     def metrics(self, points: Iterable[tuple[int, Mapping[str, float]]]) -> None:
-        """Many steps at once, as few event lines as fit (``"points"``): for a program that
-        reports faster than one line a step is worth, or replays a log. Lines stay well under
-        the supervisor's 1 MiB event line limit (VALUES_PER_LINE values each)."""
+        """Many steps at once, as few event lines as fit: for a program that reports faster than
+        one line a step is worth, or replays a log. Consecutive steps that report the same keys
+        share a columnar line (``"steps"`` and a list of values a key: a few times cheaper to
+        write and to parse than an object a step). Lines stay well under the supervisor's 1 MiB
+        event line limit (VALUES_PER_LINE values each)."""
         if self._fd is None:
             return
-        line: list[dict[str, Any]] = []
-        size = 0
+        steps: list[int] = []
+        columns: dict[str, list[float | None]] = {}
+        keys: list[str] = []
         for step, values in points:
-            clean = {str(key): _finite_or_none(val) for key, val in values.items()}
-            if line and size + len(clean) > VALUES_PER_LINE:
-                self._emit({"type": "metric", "points": line})
-                line, size = [], 0
-            line.append({"step": int(step), "values": clean})
-            size += len(clean)
-        if line:
-            self._emit({"type": "metric", "points": line})
+            names = [str(key) for key in values]
+            if steps and (names != keys or (len(steps) + 1) * len(names) > VALUES_PER_LINE):
+                self._emit({"type": "metric", "steps": steps, "values": columns})
+                steps = []
+            if not steps:
+                keys, columns = names, {name: [] for name in names}
+            steps.append(int(step))
+            for name, value in zip(names, values.values(), strict=True):
+                columns[name].append(_finite_or_none(value))
+        if steps:
+            self._emit({"type": "metric", "steps": steps, "values": columns})
 
     def progress(self, step: int, total: int) -> None:
         if self._fd is None:

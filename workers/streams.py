@@ -11,8 +11,9 @@ in its `write`. That is the backpressure that keeps the supervisor's memory flat
 from __future__ import annotations
 
 import queue
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 Source = Literal["stdout", "stderr", "events"]
 
@@ -22,6 +23,12 @@ class Chunk:
     source: Source
     data: bytes | None  # None: the stream reached end of file
     truncated: int = 0
+    parsed: Any = None  # what the reader's `parse` made of the line (events: workers/ingest.py)
+    weight: int = 0  # bytes the parsed form holds beyond `data`: counted against the queue's bound
+
+
+# Parses a line in its reader thread: (what it made of it, the bytes that holds beyond the line).
+LineParser = Callable[[bytes], tuple[Any, int]]
 
 
 # What one queued chunk costs beyond its bytes (the Chunk, the bytes object's header, the deque slot).
@@ -46,7 +53,7 @@ class ChunkQueue(queue.Queue[Chunk]):
 
     @staticmethod
     def _cost(chunk: Chunk) -> int:
-        return CHUNK_OVERHEAD_BYTES + (len(chunk.data) if chunk.data is not None else 0)
+        return CHUNK_OVERHEAD_BYTES + chunk.weight + (len(chunk.data) if chunk.data is not None else 0)
 
     def _qsize(self) -> int:
         count = len(self.queue)
@@ -65,10 +72,18 @@ class ChunkQueue(queue.Queue[Chunk]):
 
 
 def read_lines(
-    stream: IO[bytes], source: Source, sink: queue.Queue[Chunk], limit: int, *, announce_end: bool = True
+    stream: IO[bytes],
+    source: Source,
+    sink: queue.Queue[Chunk],
+    limit: int,
+    parse: LineParser | None = None,
+    *,
+    announce_end: bool = True,
 ) -> None:
     """Read one pipe line by line; a line longer than `limit` keeps its head and counts the rest.
 
+    `parse`, when given, runs here on every whole line: the work of understanding a line happens
+    in this thread while the loop's thread waits on the database, not after it.
     `announce_end=False`: one of several connections of a channel (workers/events_socket.py),
     which announces its own end once all of them are done."""
     try:
@@ -85,12 +100,22 @@ def read_lines(
                         break
                 sink.put(Chunk(source, line[:limit], truncated=dropped + len(line) - limit))
             else:
-                sink.put(Chunk(source, line))
+                sink.put(_whole_line(source, line, parse))
     except (OSError, ValueError):
         pass
     finally:
         if announce_end:
             sink.put(Chunk(source, None))
+
+
+def _whole_line(source: Source, line: bytes, parse: LineParser | None) -> Chunk:
+    if parse is None:
+        return Chunk(source, line)
+    try:
+        parsed, weight = parse(line)
+    except Exception:  # unparsed: the loop parses it again and reports the problem
+        return Chunk(source, line)
+    return Chunk(source, line, parsed=parsed, weight=weight)
 
 
 def decode_line(data: bytes, truncated: int = 0) -> str:

@@ -184,7 +184,9 @@ class Supervisor:
         )
 
     def _start(self, launch: Launch) -> None:
-        self._process.start(launch, self._chunks, int(self.config["MAX_LOG_LINE_BYTES"]))
+        self._process.start(
+            launch, self._chunks, int(self.config["MAX_LOG_LINE_BYTES"]), self._ingest.parse_event
+        )
         assert self._process.popen is not None
         claim, program = launch.claim, launch.program
         command = " ".join(launch.argv())  # torchrun's own line, for a torchrun program

@@ -106,6 +106,7 @@ class AttemptWriter:
         batch.phase = self.batch.phase or batch.phase
         batch.device = self.batch.device or batch.device
         batch.nbytes += self.batch.nbytes
+        batch.texts, batch.text_points = [], 0  # the points are formatted again at the next try
         self.batch = batch
         self.enforce_buffer_bound()
 
@@ -121,6 +122,7 @@ class AttemptWriter:
             self._dropped_lines += excess
         if len(batch.points) > limit:
             del batch.points[: len(batch.points) - limit]
+            batch.texts, batch.text_points = [], 0  # no longer the points' texts
 
     def final_flush(self, directory: Path | None = None) -> bool:
         """Flush what is left (lines, points, files), retrying with backoff while the lease lasts."""

@@ -92,6 +92,10 @@ def test_a_written_batch_records_its_sizes_and_the_lag_of_its_oldest_line() -> N
         "metric": sample("controlplane_ingest_batch_size_count", kind="metric"),
         "lag_count": sample("controlplane_stream_lag_seconds_count"),
         "lag_sum": sample("controlplane_stream_lag_seconds_sum"),
+        "log_sum": sample("controlplane_ingest_batch_size_sum", kind="log"),
+        "metric_sum": sample("controlplane_ingest_batch_size_sum", kind="metric"),
+        "metric_le_5": sample("controlplane_ingest_batch_size_bucket", kind="metric", le="5.0"),
+        "metric_le_1": sample("controlplane_ingest_batch_size_bucket", kind="metric", le="1.0"),
     }
     now = timezone.now()
     batch = Batch(
@@ -104,6 +108,15 @@ def test_a_written_batch_records_its_sizes_and_the_lag_of_its_oldest_line() -> N
     assert sample("controlplane_ingest_batch_size_count", kind="metric") - before["metric"] == 1
     assert sample("controlplane_stream_lag_seconds_count") - before["lag_count"] == 1
     assert 3.0 <= sample("controlplane_stream_lag_seconds_sum") - before["lag_sum"] < 5.0
+    # The sizes themselves: 2 lines and 5 points, in the 5-row bucket and not in the 1-row one.
+    assert sample("controlplane_ingest_batch_size_sum", kind="log") - before["log_sum"] == 2
+    assert sample("controlplane_ingest_batch_size_sum", kind="metric") - before["metric_sum"] == 5
+    assert (
+        sample("controlplane_ingest_batch_size_bucket", kind="metric", le="5.0") - before["metric_le_5"] == 1
+    )
+    assert (
+        sample("controlplane_ingest_batch_size_bucket", kind="metric", le="1.0") - before["metric_le_1"] == 0
+    )
 
 
 @pytest.mark.django_db

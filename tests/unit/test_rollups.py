@@ -12,7 +12,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 
 from runs import rollups, selectors
-from runs.ingest import write_metric_points
+from runs.ingest import point_texts, write_batch_points, write_metric_points
 from runs.models import MetricPoint, MetricRollup, MetricSeries, Run
 
 pytestmark = pytest.mark.django_db
@@ -77,3 +77,39 @@ def test_a_downsampled_read_keeps_a_spike_and_stays_within_bounds(owner: User) -
     chart = selectors.chart_series(run, ["loss"], 1_000)[0]
     assert 500 <= len(chart.steps) <= 1_000
     assert max(value for value in chart.high or [] if value is not None) == 1_000.0
+
+
+def test_points_copied_as_text_read_back_exactly_and_a_step_twice_in_one_batch_keeps_the_last(
+    owner: User,
+) -> None:
+    run = Run.objects.create(name="r", owner=owner, program="scripted", params={})
+    series = MetricSeries.objects.create(run=run, key="loss")
+    odd = [(0, 0.1), (1, -0.0), (2, 1e-310), (3, 1.7976931348623157e308), (4, None), (5, 2.5e-7)]
+    write(series.pk, odd, may_repeat=False)
+    # The same step twice in a first attempt's batch: the direct COPY refuses it, the merge keeps the last.
+    write(series.pk, [(6, 1.0), (7, 3.0), (6, 2.0)], may_repeat=False)
+    got = dict(MetricPoint.objects.filter(series=series).values_list("step", "value"))
+    assert got == {**dict(odd), 6: 2.0, 7: 3.0}
+    assert stored(series.pk, rollups.BASE_LEVEL) == brute(series.pk, rollups.BASE_LEVEL)
+
+
+def test_points_formatted_by_the_reader_are_copied_and_a_repeated_step_falls_back_to_the_merge(
+    owner: User,
+) -> None:
+    run = Run.objects.create(name="r", owner=owner, program="scripted", params={})
+    cache: dict[str, int] = {}
+    first = [("a", step, step / 4, NOW) for step in range(40)] + [("b", 3, None, NOW)]
+    with transaction.atomic():
+        write_batch_points(run.pk, first, point_texts(first), cache, may_repeat=False)
+    # Step 39 of "a" again, beside new steps: the COPY of the texts is refused and rolled back,
+    # the rows are merged instead (the last value of a step wins).
+    again = [("a", 39, 9.0, NOW), ("a", 40, 10.0, NOW)]
+    with transaction.atomic():
+        write_batch_points(run.pk, again, point_texts(again), cache, may_repeat=False)
+    a, b = cache["a"], cache["b"]
+    got = dict(MetricPoint.objects.filter(series_id=a).values_list("step", "value"))
+    assert got == {**{step: step / 4 for step in range(39)}, 39: 9.0, 40: 10.0}
+    assert list(MetricPoint.objects.filter(series_id=b).values_list("step", "value")) == [(3, None)]
+    for series_id in (a, b):
+        for level in (rollups.BASE_LEVEL, rollups.BASE_LEVEL + 1, rollups.TOP_LEVEL):
+            assert stored(series_id, level) == brute(series_id, level), (series_id, level)

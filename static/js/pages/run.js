@@ -112,7 +112,11 @@ async function start() {
   socket.addEventListener("frame", (event) => {
     const frame = event.detail;
     if (frame.type === "log") log.append(frame.lines);
-    else if (frame.type === "metric") charts?.addPoints(frame.points);
+    else if (frame.type === "metric") {
+      charts?.addPoints(frame.points);
+      // A flood's frame is a sample of its batch: the chart re-reads the series (rate-limited).
+      if (frame.sampled_from) charts?.reload();
+    }
     else if (frame.type === "status") status.update(frame);
   });
   socket.start();
