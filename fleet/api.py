@@ -6,7 +6,6 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import Count
 from django.http import Http404
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
@@ -18,11 +17,12 @@ from rest_framework.views import APIView
 from accounts.policy import Action
 from accounts.roles import Role, role_of
 from audit import chain as audit
-from fleet.models import DeviceKind, Quota, Reservation, Worker
+from fleet.models import Quota, Worker
 from fleet.quotas import limit_of
 from fleet.scheduler import schedule_pass_on_commit
 from fleet.selectors import describe_workers
 from fleet.services import do_drain_worker
+from fleet.snapshot import gpus_held
 
 MAX_QUOTA = 10_000
 
@@ -97,16 +97,6 @@ def _quota_row(user: User, used: dict[int, int]) -> dict[str, Any]:
     }
 
 
-def _gpus_in_use() -> dict[int, int]:
-    rows = (
-        Reservation.objects.filter(device__kind=DeviceKind.GPU)
-        .values("run__owner_id")
-        .annotate(count=Count("id"))
-        .values_list("run__owner_id", "count")
-    )
-    return dict(rows)
-
-
 class QuotaListView(APIView):
     """GPU quotas: limit and use. Admins see every user; others their own."""
 
@@ -118,7 +108,7 @@ class QuotaListView(APIView):
         users = User.objects.order_by("username").select_related("role_record")
         if role_of(request.user) != Role.ADMIN:
             users = users.filter(pk=request.user.pk)
-        used = _gpus_in_use()
+        used = gpus_held()
         return Response({"results": [_quota_row(user, used) for user in users[:1000]]})
 
 
@@ -148,6 +138,6 @@ class QuotaDetailView(APIView):
                 Quota.objects.update_or_create(user=user, defaults={"max_gpus": value})
             audit.record("fleet.quota", actor=request.user, target=user, details={"max_gpus": value})
             schedule_pass_on_commit("quota")
-        return Response(_quota_row(user, _gpus_in_use()))
+        return Response(_quota_row(user, gpus_held()))
 
     put = patch
