@@ -33,8 +33,20 @@ class ErrorKind(models.TextChoices):
     PROGRAM = "program"
 
 
+class RunKind(models.TextChoices):
+    """Where a run's code comes from; each kind is started (or not) by its own path."""
+
+    # A registered program (built in, TOML seed or the catalog), run by a worker's supervisor.
+    PROGRAM = "program", "program"
+    # A code snapshot uploaded by the launcher, unpacked into the run directory by the worker.
+    CODE = "code", "code"
+    # Tracking mode: a script outside the control plane reports over HTTP; no worker runs it.
+    EXTERNAL = "external", "external"
+
+
 class Run(models.Model):
     name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=RunKind.choices, default=RunKind.PROGRAM)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="runs")
     program = models.CharField(max_length=64)
     params = models.JSONField(default=dict)

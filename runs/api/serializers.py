@@ -39,6 +39,7 @@ class RunSerializer(serializers.ModelSerializer[Run]):
             "id",
             "name",
             "status",
+            "kind",
             "program",
             "params",
             "secrets",
