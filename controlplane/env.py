@@ -165,6 +165,15 @@ def parse_database_url(url: str) -> DatabaseConfig:
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def channel_prefix(redis_url: str, environ: Mapping[str, str] | None = None) -> str:
+    """The channel layer's key prefix: CONTROLPLANE_CHANNEL_PREFIX, by default "asgi" plus the
+    Redis database number when one other than 0 is named. Redis pub/sub ignores database numbers,
+    so two control planes sharing one Redis server on databases 14 and 15 would otherwise receive
+    each other's frames."""
+    number = urlsplit(redis_url).path.strip("/") or "0"
+    return env_str("CONTROLPLANE_CHANNEL_PREFIX", "asgi" if number == "0" else f"asgi-db{number}", environ)
+
+
 def parse_networks(name: str, items: Iterable[str]) -> tuple[Network, ...]:
     """CIDRs (or single addresses) from a comma-list setting; a bad one stops the process."""
     networks = []

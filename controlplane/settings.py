@@ -15,6 +15,7 @@ from typing import Any
 
 from controlplane.env import (
     ConfigError,
+    channel_prefix,
     env_bool,
     env_float,
     env_int,
@@ -189,7 +190,7 @@ if REDIS_URL:
         # and it has no per-channel capacity that silently drops bursts.
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": channel_prefix(REDIS_URL)},
         }
     }
     CACHES = {"default": {"BACKEND": "ops.cache.CountedRedisCache", "LOCATION": REDIS_URL}}

@@ -40,6 +40,9 @@ from tests.quarantine import (  # noqa: F401
     pytest_terminal_summary,
 )
 
+# The suite's halves (./dev coverage runs them side by side).
+pytest_plugins = ["tests.shards"]
+
 ROOT = Path(__file__).resolve().parent.parent
 logging.getLogger("httpx").setLevel(logging.WARNING)
 PASSWORD = "correct-horse-battery-staple-42"

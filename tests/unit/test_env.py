@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.env import ConfigError, env_bool, env_int, env_list, parse_database_url
+from controlplane.env import ConfigError, channel_prefix, env_bool, env_int, env_list, parse_database_url
 from ops.request_id import clean_request_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,3 +138,19 @@ def test_request_ids_are_kept_only_when_safe(given: str | None, kept: bool) -> N
     result = clean_request_id(given)
     assert (result == given) is kept
     assert len(result) <= 64
+
+
+@pytest.mark.parametrize(
+    ("url", "environ", "prefix"),
+    [
+        ("redis://127.0.0.1:6379", {}, "asgi"),
+        ("redis://127.0.0.1:6379/0", {}, "asgi"),
+        ("redis://127.0.0.1:6379/14", {}, "asgi-db14"),
+        ("redis://127.0.0.1:6379/15", {"CONTROLPLANE_CHANNEL_PREFIX": "blue"}, "blue"),
+    ],
+)
+def test_the_channel_prefix_keeps_redis_databases_apart(
+    url: str, environ: dict[str, str], prefix: str
+) -> None:
+    # Redis pub/sub ignores the database number: the prefix is what keeps two deployments apart.
+    assert channel_prefix(url, environ) == prefix
