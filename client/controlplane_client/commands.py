@@ -81,7 +81,7 @@ def launch(args: argparse.Namespace, client: Client) -> int:
     if args.code is not None:
         run = _launch_code(args, client)
     elif not args.program or args.command:
-        raise ClientError("name one PROGRAM, or use --code DIR -- COMMAND to run your own code")
+        raise ClientError("a program name is required (or --code DIR -- COMMAND to run your own code)")
     else:
         values = params.build(args.param or [], args.file or [], _schema_of(client, args.program))
         run = client.launch(

@@ -39,7 +39,7 @@ SHA = hashlib.sha256(PROJECT).hexdigest()
 
 def put(api: APIClient, data: bytes, sha: str | None = None) -> Any:
     sha = sha or hashlib.sha256(data).hexdigest()
-    return api.generic("PUT", f"/api/v1/snapshots/{sha}/", data, content_type="application/gzip")
+    return api.put(f"/api/v1/snapshots/{sha}/", data, content_type="application/gzip")
 
 
 def api_for(role: str, name: str) -> APIClient:
