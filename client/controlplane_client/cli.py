@@ -38,7 +38,7 @@ def _add_run_commands(sub: argparse._SubParsersAction[_Parser], common: _Parser)
         usage="cpctl launch [options] PROGRAM | cpctl launch [options] --code DIR -- COMMAND [ARG ...]",
     )
     launch.add_argument("program", nargs="?", help="a registered program (not with --code)")
-    launch.add_argument("command", nargs="*", help=argparse.SUPPRESS)
+    launch.add_argument("code_command", nargs="*", help=argparse.SUPPRESS)
     launch.add_argument("--code", metavar="DIR", help="upload DIR as a code snapshot and run COMMAND in it")
     launch.add_argument("-p", "--param", action="append", metavar="NAME=VALUE", help="a param (repeatable)")
     launch.add_argument("-f", "--file", action="append", metavar="FILE", help="params from YAML or JSON")

@@ -59,7 +59,7 @@ def _schema_of(client: Client, program: str) -> dict[str, Any] | None:
 
 def _launch_code(args: argparse.Namespace, client: Client) -> Run:
     # After `--` every word is positional: the first lands in `program`, the rest in `command`.
-    command = [args.program, *args.command] if args.program else list(args.command)
+    command = [args.program, *args.code_command] if args.program else list(args.code_command)
     if not command:
         raise ClientError("--code needs a command after --, e.g. cpctl launch --code . -- python train.py")
     if args.param or args.file:
@@ -80,7 +80,7 @@ def _launch_code(args: argparse.Namespace, client: Client) -> Run:
 def launch(args: argparse.Namespace, client: Client) -> int:
     if args.code is not None:
         run = _launch_code(args, client)
-    elif not args.program or args.command:
+    elif not args.program or args.code_command:
         raise ClientError("a program name is required (or --code DIR -- COMMAND to run your own code)")
     else:
         values = params.build(args.param or [], args.file or [], _schema_of(client, args.program))
