@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from controlplane.code_settings import *  # noqa: F403 - code snapshots: CODE_SNAPSHOT, RUN_CODE_ROLE
 from controlplane.env import (
     ConfigError,
     env_bool,
@@ -235,21 +236,6 @@ CONTROLPLANE: dict[str, float | int] = {
     # How often a supervisor samples its program's CPU, memory and GPUs (workers/sampling.py); 0: never.
     "SYSTEM_METRICS_SECONDS": env_int("CONTROLPLANE_SYSTEM_METRICS_SECONDS", 5, minimum=0),
 }
-
-# Code snapshots (runs/snapshots.py, docs/architecture.md "Code snapshots"): the compressed archive,
-# the bytes it unpacks to and its member count are bounded; RUN_CODE_ROLE is the lowest role that
-# may upload and run its own code (accounts.policy.Action.RUN_CODE).
-CODE_SNAPSHOT: dict[str, int] = {
-    "MAX_BYTES": env_int("CONTROLPLANE_CODE_SNAPSHOT_MAX_BYTES", 50 * 1024**2, minimum=1024),
-    "MAX_UNPACKED_BYTES": env_int(
-        "CONTROLPLANE_CODE_SNAPSHOT_MAX_UNPACKED_BYTES", 200 * 1024**2, minimum=1024
-    ),
-    "MAX_FILES": env_int("CONTROLPLANE_CODE_SNAPSHOT_MAX_FILES", 10_000, minimum=1),
-}
-RUN_CODE_ROLE = env_str("CONTROLPLANE_RUN_CODE_ROLE", "operator").strip().lower()
-# Viewers launch nothing, so "viewer" would mean nothing here.
-if RUN_CODE_ROLE not in ("operator", "admin"):
-    raise ConfigError(f"CONTROLPLANE_RUN_CODE_ROLE must be operator or admin, got {RUN_CODE_ROLE!r}")
 
 # The fleet (fleet/, docs/architecture.md "Fleet"). WORKER_GPUS "auto": through NVML; "": none.
 FLEET: dict[str, str | int | float] = {

@@ -138,3 +138,12 @@ def test_request_ids_are_kept_only_when_safe(given: str | None, kept: bool) -> N
     result = clean_request_id(given)
     assert (result == given) is kept
     assert len(result) <= 64
+
+
+def test_env_choice_takes_one_of_its_choices_and_refuses_anything_else() -> None:
+    from controlplane.env import env_choice
+
+    assert env_choice("ROLE", "operator", ("operator", "admin"), {}) == "operator"
+    assert env_choice("ROLE", "operator", ("operator", "admin"), {"ROLE": " Admin "}) == "admin"
+    with pytest.raises(ConfigError, match="ROLE must be one of operator, admin, got 'viewer'"):
+        env_choice("ROLE", "operator", ("operator", "admin"), {"ROLE": "viewer"})
