@@ -12,7 +12,7 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.http import Http404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -37,8 +37,13 @@ class SnapshotLimitsView(APIView):
 
     @extend_schema(
         responses={
-            200: serializers.DictField(
-                help_text='{"max_bytes", "max_unpacked_bytes", "max_files"}', child=serializers.IntegerField()
+            200: inline_serializer(
+                "SnapshotLimits",
+                {
+                    "max_bytes": serializers.IntegerField(help_text="of the archive, compressed"),
+                    "max_unpacked_bytes": serializers.IntegerField(),
+                    "max_files": serializers.IntegerField(),
+                },
             )
         }
     )
