@@ -37,10 +37,8 @@ def test_the_code_run_page_shows_snapshot_and_command_and_clone_relaunches_it(se
     sha = hashlib.sha256(data).hexdigest()
     uploaded = session.api.put(f"/api/v1/snapshots/{sha}/", content=data)
     assert uploaded.status_code in (200, 201), uploaded.text
-    body = {
-        "name": "page-check",
-        "code": {"snapshot": sha, "command": ["python", "train.py", "--tag", "a b"]},
-    }
+    command = ["python", "train.py", "--tag", "a b"]
+    body = {"name": "page-check", "code": {"snapshot": sha, "command": command}}
     run = session.api.post("/api/v1/runs/", json=body).json()
     assert wait_for_status(session.api, run["id"], {"succeeded", "failed"})["status"] == "succeeded"
 
