@@ -12,6 +12,7 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.http import Http404
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -77,7 +78,9 @@ class SnapshotView(APIView):
         return Response(SnapshotSerializer(snapshot).data)
 
     @extend_schema(
-        request={"application/gzip": bytes}, responses={200: SnapshotSerializer, 201: SnapshotSerializer}
+        # The archive's bytes (cpctl sends `application/gzip`; any content type is read the same).
+        request={"application/octet-stream": OpenApiTypes.BINARY},
+        responses={200: SnapshotSerializer, 201: SnapshotSerializer},
     )
     def put(self, request: Request, sha256: str) -> Response:
         assert isinstance(request.user, User)  # the policy has run

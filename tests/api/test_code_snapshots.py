@@ -221,3 +221,13 @@ def test_the_run_page_shows_the_snapshot_and_the_exact_command(api: APIClient, o
     newest = Run.objects.order_by("-pk").first()
     assert newest is not None and newest.pk != run["id"] and newest.snapshot_id == SHA
     assert cloned["Location"] == f"/runs/{newest.pk}/"
+
+
+def test_a_snapshot_larger_than_djangos_form_body_limit_uploads(api: APIClient) -> None:
+    import os
+
+    big = tar_gz({"train.py": b"print(1)\n", "weights.bin": os.urandom(3 * 1024**2)})
+    response = put(api, big)
+    assert response.status_code == 201, response.content
+    stored = CodeSnapshot.objects.get(pk=hashlib.sha256(big).hexdigest())
+    assert bytes(stored.archive) == big and stored.unpacked_size == 3 * 1024**2 + 9
