@@ -43,11 +43,15 @@ def unpack_snapshot(claim: Claim, directory: Path, say: Say) -> Outcome | None:
     data = bytes(archive)
     if hashlib.sha256(data).hexdigest() != claim.snapshot:
         message = f"code snapshot {str(claim.snapshot)[:12]} is damaged (sha256 mismatch)"
-        return Outcome(RunStatus.FAILED, None, ErrorKind.INFRASTRUCTURE, "snapshot_damaged", message)
+        # Not retried: every worker reads the same stored bytes.
+        return Outcome(RunStatus.FAILED, None, ErrorKind.DATA, "snapshot_damaged", message)
     try:
         written = extract_archive(data, directory, limits())
-    except (ArchiveError, OSError) as error:
+    except ArchiveError as error:  # e.g. over limits lowered since the upload: the same everywhere
         message = f"code snapshot {str(claim.snapshot)[:12]} could not be unpacked: {error}"
         return Outcome(RunStatus.FAILED, None, ErrorKind.CONFIG, "snapshot_invalid", message)
+    except OSError as error:  # this worker's disk (full, a directory in the way): another may do
+        message = f"code snapshot {str(claim.snapshot)[:12]} could not be written: {error}"
+        return Outcome(RunStatus.FAILED, None, ErrorKind.INFRASTRUCTURE, "snapshot_unwritable", message)
     say(system_line(f"code snapshot {str(claim.snapshot)[:12]} unpacked: {written} files, {len(data)} bytes"))
     return None
