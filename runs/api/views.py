@@ -166,9 +166,12 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
     @extend_schema(request=None, responses={202: RunSerializer})
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str) -> Response:
+        source = self.get_object()
+        if source.kind == "code":  # runs its code again: the setting may have changed since
+            require(request, Action.RUN_CODE)
         try:
             run = services.do_retry_run(
-                self.get_object(), request_id=getattr(request, "request_id", ""), actor=_user(request)
+                source, request_id=getattr(request, "request_id", ""), actor=_user(request)
             )
         except services.RetryError as error:
             return Response({"detail": str(error), "code": "not_retryable"}, status=status.HTTP_409_CONFLICT)

@@ -231,3 +231,14 @@ def test_a_snapshot_larger_than_djangos_form_body_limit_uploads(api: APIClient) 
     assert response.status_code == 201, response.content
     stored = CodeSnapshot.objects.get(pk=hashlib.sha256(big).hexdigest())
     assert bytes(stored.archive) == big and stored.unpacked_size == 3 * 1024**2 + 9
+
+
+def test_retrying_a_code_run_needs_the_role_that_runs_code(api: APIClient, settings: Any) -> None:
+    put(api, PROJECT)
+    run = launch_code(api).json()
+    Run.objects.filter(pk=run["id"]).update(status="failed")
+    settings.RUN_CODE_ROLE = "admin"
+    refused = api.post(f"/api/v1/runs/{run['id']}/retry/")
+    assert refused.status_code == 403 and "run their own code" in refused.json()["detail"]
+    settings.RUN_CODE_ROLE = "operator"
+    assert api.post(f"/api/v1/runs/{run['id']}/retry/").status_code == 202
