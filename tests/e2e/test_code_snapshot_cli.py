@@ -125,7 +125,9 @@ def test_launch_a_code_snapshot_follow_it_download_and_load_the_model(
     clone = json.loads(ok(client_venv.cpctl("clone", str(run["id"]), "--json")))
     assert (clone["snapshot"], clone["command"]) == (run["snapshot"], run["command"])
     for extra in (second, clone):
-        ok(client_venv.cpctl("cancel", str(extra["id"])))
+        ended = json.loads(ok(client_venv.cpctl("wait", str(extra["id"]), "--json", "--timeout", "120")))
+        assert ended["status"] == "succeeded", ended
+    assert "42" in ok(client_venv.cpctl("logs", str(second["id"])))
 
 
 def test_bad_code_launches_get_one_error_line_and_register_nothing(
