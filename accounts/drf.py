@@ -40,6 +40,14 @@ def _refuse(request: Request, action: Action | str, decision: Decision, target: 
     raise PermissionDenied(decision.reason)
 
 
+def require(request: Request, action: Action) -> None:
+    """Refuse (401/403, audited like any refusal) unless the caller may do `action`: for a rule
+    that depends on the request's body (a launch of a code snapshot also needs `RUN_CODE`)."""
+    decision = decide(request_principal(request), action)
+    if not decision.allowed:
+        _refuse(request, action, decision)
+
+
 class PolicyPermission(BasePermission):
     def has_permission(self, request: Request, view: Any) -> bool:
         action = view_action(request, view)

@@ -13,12 +13,13 @@ otherwise, and `manage.py check` validates every entry against the models).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import reduce
 from operator import or_
 from typing import Any, TypeVar
 
 from django.apps import apps
+from django.conf import settings
 from django.core import checks
 from django.core.exceptions import FieldDoesNotExist
 from django.db.models import Model, Q, QuerySet
@@ -44,6 +45,7 @@ class Action(enum.StrEnum):
     SECRET_USE = "secret.use"  # noqa: S105 - give a secret to one's run: those granted; admins: all
     FLEET_READ = "fleet.read"  # workers, devices, pools; one's own GPU quota (admins: all)
     FLEET_MANAGE = "fleet.manage"  # drain workers, set users' GPU quotas
+    RUN_CODE = "run.code"  # upload a code snapshot and launch it; the lowest role is a setting
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,20 @@ RULES: dict[Action, Rule] = {
     Action.SECRET_USE: Rule(Role.OPERATOR, "launch", others=ADMINS, verb="use secrets"),
     Action.FLEET_READ: Rule(Role.VIEWER, "read", verb="see the fleet"),
     Action.FLEET_MANAGE: Rule(Role.ADMIN, "admin", verb="manage the fleet"),
+    # Running one's own code is running arbitrary code on the workers: the lowest role that may is
+    # CONTROLPLANE_RUN_CODE_ROLE (operator by default), read when asked (`rule_for`).
+    Action.RUN_CODE: Rule(Role.OPERATOR, "launch", verb="run their own code"),
 }
+# Actions whose lowest role is a setting (its name in django.conf.settings).
+ROLE_SETTINGS: dict[Action, str] = {Action.RUN_CODE: "RUN_CODE_ROLE"}
+
+
+def rule_for(action: Action) -> Rule:
+    """`RULES[action]`, with the role a setting names where `ROLE_SETTINGS` says so."""
+    rule = RULES[action]
+    if action in ROLE_SETTINGS:
+        return replace(rule, role=Role(getattr(settings, ROLE_SETTINGS[action])))
+    return rule
 
 
 @dataclass(frozen=True)
@@ -204,7 +219,7 @@ def _row_refusal(principal: Principal, action: Action, row: Model) -> Decision:
 def decide(principal: Principal, action: Action, row: Model | None = None) -> Decision:
     """May `principal` do `action` (on `row`, when given)? A row it may not act on is a 403:
     whether it may *see* the row (else a 404) is `restrict` with a read action, asked first."""
-    rule = RULES[action]
+    rule = rule_for(action)
     if principal.role is None:
         return Decision(False, 401, "Authentication credentials were not provided or are not valid.")
     if ROLE_RANK[principal.role] < ROLE_RANK[rule.role]:

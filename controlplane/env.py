@@ -29,6 +29,16 @@ def env_str(name: str, default: str, environ: Mapping[str, str] | None = None) -
     return source.get(name, default)
 
 
+def env_choice(
+    name: str, default: str, choices: tuple[str, ...], environ: Mapping[str, str] | None = None
+) -> str:
+    """One of `choices` (case and surrounding blanks ignored); anything else stops the process."""
+    value = env_str(name, default, environ).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def env_bool(name: str, default: bool, environ: Mapping[str, str] | None = None) -> bool:
     source = os.environ if environ is None else environ
     raw = source.get(name)

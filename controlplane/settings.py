@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from controlplane.code_settings import *  # noqa: F403 - code snapshots: CODE_SNAPSHOT, RUN_CODE_ROLE
 from controlplane.env import (
     ConfigError,
     channel_prefix,

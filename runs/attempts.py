@@ -42,6 +42,9 @@ class Claim:
     secrets: list[str]
     request_id: str
     max_duration_seconds: int | None = None
+    kind: str = "program"
+    snapshot: str | None = None  # a code run's snapshot (sha256) and its command
+    command: tuple[str, ...] = ()
 
 
 @dataclass
@@ -119,6 +122,9 @@ def claim_run(run_id: int, worker: str, *, admitted: Callable[[int], bool] | Non
         secrets=list(run.secrets),
         request_id=run.request_id,
         max_duration_seconds=run.max_duration_seconds,
+        kind=run.kind,
+        snapshot=run.snapshot_id,
+        command=tuple(run.command),
     )
 
 

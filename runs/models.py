@@ -44,12 +44,39 @@ class RunKind(models.TextChoices):
     EXTERNAL = "external", "external"
 
 
+class CodeSnapshot(models.Model):
+    """A user's code, content-addressed: the sha256 of its tar.gz archive is its key, so the same
+    directory is stored (and sent) once. Stored in Postgres because web and worker hosts share no
+    disk and every worker reads Postgres; a row is inserted whole, only after the archive was
+    verified (runs/archives.py), so no half-uploaded snapshot is ever registered."""
+
+    sha256 = models.CharField(max_length=64, primary_key=True)
+    size = models.BigIntegerField()  # of the archive
+    unpacked_size = models.BigIntegerField()
+    # [{"path": "train.py", "size": 1234, "sha256": "..."}, ...], sorted by path.
+    files = models.JSONField(default=list)
+    archive = models.BinaryField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="code_snapshots"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"snapshot {self.sha256[:12]}"
+
+
 class Run(models.Model):
     name = models.CharField(max_length=200)
     kind = models.CharField(max_length=16, choices=RunKind.choices, default=RunKind.PROGRAM)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="runs")
+    # A code run's program is "code" (a name the program registry reserves), so lists and filters
+    # need no special case; its snapshot and the command it runs there are the two fields below.
     program = models.CharField(max_length=64)
     params = models.JSONField(default=dict)
+    snapshot = models.ForeignKey(
+        CodeSnapshot, on_delete=models.PROTECT, null=True, blank=True, related_name="runs"
+    )
+    command = models.JSONField(default=list, blank=True)
     secrets = models.JSONField(default=list, blank=True)
     queue = models.CharField(max_length=64)
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)

@@ -22,9 +22,10 @@ from ops.middleware import repeatable_writes
 from runs import lifecycle
 from runs.dataset_params import check_dataset_params
 from runs.lifecycle import Trigger
-from runs.models import Run
+from runs.models import Run, RunKind
 from runs.placement_request import PlacementRequest, check_placement
 from runs.programs import ParamsError, Program, get_program, resolve_params
+from runs.snapshots import CodeLaunch, check_code
 from vault import services as secret_services
 
 log = structlog.get_logger(__name__)
@@ -68,6 +69,7 @@ class LaunchRequest:
     max_duration_seconds: int | None = None
     queue_ttl_seconds: int | None = None
     placement: PlacementRequest = field(default_factory=PlacementRequest)
+    code: CodeLaunch | None = None  # a code run: its snapshot and command (runs/snapshots.py)
 
 
 def _check_limits(limits: dict[str, Any], errors: dict[str, str]) -> dict[str, int]:
@@ -115,12 +117,19 @@ def check_launch(
     limits: dict[str, Any] | None = None,
     owner: User | None = None,
     fleet: dict[str, Any] | None = None,
+    code: Any = None,
 ) -> LaunchRequest:
     """Validate a launch; `owner` (the launching user) must be allowed every secret it names.
-    `fleet` holds the body's `resources`, `priority` and `preemptible` (runs.placement_request)."""
+    `fleet` holds the body's `resources`, `priority` and `preemptible` (runs.placement_request).
+    `code` (a code run: `{"snapshot", "command"}`) replaces `program` and `params`; whether the
+    caller may run code at all is the policy's `RUN_CODE`, asked by the caller of this."""
     errors: dict[str, str] = {}
     found: Program | None = None
-    if not isinstance(program, str) or not program:
+    code_launch = None
+    if code is not None:
+        code_launch = check_code(code, program, params, errors)
+        found = code_launch.program if code_launch is not None else None
+    elif not isinstance(program, str) or not program:
         errors["program"] = "a program name is required"
     else:
         found = get_program(program)
@@ -135,7 +144,7 @@ def check_launch(
     elif len(name) > MAX_NAME_LENGTH:
         errors["name"] = f"must be at most {MAX_NAME_LENGTH} characters"
     resolved: dict[str, Any] = {}
-    if found is not None:
+    if found is not None and code_launch is None:
         try:
             resolved = resolve_params(found, params)
         except ParamsError as error:
@@ -151,6 +160,7 @@ def check_launch(
         params=resolved,
         secrets=secret_names,
         placement=placement,
+        code=code_launch,
         **checked_limits,
     )
 
@@ -191,6 +201,8 @@ def do_launch_run(
     # With the fleet, "" until a scheduler pass admits it and names its worker's queue.
     program_queue = launch.program.queue or celery_app.conf.task_default_queue
     queue = "" if lifecycle.admission_is_external() else program_queue
+    code = launch.code
+    kind = {"kind": "code", "snapshot_id": code.snapshot, "command": list(code.command)} if code else {}
     # Repeatable: a repeat of this request finds the run instead of creating another (above).
     with repeatable_writes(), transaction.atomic():
         run = lifecycle.create_run(
@@ -208,18 +220,38 @@ def do_launch_run(
                 "resources": launch.placement.resources,
                 "priority": launch.placement.priority,
                 "preemptible": launch.placement.preemptible,
+                **kind,
             },
             actor=owner,
             audit_details={
                 "program": launch.program.name,
                 "params": launch.params,
                 "secrets": launch.secrets,
+                **{key: value for key, value in kind.items() if key != "snapshot_id"},
+                **({"snapshot": code.snapshot} if code else {}),
             },
         )
         dispatch_on_commit(run.pk, queue, request_id)
         run_id = run.pk
     log.info("run_launched", run_id=run_id, program=run.program, owner_id=owner.pk)
     return run
+
+
+def do_clone_run(run: Run, owner: User, *, request_id: str = "") -> Run:
+    """Launch a new run like `run`: the same program and params, or the same snapshot and
+    command; checked like any launch (its secrets and priority must still be `owner`'s to use)."""
+    code = {"snapshot": run.snapshot_id, "command": list(run.command)} if run.kind == RunKind.CODE else None
+    launch = check_launch(
+        name=f"{run.name} (clone)"[:MAX_NAME_LENGTH],
+        program=None if code else run.program,
+        params=None if code else dict(run.params),
+        secrets=list(run.secrets) or None,
+        limits={"max_attempts": run.max_attempts, "max_duration_seconds": run.max_duration_seconds},
+        owner=owner,
+        fleet={"resources": run.resources or None, "priority": run.priority, "preemptible": run.preemptible},
+        code=code,
+    )
+    return do_launch_run(owner, launch, request_id=request_id)
 
 
 def do_cancel_run(run: Run, *, actor: User | None = None) -> Run:

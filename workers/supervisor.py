@@ -24,10 +24,11 @@ from ops import worker_metrics
 from redaction import Redactor, registry
 from runs import attempts
 from runs.attempts import Claim, Outcome, system_line
-from runs.models import ErrorKind, RunStatus
+from runs.models import ErrorKind, RunKind, RunStatus
 from runs.programs import Program, get_program
 from runs.selectors import dispatch_record, launch_record
 from runs.storage import run_dir
+from workers.code import program_for, unpack_snapshot
 from workers.failures import classify_exit
 from workers.ingest import Ingest
 from workers.launch import Launch
@@ -113,7 +114,7 @@ class Supervisor:
         self._ingest = Ingest(self.run_id, self._writer, self.log)
 
     def _run_claimed(self, claim: Claim) -> str:
-        program = get_program(claim.program)
+        program = program_for(claim) if claim.kind == RunKind.CODE else get_program(claim.program)
         if program is None:
             outcome = Outcome(
                 RunStatus.FAILED,
@@ -164,6 +165,9 @@ class Supervisor:
         """Write params.json, choose the checkpoint and stage the dataset; an Outcome on failure."""
         directory = run_dir(self.run_id)
         directory.mkdir(parents=True, exist_ok=True)
+        # A code run's files first: the control plane's own (params.json) are written over them.
+        if claim.kind == RunKind.CODE and (unpacked := unpack_snapshot(claim, directory, self._writer.say)):
+            return unpacked
         params_file = directory / "params.json"
         params_file.write_text(json.dumps(claim.params, indent=2, sort_keys=True))
         say = self._writer.say

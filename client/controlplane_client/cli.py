@@ -31,8 +31,15 @@ def _positive(text: str) -> int:
 
 
 def _add_run_commands(sub: argparse._SubParsersAction[_Parser], common: _Parser) -> None:
-    launch = sub.add_parser("launch", parents=[common], help="launch a run of PROGRAM")
-    launch.add_argument("program")
+    launch = sub.add_parser(
+        "launch",
+        parents=[common],
+        help="launch a run of PROGRAM, or (--code DIR -- COMMAND...) of your own code",
+        usage="cpctl launch [options] PROGRAM | cpctl launch [options] --code DIR -- COMMAND [ARG ...]",
+    )
+    launch.add_argument("program", nargs="?", help="a registered program (not with --code)")
+    launch.add_argument("code_command", nargs="*", help=argparse.SUPPRESS)
+    launch.add_argument("--code", metavar="DIR", help="upload DIR as a code snapshot and run COMMAND in it")
     launch.add_argument("-p", "--param", action="append", metavar="NAME=VALUE", help="a param (repeatable)")
     launch.add_argument("-f", "--file", action="append", metavar="FILE", help="params from YAML or JSON")
     launch.add_argument("--name", help="the run's name (default: the program's)")
@@ -52,7 +59,11 @@ def _add_run_commands(sub: argparse._SubParsersAction[_Parser], common: _Parser)
     wait = sub.add_parser("wait", parents=[common], help="wait for a run to end (exit code: its outcome)")
     wait.add_argument("run", type=int)
     wait.add_argument("--timeout", type=float)
-    for name, what in (("cancel", "cancel a run"), ("retry", "launch a failed run again")):
+    for name, what in (
+        ("cancel", "cancel a run"),
+        ("retry", "launch a failed run again"),
+        ("clone", "launch a new run like RUN (the same program and params, or snapshot and command)"),
+    ):
         sub.add_parser(name, parents=[common], help=what).add_argument("run", type=int)
     download = sub.add_parser("download", parents=[common], help="download a run's artifacts")
     download.add_argument("run", type=int)
@@ -85,6 +96,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, Client], int]] = {
     "wait": commands.wait,
     "cancel": commands.cancel,
     "retry": commands.retry,
+    "clone": commands.clone,
     "download": commands.download,
     "compare": commands.compare,
 }

@@ -10,6 +10,7 @@ from typing import Any, cast
 import httpx
 
 from controlplane_client import download as downloads
+from controlplane_client import snapshot as snapshots
 from controlplane_client import stream
 from controlplane_client.errors import ClientError, from_response
 from controlplane_client.types import TERMINAL, Artifact, Event, LogPage, Program, Run
@@ -91,6 +92,66 @@ class Client:
             body["priority"] = priority
         body.update({k: v for k, v in extra.items() if v is not None})
         return cast(Run, self.post_json("/api/v1/runs/", body))
+
+    # -- code snapshots ------------------------------------------------------------------------
+
+    def snapshot_limits(self) -> snapshots.Limits:
+        """The server's limits; also where a caller not allowed to run code is refused (403)."""
+        body = self.get_json("/api/v1/snapshots/limits/")
+        return snapshots.Limits(
+            int(body["max_bytes"]), int(body["max_unpacked_bytes"]), int(body["max_files"])
+        )
+
+    def upload_snapshot(self, directory: Path | str) -> tuple[dict[str, Any], bool]:
+        """Pack `directory` and send it unless the server has it already; (snapshot, sent)."""
+        if not Path(directory).is_dir():
+            raise ClientError(f"no such directory: {directory}")
+        packed = snapshots.pack(directory, self.snapshot_limits())
+        path = f"/api/v1/snapshots/{packed.sha256}/"
+        try:
+            return cast(dict[str, Any], self.get_json(path)), False
+        except ClientError as error:
+            if error.status != 404:
+                raise
+        headers = {"Content-Type": "application/gzip"}
+        response = self.request("PUT", path, content=packed.data, headers=headers)
+        return cast(dict[str, Any], response.json()), True
+
+    def launch_code(
+        self,
+        directory: Path | str,
+        command: list[str],
+        *,
+        name: str | None = None,
+        gpus: int | None = None,
+        pool: str | None = None,
+        priority: int | None = None,
+        **extra: Any,
+    ) -> Run:
+        """Upload `directory` (once) and launch `command` in it; the run's `snapshot` is its sha256."""
+        snapshot, _ = self.upload_snapshot(directory)
+        return self.launch_snapshot(
+            snapshot["sha256"],
+            command,
+            name=name or Path(directory).resolve().name,
+            gpus=gpus,
+            pool=pool,
+            priority=priority,
+            **extra,
+        )
+
+    def launch_snapshot(self, sha256: str, command: list[str], *, name: str, **options: Any) -> Run:
+        """Launch `command` in an uploaded snapshot; options as for `launch`."""
+        body: dict[str, Any] = {"name": name, "code": {"snapshot": sha256, "command": command}}
+        resources = {k: options.pop(k) for k in ("pool", "gpus") if options.get(k) is not None}
+        if resources:
+            body["resources"] = resources
+        body.update({k: v for k, v in options.items() if v is not None and k not in ("pool", "gpus")})
+        return cast(Run, self.post_json("/api/v1/runs/", body))
+
+    def clone(self, run_id: int) -> Run:
+        """A new run like `run_id`: its program and params, or its code snapshot and command."""
+        return cast(Run, self.post_json(f"/api/v1/runs/{run_id}/clone/"))
 
     def runs(self, *, status: str | None = None, limit: int = 50, **filters: str | None) -> list[Run]:
         """Newest first, following the cursor pages until `limit` runs."""

@@ -57,11 +57,36 @@ def _schema_of(client: Client, program: str) -> dict[str, Any] | None:
         raise
 
 
-def launch(args: argparse.Namespace, client: Client) -> int:
-    values = params.build(args.param or [], args.file or [], _schema_of(client, args.program))
-    run = client.launch(
-        args.program, values, name=args.name, gpus=args.gpus, pool=args.pool, priority=args.priority
+def _launch_code(args: argparse.Namespace, client: Client) -> Run:
+    # After `--` every word is positional: the first lands in `program`, the rest in `command`.
+    command = [args.program, *args.code_command] if args.program else list(args.code_command)
+    if not command:
+        raise ClientError("--code needs a command after --, e.g. cpctl launch --code . -- python train.py")
+    if args.param or args.file:
+        raise ClientError("--param and --file are for programs; pass a code run's arguments in its command")
+    snapshot, sent = client.upload_snapshot(args.code)
+    short = snapshot["sha256"][:12]
+    if sent:
+        detail = f"{len(snapshot['files'])} files, {snapshot['size']} bytes"
+        output.say(f"uploaded snapshot {short} ({detail})", file=sys.stderr)
+    else:
+        output.say(f"snapshot {short} already uploaded", file=sys.stderr)
+    name = args.name or Path(args.code).resolve().name
+    return client.launch_snapshot(
+        snapshot["sha256"], command, name=name, gpus=args.gpus, pool=args.pool, priority=args.priority
     )
+
+
+def launch(args: argparse.Namespace, client: Client) -> int:
+    if args.code is not None:
+        run = _launch_code(args, client)
+    elif not args.program or args.code_command:
+        raise ClientError("a program name is required (or --code DIR -- COMMAND to run your own code)")
+    else:
+        values = params.build(args.param or [], args.file or [], _schema_of(client, args.program))
+        run = client.launch(
+            args.program, values, name=args.name, gpus=args.gpus, pool=args.pool, priority=args.priority
+        )
     if args.follow:
         return _follow_and_wait(args, client, run)
     if args.json:
@@ -137,6 +162,11 @@ def cancel(args: argparse.Namespace, client: Client) -> int:
 
 def retry(args: argparse.Namespace, client: Client) -> int:
     _report(args, client.retry(args.run))
+    return 0
+
+
+def clone(args: argparse.Namespace, client: Client) -> int:
+    _report(args, client.clone(args.run))
     return 0
 
 

@@ -33,8 +33,11 @@ class Run(TypedDict, total=False):
     id: int
     name: str
     status: str
+    kind: str  # "program", "code" (an uploaded snapshot) or "external"
     program: str
     params: dict[str, Any]
+    snapshot: str | None  # a code run's snapshot (sha256)
+    command: list[str]  # a code run's command
     owner: str
     attempt: int
     max_attempts: int

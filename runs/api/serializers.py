@@ -42,6 +42,8 @@ class RunSerializer(serializers.ModelSerializer[Run]):
             "kind",
             "program",
             "params",
+            "snapshot",
+            "command",
             "secrets",
             "owner",
             "attempt",

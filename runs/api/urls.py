@@ -1,7 +1,7 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from runs.api import dashboard, programs
+from runs.api import dashboard, programs, snapshots
 from runs.api.views import DeadLetterViewSet, RunViewSet
 
 router = SimpleRouter()
@@ -11,6 +11,8 @@ router.register("dead-letters", DeadLetterViewSet, basename="dead-letter")
 urlpatterns = [
     path("", include(router.urls)),
     # Dashboard reads (runs/api/dashboard.py); none collides with the router's numeric run ids.
+    path("snapshots/limits/", snapshots.SnapshotLimitsView.as_view(), name="snapshot-limits"),
+    path("snapshots/<str:sha256>/", snapshots.SnapshotView.as_view(), name="snapshot-detail"),
     path("programs/", programs.ProgramListView.as_view(), name="program-list"),
     path("programs/<str:name>/", programs.ProgramDetailView.as_view(), name="program-detail"),
     path("runs/states/", dashboard.RunStatesView.as_view(), name="run-states"),

@@ -14,7 +14,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.drf import request_principal
+from accounts.drf import request_principal, require
 from accounts.policy import Action
 from ops.middleware import repeating_since
 from runs import selectors, services
@@ -38,6 +38,7 @@ LAUNCH_FIELDS = {
     "resources",
     "priority",
     "preemptible",
+    "code",
 }
 
 
@@ -70,6 +71,7 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
         "create": Action.RUN_LAUNCH,
         "cancel": Action.RUN_CANCEL,
         "retry": Action.RUN_RETRY,
+        "clone": Action.RUN_LAUNCH,
     }
 
     def get_queryset(self) -> QuerySet[Run]:
@@ -126,6 +128,8 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
         unknown = sorted(set(body) - LAUNCH_FIELDS)
         if unknown:
             raise ValidationError({name: ["unknown field"] for name in unknown[:10]})
+        if body.get("code") is not None:
+            require(request, Action.RUN_CODE)
         try:
             launch = services.check_launch(
                 name=body.get("name"),
@@ -135,6 +139,7 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
                 limits={name: body[name] for name in services.LIMIT_FIELDS if name in body},
                 owner=_user(request),
                 fleet={name: body.get(name) for name in ("resources", "priority", "preemptible")},
+                code=body.get("code"),
             )
         except services.LaunchError as error:
             raise ValidationError({field: [message] for field, message in error.errors.items()}) from None
@@ -161,13 +166,30 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
     @extend_schema(request=None, responses={202: RunSerializer})
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str) -> Response:
+        source = self.get_object()
+        if source.kind == "code":  # runs its code again: the setting may have changed since
+            require(request, Action.RUN_CODE)
         try:
             run = services.do_retry_run(
-                self.get_object(), request_id=getattr(request, "request_id", ""), actor=_user(request)
+                source, request_id=getattr(request, "request_id", ""), actor=_user(request)
             )
         except services.RetryError as error:
             return Response({"detail": str(error), "code": "not_retryable"}, status=status.HTTP_409_CONFLICT)
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={201: RunSerializer})
+    @action(detail=True, methods=["post"])
+    def clone(self, request: Request, pk: str) -> Response:
+        """A new run like this one: its program and params, or its code snapshot and command."""
+        source = self.get_object()
+        if source.kind == "code":
+            require(request, Action.RUN_CODE)
+        assert isinstance(request.user, User)
+        try:
+            run = services.do_clone_run(source, request.user, request_id=getattr(request, "request_id", ""))
+        except services.LaunchError as error:
+            raise ValidationError({field: [message] for field, message in error.errors.items()}) from None
+        return Response(RunSerializer(run).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
         parameters=[OpenApiParameter("after", int), OpenApiParameter("limit", int)],

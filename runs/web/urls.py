@@ -1,12 +1,13 @@
 from django.urls import path
 
-from runs.web import dead_letters, views
+from runs.web import code, dead_letters, views
 
 urlpatterns = [
     path("", views.run_list, name="run-list"),
     path("runs/new/", views.launch_run, name="run-launch"),
     path("runs/<int:run_id>/", views.run_detail, name="run-detail"),
     path("runs/<int:run_id>/live/", views.run_fragments, name="run-fragments"),
+    path("runs/<int:run_id>/clone/", code.clone_code_run, name="run-clone-code"),
     path("compare/", views.compare, name="run-compare"),
     path("dead-letters/", dead_letters.dead_letter_list, name="dead-letter-list"),
     path(

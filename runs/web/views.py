@@ -24,7 +24,7 @@ from ops.middleware import repeating_since
 from runs import launch_hooks, lifecycle, selectors, services
 from runs.models import Artifact, Run, RunStatus
 from runs.programs import Program, all_programs, get_program
-from runs.web import display, launch, resources
+from runs.web import code, display, launch, resources
 from runs.web.assets import module_graph
 from runs.web.listing import PAGE_SIZES, SORTS, paginate, parse_list_query
 from vault.selectors import usable_secret_names
@@ -197,6 +197,7 @@ def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
         "elapsed": display.duration_seconds(run, now),
         "now": now,
         "preload": module_graph("js/pages/run.js"),
+        **code.context(request, run),
     }
 
 

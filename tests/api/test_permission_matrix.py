@@ -78,6 +78,7 @@ MATRIX: list[Row] = [
     r("run-launch", "POST", 302, 403, 302, 302, 302, body={"program": "scripted", "name": "m"}, form=True),
     r("run-detail", "GET", *PAGE_READ, target="run"),
     r("run-fragments", "GET", *PAGE_READ, target="run"),
+    r("run-clone-code", "POST", 302, 403, 302, 302, 302, target="run", form=True),
     r("run-compare", "GET", *PAGE_READ, query="ids={run}"),
     r("login", "GET", 200, 200, 200, 200, 200),
     r("login", "POST", 200, 200, 200, 200, 200, body={"username": "nobody", "password": "wrong"}, form=True),
@@ -149,6 +150,12 @@ MATRIX: list[Row] = [
     r("api:run-artifacts", "GET", *READ, target="run"),
     r("api:run-cancel", "POST", 401, 403, 202, 403, 202, target="run"),
     r("api:run-retry", "POST", 401, 403, 202, 403, 202, target="failed_run"),
+    # Cloning launches a new run of one's own, like any launch; any run one may see.
+    r("api:run-clone", "POST", 401, 403, 201, 201, 201, target="run"),
+    r("api:snapshot-limits", "GET", 401, 403, 200, 200, 200),
+    r("api:snapshot-detail", "GET", 401, 403, 404, 404, 404, kwargs={"sha256": "0" * 64}),
+    # The body is not the archive its URL names: refused before anything is registered.
+    r("api:snapshot-detail", "PUT", 401, 403, 400, 400, 400, kwargs={"sha256": "0" * 64}),
     r("api:run-states", "GET", *READ, query="ids={run}"),
     r("api:program-list", "GET", *READ),
     r("api:program-detail", "GET", *READ, kwargs={"name": "scripted"}),

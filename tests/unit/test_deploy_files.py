@@ -18,8 +18,11 @@ def documented_variables() -> set[str]:
 
 
 def variables_read_by_settings() -> set[str]:
-    source = (ROOT / "controlplane" / "settings.py").read_text()
-    return set(re.findall(r'env_(?:str|bool|int|float|list|path)\(\s*"([A-Z_]+)"', source))
+    # settings.py, and the settings modules it imports every name of (controlplane/code_settings.py).
+    source = "".join(
+        (ROOT / "controlplane" / name).read_text() for name in ("settings.py", "code_settings.py")
+    )
+    return set(re.findall(r'env_(?:str|bool|int|float|list|path|choice)\(\s*"([A-Z_]+)"', source))
 
 
 def test_every_environment_variable_is_in_the_readme_table() -> None:

@@ -154,3 +154,12 @@ def test_the_channel_prefix_keeps_redis_databases_apart(
 ) -> None:
     # Redis pub/sub ignores the database number: the prefix is what keeps two deployments apart.
     assert channel_prefix(url, environ) == prefix
+
+
+def test_env_choice_takes_one_of_its_choices_and_refuses_anything_else() -> None:
+    from controlplane.env import env_choice
+
+    assert env_choice("ROLE", "operator", ("operator", "admin"), {}) == "operator"
+    assert env_choice("ROLE", "operator", ("operator", "admin"), {"ROLE": " Admin "}) == "admin"
+    with pytest.raises(ConfigError, match="ROLE must be one of operator, admin, got 'viewer'"):
+        env_choice("ROLE", "operator", ("operator", "admin"), {"ROLE": "viewer"})
