@@ -44,6 +44,7 @@ class Action(enum.StrEnum):
     SECRET_USE = "secret.use"  # noqa: S105 - give a secret to one's run: those granted; admins: all
     FLEET_READ = "fleet.read"  # workers, devices, pools; one's own GPU quota (admins: all)
     FLEET_MANAGE = "fleet.manage"  # drain workers, set users' GPU quotas
+    PROGRAM_MANAGE = "program.manage"  # register, edit, retire catalog programs; infer params schemas
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ RULES: dict[Action, Rule] = {
     Action.SECRET_USE: Rule(Role.OPERATOR, "launch", others=ADMINS, verb="use secrets"),
     Action.FLEET_READ: Rule(Role.VIEWER, "read", verb="see the fleet"),
     Action.FLEET_MANAGE: Rule(Role.ADMIN, "admin", verb="manage the fleet"),
+    # A program's command runs on every worker (and inference runs it on the web host): admins only.
+    Action.PROGRAM_MANAGE: Rule(Role.ADMIN, "admin", verb="manage programs"),
 }
 
 

@@ -113,7 +113,8 @@ class Supervisor:
         self._ingest = Ingest(self.run_id, self._writer, self.log)
 
     def _run_claimed(self, claim: Claim) -> str:
-        program = get_program(claim.program)
+        # Retired since the launch: runs already launched still run (runs/catalog.py).
+        program = get_program(claim.program, include_retired=True)
         if program is None:
             outcome = Outcome(
                 RunStatus.FAILED,

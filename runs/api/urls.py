@@ -12,7 +12,10 @@ urlpatterns = [
     path("", include(router.urls)),
     # Dashboard reads (runs/api/dashboard.py); none collides with the router's numeric run ids.
     path("programs/", programs.ProgramListView.as_view(), name="program-list"),
+    path("programs/infer-schema/", programs.ProgramInferSchemaView.as_view(), name="program-infer-schema"),
     path("programs/<str:name>/", programs.ProgramDetailView.as_view(), name="program-detail"),
+    path("programs/<str:name>/retire/", programs.ProgramRetireView.as_view(), name="program-retire"),
+    path("programs/<str:name>/restore/", programs.ProgramRestoreView.as_view(), name="program-restore"),
     path("runs/states/", dashboard.RunStatesView.as_view(), name="run-states"),
     path("runs/<int:run_id>/logs/tail/", dashboard.LogTailView.as_view(), name="run-log-tail"),
     path("runs/<int:run_id>/logs.txt", dashboard.log_text, name="run-log-text"),
