@@ -44,7 +44,9 @@ class InferenceError(Exception):
 
 
 def _shim_argv(command: Any) -> list[str]:
-    """The shim's command line for a program command; InferenceError unless it is Python."""
+    """The shim's command line for a program command; InferenceError unless it is Python. Its
+    source goes in `-c`: run by path, its directory (runs/, with a `selectors` module) would come
+    first on sys.path and shadow the standard library's."""
     if not isinstance(command, list) or not command or not all(isinstance(c, str) and c for c in command):
         raise InferenceError({"command": "must be a non-empty list of strings"})
     interpreter = sys.executable if command[0] == PYTHON else command[0]
@@ -52,9 +54,9 @@ def _shim_argv(command: Any) -> list[str]:
         raise InferenceError({"command": USAGE})
     rest = command[1:]
     if len(rest) >= 2 and rest[0] == "-m":
-        return [interpreter, str(SHIM), "module", rest[1], *rest[2:]]
+        return [interpreter, "-c", SHIM.read_text(), "module", rest[1], *rest[2:]]
     if rest and rest[0].endswith(".py"):
-        return [interpreter, str(SHIM), "script", rest[0], *rest[1:]]
+        return [interpreter, "-c", SHIM.read_text(), "script", rest[0], *rest[1:]]
     raise InferenceError({"command": USAGE})
 
 
@@ -73,7 +75,10 @@ def _run_shim(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
         **env,
     }
     with tempfile.TemporaryDirectory(prefix="params-schema-") as home:
-        child_env["HOME"] = home
+        # As a run's environment has them (no params yet: `{}`), so a script that reads its
+        # params before it parses gets as far as its parser.
+        (Path(home) / "params.json").write_text("{}")
+        child_env.update({"HOME": home, "CONTROLPLANE_RUN_DIR": home, "CONTROLPLANE_PARAMS": f"{home}/params.json"})
         try:
             done = subprocess.run(  # noqa: S603 - an admin's program command, audited, in a sandbox of limits
                 argv,

@@ -1,9 +1,9 @@
 """Prints the params a training script declares, as JSON, without running its training.
 
-Run by path, with the interpreter of the program's command (standard library only, so any Python
-3.11 runs it, the worker's or a program's own virtualenv):
+Run as `python -c <this file's text>`, with the interpreter of the program's command (standard
+library only, so any Python 3.11 runs it, the worker's or a program's own virtualenv):
 
-    python params_shim.py script PATH [ARGS...]    or    python params_shim.py module NAME [ARGS...]
+    python -c "$SHIM" script PATH [ARGS...]    or    python -c "$SHIM" module NAME [ARGS...]
 
 Two declarations are understood:
 - an `argparse` parser: `ArgumentParser.parse_args`/`parse_known_args` are intercepted, so the

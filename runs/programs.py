@@ -172,7 +172,7 @@ def check_definition(name: Any, entry: Any, *, params_field: str = "params_schem
     ):
         errors["env"] = "must be a table of strings"
     queue = entry.get("queue")
-    if queue is not None and (not isinstance(queue, str) or not _QUEUE.match(queue)):
+    if queue not in (None, "") and (not isinstance(queue, str) or not _QUEUE.match(queue)):
         errors["queue"] = "must be a string: a queue name (letters, digits, '.', '_', '-', at most 64)"
     resources = entry.get("resources", {})
     if (problem := resources_problem(resources)) is not None:
