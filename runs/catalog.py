@@ -42,7 +42,16 @@ log = structlog.get_logger(__name__)
 # Run kinds that are not programs (code snapshots, tracked external scripts), and a URL of the API.
 RESERVED_NAMES = frozenset({"code", "external", "infer-schema"})
 # The API's field names; `params_schema` is the JSON Schema object the listing shows.
-FIELDS = ("description", "command", "params_schema", "launcher", "nproc_per_node", "env", "resources", "queue")
+FIELDS = (
+    "description",
+    "command",
+    "params_schema",
+    "launcher",
+    "nproc_per_node",
+    "env",
+    "resources",
+    "queue",
+)
 SCHEMA_KEYS = {"type", "properties", "additionalProperties"}
 
 Actor = AbstractBaseUser | AnonymousUser | None
@@ -87,7 +96,9 @@ def _entry(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     if schema.get("type", "object") != "object":
         errors["params_schema.type"] = 'must be "object"'
     if schema.get("additionalProperties", False) is not False:
-        errors["params_schema.additionalProperties"] = "must be false: a program takes only the params it declares"
+        errors["params_schema.additionalProperties"] = (
+            "must be false: a program takes only the params it declares"
+        )
     entry["params"] = schema.get("properties", {})
     if entry["params"] == {} and "properties" in schema and not isinstance(schema["properties"], dict):
         errors["params_schema.properties"] = "must be an object"
@@ -265,7 +276,9 @@ def seed_one(name: str, entry: dict[str, Any]) -> str:
                     row = ProgramDefinition.objects.create(name=name, source=ProgramSource.SEED, **columns)
             except IntegrityError:
                 return "unchanged"  # another process seeded it at the same moment
-            audit.record("program.seed", actor=None, target=row, details={**_summary(row), "change": "created"})
+            audit.record(
+                "program.seed", actor=None, target=row, details={**_summary(row), "change": "created"}
+            )
             return "created"
         if row.source != ProgramSource.SEED:
             return "kept"

@@ -78,30 +78,36 @@ def _run_shim(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
         # As a run's environment has them (no params yet: `{}`), so a script that reads its
         # params before it parses gets as far as its parser.
         (Path(home) / "params.json").write_text("{}")
-        child_env.update({"HOME": home, "CONTROLPLANE_RUN_DIR": home, "CONTROLPLANE_PARAMS": f"{home}/params.json"})
+        child_env.update(
+            {"HOME": home, "CONTROLPLANE_RUN_DIR": home, "CONTROLPLANE_PARAMS": f"{home}/params.json"}
+        )
         try:
-            done = subprocess.run(  # noqa: S603 - an admin's program command, audited, in a sandbox of limits
+            done = subprocess.run(
                 argv,
                 cwd=home,
                 env=child_env,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 timeout=TIMEOUT_SECONDS,
-                preexec_fn=_limits,  # noqa: PLW1509 - no threads start children here
+                preexec_fn=_limits,
                 check=False,
             )
         except subprocess.TimeoutExpired:
+            why = f"the script ran {TIMEOUT_SECONDS:.0f}s without parsing its arguments: no argparse parser"
             raise InferenceError(
-                {"command": f"the script ran {TIMEOUT_SECONDS:.0f}s without parsing its arguments: no argparse "
-                 "parser or CONTROLPLANE_PARAMS found before its work started"}
+                {"command": f"{why} or CONTROLPLANE_PARAMS found before its work started"}
             ) from None
         except OSError as error:
-            raise InferenceError({"command": f"cannot start {argv[0]!r}: {error.strerror or error}"}) from None
+            raise InferenceError(
+                {"command": f"cannot start {argv[0]!r}: {error.strerror or error}"}
+            ) from None
     for line in done.stdout.decode(errors="replace").splitlines():
         if line.startswith(MARK):
             found: dict[str, Any] = json.loads(line[len(MARK) :])
             return found
-    tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+    tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [
+        f"exit status {done.returncode}"
+    ]
     raise InferenceError({"command": f"the script gave no params: {tail[0][:500]}"})
 
 
@@ -134,6 +140,10 @@ def do_infer_params_schema(
         details = {"command": shown, "errors": error.errors}
         audit.record("program.infer_schema", actor=actor, outcome="failure", details=details)
         raise
-    details = {"command": shown, "source": result["source"], "params": sorted(result["params_schema"]["properties"])}
+    details = {
+        "command": shown,
+        "source": result["source"],
+        "params": sorted(result["params_schema"]["properties"]),
+    }
     audit.record("program.infer_schema", actor=actor, details=details)
     return result

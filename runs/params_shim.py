@@ -31,7 +31,16 @@ import typing
 from typing import Any, NoReturn
 
 MARK = "CONTROLPLANE_PARAMS_SCHEMA="
-KEYWORDS = ("description", "title", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "maxLength")
+KEYWORDS = (
+    "description",
+    "title",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "enum",
+    "maxLength",
+)
 TYPES: dict[Any, str] = {int: "integer", float: "number", str: "string", bool: "boolean"}
 
 
@@ -53,19 +62,27 @@ def _help(action: argparse.Action) -> str:
 
 def _option(action: argparse.Action) -> tuple[dict[str, Any] | None, str | None]:
     """One option as a JSON-Schema property, or why it cannot be one."""
-    if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction | argparse.BooleanOptionalAction):
+    if isinstance(
+        action, argparse._StoreTrueAction | argparse._StoreFalseAction | argparse.BooleanOptionalAction
+    ):
         spec: dict[str, Any] = {"type": "boolean", "default": bool(action.default)}
     elif type(action) is argparse._StoreAction and action.nargs is None:
         kind = TYPES.get(action.type or str)
         if kind is None:
-            return None, f"type {getattr(action.type, '__name__', action.type)!s} is not int, float, str or bool"
+            return (
+                None,
+                f"type {getattr(action.type, '__name__', action.type)!s} is not int, float, str or bool",
+            )
         if action.default is None or action.required:
             return None, "needs a default (every param has one)"
         spec = {"type": kind, "default": action.default}
         if action.choices is not None:
             spec["enum"] = list(action.choices)
     else:
-        return None, f"{type(action).__name__.strip('_')} options (lists, counts, constants) are not supported"
+        return (
+            None,
+            f"{type(action).__name__.strip('_')} options (lists, counts, constants) are not supported",
+        )
     if description := _help(action):
         spec["description"] = description
     return spec, None
@@ -75,7 +92,10 @@ def describe_parser(parser: argparse.ArgumentParser) -> NoReturn:
     properties: dict[str, Any] = {}
     problems: dict[str, str] = {}
     for action in parser._actions:
-        if isinstance(action, argparse._HelpAction | argparse._VersionAction) or action.dest == argparse.SUPPRESS:
+        if (
+            isinstance(action, argparse._HelpAction | argparse._VersionAction)
+            or action.dest == argparse.SUPPRESS
+        ):
             continue
         if not action.option_strings:
             problems[action.dest] = "positional arguments are not supported: use an --option with a default"
@@ -122,15 +142,15 @@ def _intercept() -> None:
     def parse(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> NoReturn:
         describe_parser(self)
 
-    argparse.ArgumentParser.parse_args = parse  # type: ignore[assignment,method-assign]
-    argparse.ArgumentParser.parse_known_args = parse  # type: ignore[assignment,method-assign]
-    argparse.ArgumentParser.parse_intermixed_args = parse  # type: ignore[assignment,method-assign]
+    argparse.ArgumentParser.parse_args = parse  # type: ignore[method-assign]
+    argparse.ArgumentParser.parse_known_args = parse  # type: ignore[method-assign]
+    argparse.ArgumentParser.parse_intermixed_args = parse  # type: ignore[method-assign]
 
     def refused(*args: Any, **kwargs: Any) -> NoReturn:
         raise OSError("network access is refused while the params schema is inferred")
 
     socket.socket.connect = refused  # type: ignore[method-assign]
-    socket.socket.connect_ex = refused  # type: ignore[method-assign,assignment]
+    socket.socket.connect_ex = refused  # type: ignore[method-assign]
     socket.create_connection = refused
     socket.getaddrinfo = refused
 
@@ -156,7 +176,7 @@ def main(argv: list[str]) -> NoReturn:
         _run(kind, target, "__main__")
     except SystemExit as error:
         emit({"error": f"the script exited ({error.code}) before it parsed its arguments"})
-    except BaseException as error:  # noqa: BLE001 - whatever the script raises is the answer
+    except BaseException as error:
         emit({"error": f"the script raised {type(error).__name__}: {str(error)[:500]}"})
     emit({"error": "found neither an argparse parser nor CONTROLPLANE_PARAMS (a dataclass)"})
 

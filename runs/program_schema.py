@@ -34,7 +34,9 @@ def _keyword_problem(keyword: str, value: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_STRING_PARAM:
             return f"must be an integer from 0 to {MAX_STRING_PARAM}"
     elif keyword == "enum":
-        scalars = all(isinstance(v, str | int | float | bool) for v in value) if isinstance(value, list) else False
+        scalars = (
+            all(isinstance(v, str | int | float | bool) for v in value) if isinstance(value, list) else False
+        )
         if not scalars or not value:
             return "must be a non-empty list of values"
     elif keyword in {"description", "title"} and not isinstance(value, str):
@@ -118,5 +120,3 @@ def _in_bounds(spec: dict[str, Any], value: float) -> str | None:
     if "exclusiveMaximum" in spec and value >= spec["exclusiveMaximum"]:
         return f"must be < {spec['exclusiveMaximum']}"
     return None
-
-

@@ -182,6 +182,7 @@ def check_definition(name: Any, entry: Any, *, params_field: str = "params_schem
     errors.update(param_errors)
     if errors:
         raise DefinitionError(errors)
+    assert isinstance(command, list)  # checked above
     return Program(
         name=name,
         command=tuple(command),
@@ -216,7 +217,9 @@ def load_programs_file(path: Path) -> dict[str, Program]:
         try:
             program = check_definition(name, entry, params_field="params")
         except DefinitionError as error:
-            problems = "; ".join(f"programs.{name}.{field} {message}" for field, message in error.errors.items())
+            problems = "; ".join(
+                f"programs.{name}.{field} {message}" for field, message in error.errors.items()
+            )
             raise ConfigError(f"{path}: {problems}") from None
         programs[name] = replace(materialize(program), source=SOURCE_FILE)
     return programs

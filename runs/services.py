@@ -271,7 +271,9 @@ def do_retry_run(run: Run, *, request_id: str = "", actor: User | None = None) -
     if run.kind == RunKind.PROGRAM and get_program(run.program) is None:
         # Retired (or gone): retrying is new work. Attempts the reliability layer retries on
         # its own after a worker loss still run (the supervisor reads retired programs too).
-        raise RetryError(f"program {run.program!r} is retired or no longer registered; an admin can restore it")
+        raise RetryError(
+            f"program {run.program!r} is retired or no longer registered; an admin can restore it"
+        )
     with transaction.atomic():
         # Conditional: two retry clicks (or a retry racing a reconciler) queue the run once.
         retried = lifecycle.perform(

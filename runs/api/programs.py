@@ -45,10 +45,10 @@ class ProgramSerializer(serializers.Serializer[Any]):
     resources = serializers.DictField(
         help_text='where its runs go when a launch names no resources: {"pool": ..., "gpus": ...}'
     )
-    source = serializers.ChoiceField(
+    source = serializers.ChoiceField(  # type: ignore[assignment]  # a field named like Field.source
         choices=["builtin", "file", "seed", "api"],
-        help_text="built in; the programs file, not in the catalog yet; the catalog, last written by the seed "
-        "or through the API",
+        help_text="built in; the programs file, not in the catalog yet; the catalog, last written by "
+        "the seed or through the API",
     )
     version = serializers.IntegerField(help_text="grows with every change of a catalog program; 0 elsewhere")
     retired = serializers.BooleanField()
@@ -64,7 +64,9 @@ class ProgramWriteSerializer(serializers.Serializer[Any]):
 
     name = serializers.RegexField(r"^[a-z][a-z0-9_-]{0,63}$", required=False)
     command = serializers.ListField(
-        child=serializers.CharField(), required=False, help_text='argv; "{python}" is the worker\'s interpreter'
+        child=serializers.CharField(),
+        required=False,
+        help_text='argv; "{python}" is the worker\'s interpreter',
     )
     description = serializers.CharField(required=False, allow_blank=True)
     params_schema = serializers.DictField(
@@ -83,7 +85,7 @@ class InferRequestSerializer(serializers.Serializer[Any]):
 
 
 class InferResponseSerializer(serializers.Serializer[Any]):
-    source = serializers.ChoiceField(choices=["argparse", "dataclass"])
+    source = serializers.ChoiceField(choices=["argparse", "dataclass"])  # type: ignore[assignment]
     params_schema = serializers.DictField()
     skipped = serializers.DictField(child=serializers.CharField(), help_text="options left out, and why")
 
@@ -109,7 +111,13 @@ def describe(program: Program, *, full: bool = False) -> dict[str, Any]:
         "retired_at": program.retired_at.isoformat() if program.retired_at else None,
     }
     if full:
-        body.update({"command": list(program.written or program.command), "env": program.env, "nproc_per_node": program.nproc_per_node})
+        body.update(
+            {
+                "command": list(program.written or program.command),
+                "env": program.env,
+                "nproc_per_node": program.nproc_per_node,
+            }
+        )
     return body
 
 
@@ -151,7 +159,9 @@ class ProgramListView(APIView):
     )
     def get(self, request: Request) -> Response:
         retired = request.query_params.get("include_retired", "") in {"1", "true", "yes"}
-        programs = sorted(all_programs(include_retired=retired).values(), key=lambda p: (not p.builtin, p.name))
+        programs = sorted(
+            all_programs(include_retired=retired).values(), key=lambda p: (not p.builtin, p.name)
+        )
         full = _full(request)
         return Response([describe(program, full=full) for program in programs])
 
@@ -220,7 +230,9 @@ class ProgramInferSchemaView(APIView):
     def post(self, request: Request) -> Response:
         body = _body(request, {"command", "env"})
         try:
-            result = params_inference.do_infer_params_schema(request.user, body.get("command"), body.get("env"))
+            result = params_inference.do_infer_params_schema(
+                request.user, body.get("command"), body.get("env")
+            )
         except params_inference.InferenceError as error:
             raise ValidationError({field: [message] for field, message in error.errors.items()}) from None
         return Response(result)

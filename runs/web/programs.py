@@ -21,13 +21,28 @@ from accounts.policy import Action
 from runs import catalog, params_inference
 from runs.programs import LAUNCHERS, Program, all_programs, get_program
 
-FORM_FIELDS = ("name", "description", "command", "params_schema", "launcher", "nproc_per_node", "env", "pool", "gpus", "queue")
+FORM_FIELDS = (
+    "name",
+    "description",
+    "command",
+    "params_schema",
+    "launcher",
+    "nproc_per_node",
+    "env",
+    "pool",
+    "gpus",
+    "queue",
+)
 
 
 def _form_of(program: Program | None) -> dict[str, str]:
     """A program as the form's text fields (the command one part a line, env KEY=VALUE lines)."""
     if program is None:
-        return {"launcher": "direct", "nproc_per_node": "1", "params_schema": '{\n  "type": "object",\n  "properties": {}\n}'}
+        return {
+            "launcher": "direct",
+            "nproc_per_node": "1",
+            "params_schema": '{\n  "type": "object",\n  "properties": {}\n}',
+        }
     schema = {"type": "object", "properties": program.params}
     return {
         "name": program.name,
@@ -70,14 +85,14 @@ def _body_of(form: dict[str, str], errors: dict[str, str]) -> dict[str, Any]:
         raw = form.get(key, "").strip()
         if raw:
             try:
-                value = int(raw)
+                number = int(raw)
             except ValueError:
                 errors[f"resources.{key}" if key == "gpus" else key] = "must be a whole number"
                 continue
             if key == "gpus":
-                resources["gpus"] = value
+                resources["gpus"] = number
             elif body["launcher"] == "torchrun":
-                body["nproc_per_node"] = value
+                body["nproc_per_node"] = number
     body["resources"] = resources
     return body
 
@@ -90,7 +105,13 @@ def _field(key: str) -> str:
     return head if head in FORM_FIELDS else "general"
 
 
-def _page(request: HttpRequest, program: Program | None, form: dict[str, str], errors: dict[str, str], status: int = 200) -> HttpResponse:
+def _page(
+    request: HttpRequest,
+    program: Program | None,
+    form: dict[str, str],
+    errors: dict[str, str],
+    status: int = 200,
+) -> HttpResponse:
     by_field: dict[str, list[str]] = {}
     for key, message in errors.items():
         label = key if "." in key else ""
@@ -124,7 +145,8 @@ def _infer(request: HttpRequest, program: Program | None, form: dict[str, str]) 
     form["params_schema"] = json.dumps(result["params_schema"], indent=2)
     skipped = "; ".join(f"{name}: {why}" for name, why in result["skipped"].items())
     found = len(result["params_schema"]["properties"])
-    messages.info(request, f"{found} params read from the script ({result['source']}).{' Left out: ' + skipped if skipped else ''}")
+    left_out = f" Left out: {skipped}" if skipped else ""
+    messages.info(request, f"{found} params read from the script ({result['source']}).{left_out}")
     return _page(request, program, form, errors)
 
 

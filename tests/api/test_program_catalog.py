@@ -69,7 +69,9 @@ def test_an_admin_registers_a_program_that_operators_can_list_and_launch(
     listed = {p["name"]: p for p in api.get("/api/v1/programs/").json()}
     assert listed["finetune"]["defaults"] == {"lr": 0.001, "steps": 100}
     assert "command" not in listed["finetune"] and "env" not in listed["finetune"]
-    launched = api.post("/api/v1/runs/", {"name": "ft", "program": "finetune", "params": {"steps": 5}}, format="json")
+    launched = api.post(
+        "/api/v1/runs/", {"name": "ft", "program": "finetune", "params": {"steps": 5}}, format="json"
+    )
     assert launched.status_code == 201, launched.json()
     assert launched.json()["params"] == {"lr": 0.001, "steps": 5}
     record = records("program.create")[-1]
@@ -87,7 +89,12 @@ def test_viewers_and_operators_cannot_write_the_catalog(db: Any, role: str) -> N
     assert register(client).status_code == 403
     assert client.patch("/api/v1/programs/scripted/", {"description": "x"}, format="json").status_code == 403
     assert client.post("/api/v1/programs/scripted/retire/").status_code == 403
-    assert client.post("/api/v1/programs/infer-schema/", {"command": ["{python}", "x.py"]}, format="json").status_code == 403
+    assert (
+        client.post(
+            "/api/v1/programs/infer-schema/", {"command": ["{python}", "x.py"]}, format="json"
+        ).status_code
+        == 403
+    )
     assert not ProgramDefinition.objects.exists()
     assert records("access.denied")[-1].details["action"] == "program.manage"
 
@@ -99,10 +106,32 @@ def test_an_admin_token_without_the_admin_scope_cannot_write(admin: User) -> Non
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
-        ({"params_schema": {"type": "object", "properties": {"lr": {"type": "float", "default": 1}}}}, "params_schema.lr.type"),
-        ({"params_schema": {"type": "object", "properties": {"lr": {"type": "number"}}}}, "params_schema.lr.default"),
-        ({"params_schema": {"type": "object", "properties": {"n": {"type": "integer", "default": 0, "minimum": 1}}}}, "params_schema.n.default"),
-        ({"params_schema": {"type": "object", "properties": {"m": {"type": "string", "default": "a", "enum": "a"}}}}, "params_schema.m.enum"),
+        (
+            {"params_schema": {"type": "object", "properties": {"lr": {"type": "float", "default": 1}}}},
+            "params_schema.lr.type",
+        ),
+        (
+            {"params_schema": {"type": "object", "properties": {"lr": {"type": "number"}}}},
+            "params_schema.lr.default",
+        ),
+        (
+            {
+                "params_schema": {
+                    "type": "object",
+                    "properties": {"n": {"type": "integer", "default": 0, "minimum": 1}},
+                }
+            },
+            "params_schema.n.default",
+        ),
+        (
+            {
+                "params_schema": {
+                    "type": "object",
+                    "properties": {"m": {"type": "string", "default": "a", "enum": "a"}},
+                }
+            },
+            "params_schema.m.enum",
+        ),
         ({"params_schema": {"type": "array"}}, "params_schema.type"),
         ({"params_schema": []}, "params_schema"),
         ({"command": []}, "command"),
@@ -119,7 +148,9 @@ def test_an_admin_token_without_the_admin_scope_cannot_write(admin: User) -> Non
         ({"colour": "blue"}, "colour"),
     ],
 )
-def test_a_bad_definition_is_a_400_naming_the_field(admin_api: APIClient, changes: dict[str, Any], field: str) -> None:
+def test_a_bad_definition_is_a_400_naming_the_field(
+    admin_api: APIClient, changes: dict[str, Any], field: str
+) -> None:
     response = register(admin_api, **changes)
     assert response.status_code == 400
     assert field in response.json(), response.json()
@@ -143,9 +174,15 @@ def test_a_name_is_registered_once(admin_api: APIClient) -> None:
 def test_an_edit_bumps_the_version_and_is_audited(admin_api: APIClient, api: APIClient) -> None:
     register(admin_api)
     schema = {"type": "object", "properties": {"lr": {"type": "number", "default": 0.01}}}
-    edited = admin_api.patch("/api/v1/programs/finetune/", {"params_schema": schema, "queue": "gpu"}, format="json")
+    edited = admin_api.patch(
+        "/api/v1/programs/finetune/", {"params_schema": schema, "queue": "gpu"}, format="json"
+    )
     assert edited.status_code == 200, edited.json()
-    assert (edited.json()["version"], edited.json()["queue"], edited.json()["defaults"]) == (2, "gpu", {"lr": 0.01})
+    assert (edited.json()["version"], edited.json()["queue"], edited.json()["defaults"]) == (
+        2,
+        "gpu",
+        {"lr": 0.01},
+    )
     assert edited.json()["env"] == {"MODE": "fast"}  # untouched fields stay
     record = records("program.update")[-1]
     assert record.details["changed"] == ["params", "queue"]
@@ -163,7 +200,9 @@ def test_a_retired_program_leaves_the_list_and_refuses_launches_but_old_runs_kee
     admin_api: APIClient, api: APIClient, owner: User
 ) -> None:
     register(admin_api)
-    old = Run.objects.create(name="old", owner=owner, program="finetune", queue="training", status=RunStatus.FAILED)
+    old = Run.objects.create(
+        name="old", owner=owner, program="finetune", queue="training", status=RunStatus.FAILED
+    )
     retired = admin_api.post("/api/v1/programs/finetune/retire/")
     assert retired.status_code == 200
     assert retired.json()["retired"] is True
@@ -229,7 +268,7 @@ def test_the_seed_command_reports_and_refuses_a_bad_file(db: Any, tmp_path: Path
     call_command("seed_programs", "--file", str(path))
     assert "created: seeded, other" in capsys.readouterr().out
     path.write_text("[programs.x]\ncommand = []\n")
-    with pytest.raises(Exception, match="programs.x.command must be a non-empty list"):
+    with pytest.raises(Exception, match=r"programs\.x\.command must be a non-empty list"):
         call_command("seed_programs", "--file", str(path))
 
 
@@ -239,6 +278,10 @@ def test_a_file_program_not_seeded_yet_is_adopted_when_an_admin_edits_it(admin_a
     edited = admin_api.patch("/api/v1/programs/envprint/", {"description": "edited"}, format="json")
     assert edited.status_code == 200, edited.json()
     assert (edited.json()["source"], edited.json()["version"]) == ("api", 2)
-    assert ProgramDefinition.objects.get(name="envprint").command == ["{python}", "-m", "tests.fixtures.env_program"]
+    assert ProgramDefinition.objects.get(name="envprint").command == [
+        "{python}",
+        "-m",
+        "tests.fixtures.env_program",
+    ]
     program = get_program("envprint")
     assert program is not None and program.description == "edited"

@@ -35,19 +35,33 @@ def test_a_program_registered_through_the_api_runs_on_a_worker_without_any_file(
     script.write_text(SCRIPT)
     admin = make_user("ada", "admin")
     with stack.client(do_issue_token(admin).plaintext) as admin_api:
-        inferred = admin_api.post("/api/v1/programs/infer-schema/", json={"command": ["{python}", str(script)]})
+        inferred = admin_api.post(
+            "/api/v1/programs/infer-schema/", json={"command": ["{python}", str(script)]}
+        )
         assert inferred.status_code == 200, inferred.text
         schema = inferred.json()["params_schema"]
         assert schema["properties"]["times"] == {"type": "integer", "default": 1}
-        body = {"name": "catalogued", "command": ["{python}", str(script)], "params_schema": schema, "env": {"MODE": "e2e"}}
+        body = {
+            "name": "catalogued",
+            "command": ["{python}", str(script)],
+            "params_schema": schema,
+            "env": {"MODE": "e2e"},
+        }
         assert admin_api.post("/api/v1/programs/", json=body).status_code == 201
         launched = live_api.post(
-            "/api/v1/runs/", json={"name": "from the catalog", "program": "catalogued", "params": {"times": 3, "greeting": "hi"}}
+            "/api/v1/runs/",
+            json={
+                "name": "from the catalog",
+                "program": "catalogued",
+                "params": {"times": 3, "greeting": "hi"},
+            },
         )
         assert launched.status_code == 201, launched.text
         run = wait_for_status(live_api, launched.json()["id"], TERMINAL)
         assert run["status"] == "succeeded", run
-        said = [line["line"] for line in all_logs(live_api, run["id"]) if "catalog program says" in line["line"]]
+        said = [
+            line["line"] for line in all_logs(live_api, run["id"]) if "catalog program says" in line["line"]
+        ]
         assert said == ["catalog program says hi (MODE=e2e)"] * 3
         assert admin_api.post("/api/v1/programs/catalogued/retire/").status_code == 200
         refused = live_api.post("/api/v1/runs/", json={"name": "again", "program": "catalogued"})

@@ -15,7 +15,7 @@ from audit.models import AuditRecord
 from runs.params_inference import InferenceError, infer_params_schema
 from tests.conftest import make_user
 
-ARGPARSE = '''
+ARGPARSE = """
 import argparse
 import pathlib
 import sys
@@ -32,9 +32,9 @@ def main():
 
 if __name__ == "__main__":
     main()
-'''
+"""
 
-DATACLASS = '''
+DATACLASS = """
 from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
@@ -50,7 +50,7 @@ CONTROLPLANE_PARAMS = Params
 
 if __name__ == "__main__":
     raise SystemExit("the work ran")
-'''
+"""
 
 
 def script(tmp_path: Path, text: str) -> str:
@@ -63,7 +63,11 @@ def test_an_argparse_script_gives_its_options_with_types_defaults_and_choices(tm
     result = infer_params_schema(["{python}", script(tmp_path, ARGPARSE), "--steps", "5"])
     assert result["source"] == "argparse"
     properties = result["params_schema"]["properties"]
-    assert properties["lr"] == {"type": "number", "default": 3e-4, "description": "learning rate (default 0.0003)"}
+    assert properties["lr"] == {
+        "type": "number",
+        "default": 3e-4,
+        "description": "learning rate (default 0.0003)",
+    }
     assert properties["steps"] == {"type": "integer", "default": 100}
     assert properties["mode"] == {"type": "string", "default": "full", "enum": ["full", "lora"]}
     assert properties["fp16"] == {"type": "boolean", "default": False, "description": "half precision"}
@@ -104,7 +108,9 @@ def test_a_script_without_params_is_a_clear_error(tmp_path: Path, text: str, mes
     assert message in caught.value.errors["command"]
 
 
-@pytest.mark.parametrize("command", [["/bin/true"], ["{python}"], ["{python}", "-c", "print(1)"], "python x.py", []])
+@pytest.mark.parametrize(
+    "command", [["/bin/true"], ["{python}"], ["{python}", "-c", "print(1)"], "python x.py", []]
+)
 def test_only_python_commands_can_be_inferred(command: Any) -> None:
     with pytest.raises(InferenceError) as caught:
         infer_params_schema(command)
@@ -113,7 +119,9 @@ def test_only_python_commands_can_be_inferred(command: Any) -> None:
 
 def test_the_script_sees_none_of_the_web_processs_settings(tmp_path: Path) -> None:
     leak = "import os, argparse\np = argparse.ArgumentParser()\np.add_argument('--env', default=','.join(sorted(os.environ)))\np.parse_args()"
-    seen = infer_params_schema(["{python}", script(tmp_path, leak)])["params_schema"]["properties"]["env"]["default"]
+    seen = infer_params_schema(["{python}", script(tmp_path, leak)])["params_schema"]["properties"]["env"][
+        "default"
+    ]
     assert "DATABASE_URL" not in seen and "SECRET_KEY" not in seen and "CONTROLPLANE_SECRETS_KEY" not in seen
 
 
@@ -130,5 +138,9 @@ def test_the_api_infers_for_admins_and_audits_it(db: Any, tmp_path: Path) -> Non
     # What it answers registers as is.
     body = {"name": "inferred", "command": ["{python}", "train.py"], "params_schema": schema}
     assert client.post("/api/v1/programs/", body, format="json").status_code == 201
-    outcomes = list(AuditRecord.objects.filter(action="program.infer_schema").order_by("pk").values_list("outcome", flat=True))
+    outcomes = list(
+        AuditRecord.objects.filter(action="program.infer_schema")
+        .order_by("pk")
+        .values_list("outcome", flat=True)
+    )
     assert outcomes == ["success", "failure"]

@@ -19,7 +19,9 @@ class Command(BaseCommand):
     help = "Upsert CONTROLPLANE_PROGRAMS_FILE's programs into the catalog; admins' edits are kept."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--file", type=Path, help="a programs TOML file (default: CONTROLPLANE_PROGRAMS_FILE)")
+        parser.add_argument(
+            "--file", type=Path, help="a programs TOML file (default: CONTROLPLANE_PROGRAMS_FILE)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
