@@ -158,17 +158,22 @@ def check_definition(name: Any, entry: Any, *, params_field: str = "params_schem
         errors["name"] = f"must match {_NAME.pattern}"
     if not isinstance(entry, dict):
         raise DefinitionError({**errors, "definition": "must be a table"})
+    for key in filter(lambda key: _holds_nul(entry[key]), sorted(entry)):
+        # Postgres stores no NUL in text or jsonb, and no environment or argv can hold one.
+        errors[str(key)[:64] if key != "params" else params_field] = "must not contain NUL characters"
+    if errors.keys() - {"name"}:
+        raise DefinitionError(errors)
     command = entry.get("command")
     if not isinstance(command, list) or not command or not all(isinstance(c, str) and c for c in command):
         errors["command"] = "must be a non-empty list of strings"
-    elif len(command) > MAX_COMMAND_PARTS or any(len(c) > 4096 or "\x00" in c for c in command):
-        errors["command"] = f"at most {MAX_COMMAND_PARTS} parts of at most 4096 characters, without NUL"
+    elif len(command) > MAX_COMMAND_PARTS or any(len(c) > 4096 for c in command):
+        errors["command"] = f"at most {MAX_COMMAND_PARTS} parts of at most 4096 characters"
     description = entry.get("description", "")
     if not isinstance(description, str) or len(description) > 2000:
         errors["description"] = "must be a string of at most 2000 characters"
     extra_env = entry.get("env", {})
     if not isinstance(extra_env, dict) or not all(
-        isinstance(k, str) and k and isinstance(v, str) and "\x00" not in k + v for k, v in extra_env.items()
+        isinstance(k, str) and k and isinstance(v, str) for k, v in extra_env.items()
     ):
         errors["env"] = "must be a table of strings"
     queue = entry.get("queue")
@@ -194,6 +199,16 @@ def check_definition(name: Any, entry: Any, *, params_field: str = "params_schem
         launcher=launcher,
         nproc_per_node=nproc,
     )
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def materialize(program: Program) -> Program:

@@ -285,3 +285,22 @@ def test_a_file_program_not_seeded_yet_is_adopted_when_an_admin_edits_it(admin_a
     ]
     program = get_program("envprint")
     assert program is not None and program.description == "edited"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"description": "a\x00b"}, "description"),
+        ({"env": {"A": "x\x00"}}, "env"),
+        (
+            {"params_schema": {"type": "object", "properties": {"s": {"type": "string", "default": "\x00"}}}},
+            "params_schema",
+        ),
+    ],
+)
+def test_nul_characters_are_a_400_not_a_database_error(
+    admin_api: APIClient, changes: dict[str, Any], field: str
+) -> None:
+    response = register(admin_api, **changes)
+    assert response.status_code == 400
+    assert any(key.startswith(field) for key in response.json()), response.json()
