@@ -274,19 +274,38 @@ def file_programs() -> dict[str, Program]:
     return dict(_cache[key])
 
 
+# Each catalog row's checked Program, by row id, with the row's columns it was built from: a row
+# unchanged since is not checked again (a lookup per launch and per attempt start stays cheap).
+_checked: dict[int, tuple[dict[str, Any], Program | None]] = {}
+
+
+def _program_of(row: ProgramDefinition) -> Program | None:
+    """A catalog row as this host runs it; None for a row that fails the checks."""
+    columns = {**row.as_entry(), "version": row.version, "source": row.source, "retired_at": row.retired_at}
+    cached = _checked.get(row.pk)
+    if cached is not None and cached[0] == columns:
+        return cached[1]
+    try:
+        program: Program | None = replace(
+            materialize(check_definition(row.name, row.as_entry())),
+            source=row.source,
+            version=row.version,
+            retired_at=row.retired_at,
+        )
+    except DefinitionError as error:
+        # Written through check_definition, so only a hand edit of the table gets here.
+        log.error("program_definition_invalid", program=row.name, errors=error.errors)
+        program = None
+    _checked[row.pk] = (columns, program)
+    return program
+
+
 def catalog_programs() -> dict[str, Program]:
     """The programs of the catalog (Postgres), retired ones included, as this host runs them."""
     programs: dict[str, Program] = {}
     for row in ProgramDefinition.objects.all():
-        try:
-            program = check_definition(row.name, row.as_entry())
-        except DefinitionError as error:
-            # Written through check_definition, so only a hand edit of the table gets here.
-            log.error("program_definition_invalid", program=row.name, errors=error.errors)
-            continue
-        programs[row.name] = replace(
-            materialize(program), source=row.source, version=row.version, retired_at=row.retired_at
-        )
+        if (program := _program_of(row)) is not None:
+            programs[row.name] = program
     return programs
 
 
@@ -306,6 +325,15 @@ def all_programs(*, include_retired: bool = False) -> dict[str, Program]:
 
 
 def get_program(name: str, *, include_retired: bool = False) -> Program | None:
-    """The program named `name`; a retired one only with `include_retired` (what the supervisor
-    asks for a run launched before the retirement, and pages showing old runs)."""
-    return all_programs(include_retired=include_retired).get(name)
+    """The program named `name`, as `all_programs` would find it, with one row read; a retired
+    one only with `include_retired` (what the supervisor asks for a run launched before the
+    retirement, and pages showing old runs)."""
+    if name in _builtin:
+        return _builtin[name]
+    row = ProgramDefinition.objects.filter(name=name).first()
+    if row is None:
+        return file_programs().get(name)
+    program = _program_of(row)
+    if program is None or (program.retired_at is not None and not include_retired):
+        return None
+    return program
