@@ -71,5 +71,6 @@ def permissions(request: HttpRequest) -> dict[str, Any]:
             "manage_dead_letters": can(principal, Action.DEAD_LETTER_MANAGE),
             "manage_tokens": can(principal, Action.TOKEN_MANAGE),
             "read_fleet": can(principal, Action.FLEET_READ),
+            "manage_programs": can(principal, Action.PROGRAM_MANAGE),
         },
     }

@@ -46,6 +46,7 @@ class Action(enum.StrEnum):
     FLEET_READ = "fleet.read"  # workers, devices, pools; one's own GPU quota (admins: all)
     FLEET_MANAGE = "fleet.manage"  # drain workers, set users' GPU quotas
     RUN_CODE = "run.code"  # upload a code snapshot and launch it; the lowest role is a setting
+    PROGRAM_MANAGE = "program.manage"  # register, edit, retire catalog programs; infer params schemas
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ RULES: dict[Action, Rule] = {
     # Running one's own code is running arbitrary code on the workers: the lowest role that may is
     # CONTROLPLANE_RUN_CODE_ROLE (operator by default), read when asked (`rule_for`).
     Action.RUN_CODE: Rule(Role.OPERATOR, "launch", verb="run their own code"),
+    # A program's command runs on every worker (and inference runs it on the web host): admins only.
+    Action.PROGRAM_MANAGE: Rule(Role.ADMIN, "admin", verb="manage programs"),
 }
 # Actions whose lowest role is a setting (its name in django.conf.settings).
 ROLE_SETTINGS: dict[Action, str] = {Action.RUN_CODE: "RUN_CODE_ROLE"}

@@ -41,6 +41,8 @@ RUNS_DIR = env_path("CONTROLPLANE_RUNS_DIR", DATA_DIR / "runs")
 ARTIFACTS_DIR = env_path("CONTROLPLANE_ARTIFACTS_DIR", DATA_DIR / "artifacts")
 X_ACCEL_PREFIX = env_str("CONTROLPLANE_X_ACCEL_PREFIX", "")  # nginx sends downloads: runs/apps.py
 PROGRAMS_FILE = env_str("CONTROLPLANE_PROGRAMS_FILE", "") or None
+# `migrate` upserts the file's programs into the catalog (runs/catalog.py: admins' edits win).
+PROGRAMS_SEED_ON_MIGRATE = env_bool("CONTROLPLANE_PROGRAMS_SEED_ON_MIGRATE", True)
 # Comma-separated Fernet keys, newest first (vault/crypto.py checks them when the app loads).
 CONTROLPLANE_SECRETS_KEY = env_str("CONTROLPLANE_SECRETS_KEY", "")
 

@@ -1,4 +1,19 @@
+from typing import Any
+
 from django.apps import AppConfig
+from django.conf import settings
+from django.db.models.signals import post_migrate
+
+
+def seed_programs_after_migrate(plan: Any = None, using: str = "default", **_: Any) -> None:
+    """`migrate` seeds the catalog from CONTROLPLANE_PROGRAMS_FILE (compose's migrate service, the
+    Kubernetes migrate Job and `standalone` all run it before a release serves). Not after a
+    `flush` (no plan): that is a test emptying its database."""
+    if plan is None or not settings.PROGRAMS_SEED_ON_MIGRATE or not settings.PROGRAMS_FILE:
+        return
+    from runs.catalog import seed_programs
+
+    seed_programs()
 
 
 class RunsConfig(AppConfig):
@@ -16,3 +31,4 @@ class RunsConfig(AppConfig):
         from runs.downloads import check_x_accel_prefix
 
         check_x_accel_prefix()
+        post_migrate.connect(seed_programs_after_migrate, sender=self, dispatch_uid="runs.seed_programs")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -270,3 +272,59 @@ class Artifact(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run_id}/{self.name}"
+
+
+class ProgramSource(models.TextChoices):
+    """Who last wrote a catalog program: the TOML seed may overwrite only its own writes."""
+
+    SEED = "seed", "seed"
+    API = "api", "api"
+
+
+class ProgramDefinition(models.Model):
+    """A program of the catalog, as written (the command keeps "{python}": each host puts its own
+    interpreter there). Checked by `runs.programs.check_definition` on every write and read;
+    written only through `runs.catalog`. Never deleted: retired, so old runs keep their program."""
+
+    name = models.CharField(max_length=64, unique=True)
+    description = models.TextField(blank=True, default="")
+    command = models.JSONField()  # argv, a list of strings
+    params = models.JSONField(default=dict)  # JSON-Schema property definitions, by param name
+    launcher = models.CharField(max_length=16, default="direct")
+    nproc_per_node = models.PositiveIntegerField(default=1)
+    env = models.JSONField(default=dict)
+    resources = models.JSONField(default=dict)  # {"pool": ..., "gpus": ...} for launches naming none
+    queue = models.CharField(max_length=64, blank=True, default="")
+    source = models.CharField(max_length=8, choices=ProgramSource.choices, default=ProgramSource.API)
+    version = models.PositiveIntegerField(default=1)  # +1 on every change of the definition
+    retired_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def as_entry(self) -> dict[str, Any]:
+        """The definition in the shape `check_definition` reads (a TOML table's)."""
+        entry: dict[str, Any] = {
+            "command": self.command,
+            "description": self.description,
+            "params": self.params,
+            "launcher": self.launcher,
+            "env": self.env,
+            "resources": self.resources,
+        }
+        if self.queue:
+            entry["queue"] = self.queue
+        if self.launcher == "torchrun":
+            entry["nproc_per_node"] = self.nproc_per_node
+        return entry

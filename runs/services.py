@@ -134,7 +134,12 @@ def check_launch(
     else:
         found = get_program(program)
         if found is None:
-            errors["program"] = f"unknown program {program[:64]!r}"
+            retired = get_program(program, include_retired=True) is not None
+            errors["program"] = (
+                f"program {program[:64]!r} is retired: it takes no new runs"
+                if retired
+                else f"unknown program {program[:64]!r}"
+            )
     # The program's own `resources` (its pool, its GPUs) apply where the body names none.
     placement, placement_errors = check_placement(fleet or {}, owner, found.resources if found else None)
     errors.update(placement_errors)
@@ -295,6 +300,12 @@ def do_retry_run(run: Run, *, request_id: str = "", actor: User | None = None) -
         "phase": "",
         "request_id": request_id[:64],
     }
+    if run.kind == RunKind.PROGRAM and get_program(run.program) is None:
+        # Retired (or gone): retrying is new work. Attempts the reliability layer retries on
+        # its own after a worker loss still run (the supervisor reads retired programs too).
+        raise RetryError(
+            f"program {run.program!r} is retired or no longer registered; an admin can restore it"
+        )
     with transaction.atomic():
         # Conditional: two retry clicks (or a retry racing a reconciler) queue the run once.
         retried = lifecycle.perform(

@@ -24,4 +24,8 @@ os.environ.setdefault(
     "CONTROLPLANE_PROGRAMS_FILE", os.path.join(os.path.dirname(__file__), "fixtures", "programs.toml")
 )
 
+# The suite's database is created by `migrate`: its programs come from the file (not seeded), and
+# the seed's tests run it themselves (tests/api/test_program_catalog.py).
+os.environ.setdefault("CONTROLPLANE_PROGRAMS_SEED_ON_MIGRATE", "false")
+
 from controlplane.settings import *  # noqa: F403

@@ -114,7 +114,12 @@ class Supervisor:
         self._ingest = Ingest(self.run_id, self._writer, self.log)
 
     def _run_claimed(self, claim: Claim) -> str:
-        program = program_for(claim) if claim.kind == RunKind.CODE else get_program(claim.program)
+        # Retired since the launch: runs already launched still run (runs/catalog.py).
+        program = (
+            program_for(claim)
+            if claim.kind == RunKind.CODE
+            else get_program(claim.program, include_retired=True)
+        )
         if program is None:
             outcome = Outcome(
                 RunStatus.FAILED,

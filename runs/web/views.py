@@ -171,7 +171,7 @@ def _param_rows(run: Run, program: Program | None) -> list[ParamRow]:
 
 def _run_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     now = timezone.now()
-    program = get_program(run.program)
+    program = get_program(run.program, include_retired=True)
     artifacts = [
         ArtifactRow(artifact, display.format_bytes(artifact.size), artifact.name.endswith(".safetensors"))
         for artifact in selectors.run_artifacts(run.pk)

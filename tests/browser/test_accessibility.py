@@ -81,6 +81,7 @@ def test_identity_and_admin_pages_pass_an_axe_audit_in_light_and_dark(browser: B
         sign_in(page, admin.username)
         urls = ["/account/tokens/", "/users/", f"/users/{admin.pk}/", "/secrets/", "/secrets/new/"]
         urls += ["/secrets/AXE_TOKEN/", "/audit/", "/audit/verify/"]
+        urls += ["/programs/", "/programs/new/", "/programs/scripted/edit/"]
         for url in urls:
             page.goto(url)
             problems[f"{scheme} {url}"] = audit(page)

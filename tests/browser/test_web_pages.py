@@ -388,7 +388,8 @@ def test_the_list_costs_the_same_queries_whatever_the_page_size(
         with CaptureQueriesContext(connection) as queries:
             browser_client.get(f"/?page_size={size}&sort=-duration")
         counts.append(len(queries))
-    assert counts[0] == counts[1] <= 5
+    # 6: the program filter's names come from the catalog (runs.programs.all_programs, one query).
+    assert counts[0] == counts[1] <= 6
 
 
 def test_the_list_shows_status_progress_and_duration(browser_client: Client, owner: User) -> None:
