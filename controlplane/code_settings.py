@@ -1,12 +1,17 @@
-"""Settings of code snapshots (docs/architecture.md "Code snapshots"), from the environment; kept
-apart so controlplane/settings.py stays under the module size limit. settings.py imports each name.
+"""Settings of what runs execute: the programs file and catalog seed, code snapshots
+(docs/architecture.md "Programs", "Code snapshots"), from the environment; kept apart so
+controlplane/settings.py stays under the module size limit. settings.py imports each name.
 """
 
 from __future__ import annotations
 
-from controlplane.env import env_choice, env_int
+from controlplane.env import env_bool, env_choice, env_int, env_str
 
-__all__ = ["CODE_SNAPSHOT", "RUN_CODE_ROLE"]
+__all__ = ["CODE_SNAPSHOT", "PROGRAMS_FILE", "PROGRAMS_SEED_ON_MIGRATE", "RUN_CODE_ROLE"]
+
+PROGRAMS_FILE = env_str("CONTROLPLANE_PROGRAMS_FILE", "") or None
+# `migrate` upserts the file's programs into the catalog (runs/catalog.py: admins' edits win).
+PROGRAMS_SEED_ON_MIGRATE = env_bool("CONTROLPLANE_PROGRAMS_SEED_ON_MIGRATE", True)
 
 # Bounds of one snapshot: its archive (compressed), the bytes it unpacks to (zip bombs) and its
 # member count; runs/snapshots.py and the client (GET /api/v1/snapshots/limits/) read them.

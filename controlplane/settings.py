@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from controlplane.code_settings import *  # noqa: F403 - code snapshots: CODE_SNAPSHOT, RUN_CODE_ROLE
+from controlplane.code_settings import *  # noqa: F403 - programs and code snapshots (its __all__)
 from controlplane.env import (
     ConfigError,
     channel_prefix,
@@ -40,9 +40,6 @@ DATA_DIR = env_path("CONTROLPLANE_DATA_DIR", _HOME / "var")
 RUNS_DIR = env_path("CONTROLPLANE_RUNS_DIR", DATA_DIR / "runs")
 ARTIFACTS_DIR = env_path("CONTROLPLANE_ARTIFACTS_DIR", DATA_DIR / "artifacts")
 X_ACCEL_PREFIX = env_str("CONTROLPLANE_X_ACCEL_PREFIX", "")  # nginx sends downloads: runs/apps.py
-PROGRAMS_FILE = env_str("CONTROLPLANE_PROGRAMS_FILE", "") or None
-# `migrate` upserts the file's programs into the catalog (runs/catalog.py: admins' edits win).
-PROGRAMS_SEED_ON_MIGRATE = env_bool("CONTROLPLANE_PROGRAMS_SEED_ON_MIGRATE", True)
 # Comma-separated Fernet keys, newest first (vault/crypto.py checks them when the app loads).
 CONTROLPLANE_SECRETS_KEY = env_str("CONTROLPLANE_SECRETS_KEY", "")
 
