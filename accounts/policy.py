@@ -44,6 +44,7 @@ class Action(enum.StrEnum):
     SECRET_USE = "secret.use"  # noqa: S105 - give a secret to one's run: those granted; admins: all
     FLEET_READ = "fleet.read"  # workers, devices, pools; one's own GPU quota (admins: all)
     FLEET_MANAGE = "fleet.manage"  # drain workers, set users' GPU quotas
+    RUN_REPORT = "run.report"  # tracking mode: log lines, metrics, status, artifacts into an external run
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,13 @@ RULES: dict[Action, Rule] = {
     Action.SECRET_USE: Rule(Role.OPERATOR, "launch", others=ADMINS, verb="use secrets"),
     Action.FLEET_READ: Rule(Role.VIEWER, "read", verb="see the fleet"),
     Action.FLEET_MANAGE: Rule(Role.ADMIN, "admin", verb="manage the fleet"),
+    # Reporting into an external run is what its launcher does: its owner with `launch`, or the
+    # run-scoped token issued when it started (`run_scoped_decision`).
+    Action.RUN_REPORT: Rule(Role.OPERATOR, "launch", others=ADMINS, verb="report into runs"),
 }
+
+# The one scope of a run-scoped token: it reports into its run and does nothing else.
+RUN_REPORT_SCOPE = "report"
 
 
 @dataclass(frozen=True)
@@ -166,7 +173,10 @@ def principal_for(user: Any, token: ApiToken | None = None) -> Principal:
     """A session carries every scope of its user's role; a token only those it was issued with."""
     role = role_of(user)
     scopes = scopes_of_role(role)
-    if token is not None:
+    if token is not None and token.run_id is not None:
+        # A run-scoped token: its run's owner may (still) launch, or it carries nothing.
+        scopes = frozenset({RUN_REPORT_SCOPE}) if "launch" in scopes else frozenset()
+    elif token is not None:
         scopes = scopes & frozenset(token.scopes)
     return Principal(user=user if role is not None else None, role=role, scopes=scopes, token=token)
 
@@ -207,6 +217,8 @@ def decide(principal: Principal, action: Action, row: Model | None = None) -> De
     rule = RULES[action]
     if principal.role is None:
         return Decision(False, 401, "Authentication credentials were not provided or are not valid.")
+    if principal.token is not None and principal.token.run_id is not None:
+        return run_scoped_decision(principal, action, row)
     if ROLE_RANK[principal.role] < ROLE_RANK[rule.role]:
         return Decision(False, 403, f"Your role ({principal.role}) may not {rule.verb}.")
     if rule.scope not in principal.scopes:
@@ -219,6 +231,18 @@ def decide(principal: Principal, action: Action, row: Model | None = None) -> De
     return ALLOWED
 
 
+def run_scoped_decision(principal: Principal, action: Action, row: Model | None) -> Decision:
+    """A run-scoped token (tracking mode) reports into its one run: every other action, and every
+    other run, is a 403 (whether that run exists or not, so it learns nothing about others)."""
+    assert principal.token is not None
+    run_id = principal.token.run_id
+    if action != Action.RUN_REPORT or RUN_REPORT_SCOPE not in principal.scopes:
+        return Decision(False, 403, f"This token may only report into run {run_id}.")
+    if row is not None and (row._meta.label_lower != "runs.run" or row.pk != run_id):
+        return Decision(False, 403, f"This token may only report into run {run_id}.")
+    return ALLOWED
+
+
 def can(principal: Principal, action: Action, row: Model | None = None) -> bool:
     return decide(principal, action, row).allowed
 
@@ -228,6 +252,8 @@ def restrict(principal: Principal, action: Action, queryset: QuerySet[RowModel])
     all of them when its role and scopes reach other people's rows, else its own."""
     if not decide(principal, action).allowed:
         return queryset.none()
+    if principal.token is not None and principal.token.run_id is not None:
+        return queryset.filter(pk=principal.token.run_id) if queryset.model._meta.label_lower == "runs.run" else queryset.none()
     if reaches_every_row(principal, action):
         return queryset
     return queryset.filter(row_rule(queryset.model).own(principal, queryset.model))

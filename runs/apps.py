@@ -16,3 +16,8 @@ class RunsConfig(AppConfig):
         from runs.downloads import check_x_accel_prefix
 
         check_x_accel_prefix()
+        # Tracking mode: a run-scoped token stops working when its run ends, however it ends.
+        from runs.lifecycle import on_transition
+        from runs.tracking import revoke_tokens_of_ended_runs
+
+        on_transition(revoke_tokens_of_ended_runs)

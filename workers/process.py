@@ -25,7 +25,7 @@ from typing import Any
 from workers.events_socket import EventsSocket
 from workers.launch import Launch
 from workers.proctree import signal_tree
-from workers.protocol import MAX_EVENT_LINE_BYTES
+from runs.protocol import MAX_EVENT_LINE_BYTES
 from workers.streams import Chunk, LineParser, read_lines
 
 READER_COUNT = 4  # stdout, stderr, the events pipe and socket: each ends with one end-of-file chunk

@@ -1,7 +1,7 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from runs.api import dashboard, programs
+from runs.api import dashboard, programs, tracking
 from runs.api.views import DeadLetterViewSet, RunViewSet
 
 router = SimpleRouter()
@@ -13,6 +13,9 @@ urlpatterns = [
     # Dashboard reads (runs/api/dashboard.py); none collides with the router's numeric run ids.
     path("programs/", programs.ProgramListView.as_view(), name="program-list"),
     path("programs/<str:name>/", programs.ProgramDetailView.as_view(), name="program-detail"),
+    # Tracking mode (runs/api/tracking.py): reports and artifact uploads into an external run.
+    path("runs/<int:run_id>/report/", tracking.ReportView.as_view(), name="run-report"),
+    path("runs/<int:run_id>/artifacts/<str:name>", tracking.ArtifactUploadView.as_view(), name="run-artifact-upload"),
     path("runs/states/", dashboard.RunStatesView.as_view(), name="run-states"),
     path("runs/<int:run_id>/logs/tail/", dashboard.LogTailView.as_view(), name="run-log-tail"),
     path("runs/<int:run_id>/logs.txt", dashboard.log_text, name="run-log-text"),

@@ -18,6 +18,7 @@ from accounts.drf import request_principal
 from accounts.policy import Action
 from ops.middleware import repeating_since
 from runs import selectors, services
+from runs.api import tracking
 from runs.api.serializers import (
     ArtifactSerializer,
     DeadLetterSerializer,
@@ -38,6 +39,7 @@ LAUNCH_FIELDS = {
     "resources",
     "priority",
     "preemptible",
+    "external",
 }
 
 
@@ -126,6 +128,8 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
         unknown = sorted(set(body) - LAUNCH_FIELDS)
         if unknown:
             raise ValidationError({name: ["unknown field"] for name in unknown[:10]})
+        if body.get("external") is True or ("program" in body and body["program"] is None):
+            return tracking.start_external(request, body)  # tracking mode: no program, no worker
         try:
             launch = services.check_launch(
                 name=body.get("name"),

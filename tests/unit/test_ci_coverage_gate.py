@@ -85,7 +85,7 @@ def test_the_script_exits_1_with_one_line_per_module_under_its_gate(tmp_path: Pa
     assert result.stderr.splitlines() == [
         "coverage gate: overall 80.00% is under its gate of 85%",
         "coverage gate: runs/reconciler.py 50.00% is under its gate of 95%",
-        "coverage gate: workers/protocol.py 0.00% is under its gate of 95%",
+        "coverage gate: runs/protocol.py 0.00% is under its gate of 95%",
     ]
     assert "runs/reconciler.py" in result.stdout
     assert "50.00%" in result.stdout
