@@ -193,7 +193,7 @@ def test_a_dropped_connection_buffers_and_retries_without_duplicates(
         "CONTROLPLANE_RUN_ID": str(started["id"]),
         "CONTROLPLANE_RUN_TOKEN": started["run_token"],
     }
-    process = run_script(client_venv, tmp_path, env, "env", "0.15")  # ~3 s of reporting
+    process = run_script(client_venv, tmp_path, env, "env", "0.5")  # ~10 s of reporting
     wait_for(lambda: live_api.get(f"/api/v1/runs/{started['id']}/logs/").json()["results"], 30, message="a line")
     proxy.eat_next_response = True  # a batch applied, its response lost: sent again, applied once
     wait_for(lambda: proxy.eaten == 1, 30, message="an eaten response")
