@@ -253,7 +253,11 @@ def restrict(principal: Principal, action: Action, queryset: QuerySet[RowModel])
     if not decide(principal, action).allowed:
         return queryset.none()
     if principal.token is not None and principal.token.run_id is not None:
-        return queryset.filter(pk=principal.token.run_id) if queryset.model._meta.label_lower == "runs.run" else queryset.none()
+        return (
+            queryset.filter(pk=principal.token.run_id)
+            if queryset.model._meta.label_lower == "runs.run"
+            else queryset.none()
+        )
     if reaches_every_row(principal, action):
         return queryset
     return queryset.filter(row_rule(queryset.model).own(principal, queryset.model))

@@ -162,7 +162,9 @@ def revoke_run_tokens(run_id: int) -> int:
     prefixes = list(tokens.values_list("prefix", flat=True))
     revoked = tokens.update(revoked_at=timezone.now())
     for prefix in prefixes:
-        audit.record("token.revoke", actor=None, details={"prefix": prefix, "run_id": run_id, "reason": "run ended"})
+        audit.record(
+            "token.revoke", actor=None, details={"prefix": prefix, "run_id": run_id, "reason": "run ended"}
+        )
     return revoked
 
 

@@ -83,7 +83,9 @@ def run_bench(args: argparse.Namespace, ours_db: str, theirs_db: str, data_dir: 
 
     from accounts.tokens import do_issue_token
 
-    owner = get_user_model().objects.create_superuser("bench", "bench@example.invalid", secrets.token_urlsafe(24))
+    owner = get_user_model().objects.create_superuser(
+        "bench", "bench@example.invalid", secrets.token_urlsafe(24)
+    )
     logs = data_dir / "logs"
     logs.mkdir()
     product = load_stack.start(f"tracking-{os.getpid()}", 1, logs)
@@ -108,14 +110,23 @@ def run_bench(args: argparse.Namespace, ours_db: str, theirs_db: str, data_dir: 
     subset_steps = max(1, min(args.steps, args.mlflow_points // args.keys))
     subset = subset_steps * args.keys
     mlflow_rate = subset / theirs(client, theirs_db, subset_steps, args.keys)
-    note = "" if subset == total else f" (measured on {subset:,} of the {total:,} points; its rate stands for all)"
+    note = (
+        ""
+        if subset == total
+        else f" (measured on {subset:,} of the {total:,} points; its rate stands for all)"
+    )
     print(f"MLflow log-batch:      {mlflow_rate:,.0f} points/s{note}", flush=True)
     print(f"load average {os.getloadavg()}")
-    print(f"ratio ours/MLflow: log() per step {per_step / mlflow_rate:.1f}x, metrics() {columnar / mlflow_rate:.1f}x")
+    print(
+        f"ratio ours/MLflow: log() per step {per_step / mlflow_rate:.1f}x, "
+        f"metrics() {columnar / mlflow_rate:.1f}x"
+    )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--keys", type=int, default=10)
     parser.add_argument("--mlflow-points", type=int, default=20_000, help="points MLflow logs (a subset)")

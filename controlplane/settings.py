@@ -236,10 +236,14 @@ CONTROLPLANE: dict[str, float | int] = {
     "SYSTEM_METRICS_SECONDS": env_int("CONTROLPLANE_SYSTEM_METRICS_SECONDS", 5, minimum=0),
     # Tracking mode (runs/tracking.py): an external run that reports nothing for this long fails
     # (`timeout`, `report_timeout`); a report batch's body and rows are bounded.
-    "EXTERNAL_RUN_TIMEOUT_SECONDS": env_float("CONTROLPLANE_EXTERNAL_RUN_TIMEOUT_SECONDS", 300.0, minimum=1.0),
+    "EXTERNAL_RUN_TIMEOUT_SECONDS": env_float(
+        "CONTROLPLANE_EXTERNAL_RUN_TIMEOUT_SECONDS", 300.0, minimum=1.0
+    ),
     "REPORT_MAX_BYTES": env_int("CONTROLPLANE_REPORT_MAX_BYTES", 16 * 1024 * 1024, minimum=64 * 1024),
     "REPORT_MAX_ROWS": env_int("CONTROLPLANE_REPORT_MAX_ROWS", 500_000, minimum=1_000),
-    "ARTIFACT_UPLOAD_MAX_BYTES": env_int("CONTROLPLANE_ARTIFACT_UPLOAD_MAX_BYTES", 10 * 1024**3, minimum=1024),
+    "ARTIFACT_UPLOAD_MAX_BYTES": env_int(
+        "CONTROLPLANE_ARTIFACT_UPLOAD_MAX_BYTES", 10 * 1024**3, minimum=1024
+    ),
 }
 
 # The fleet (fleet/, docs/architecture.md "Fleet"). WORKER_GPUS "auto": through NVML; "": none.

@@ -77,7 +77,9 @@ def check_external_start(*, name: Any, params: Any) -> tuple[str, dict[str, Any]
     return str(name).strip(), dict(params)
 
 
-def do_start_external_run(owner: User, name: str, params: dict[str, Any], *, request_id: str = "") -> tuple[Run, str]:
+def do_start_external_run(
+    owner: User, name: str, params: dict[str, Any], *, request_id: str = ""
+) -> tuple[Run, str]:
     """Insert a running external run with its attempt open, and issue its run-scoped token;
     returns the run and the token's plaintext (shown once)."""
     now = timezone.now()
@@ -222,7 +224,7 @@ def _not_accepted(run_id: int, batch_number: int) -> dict[str, Any]:
     raise ReportError(
         409,
         {
-            "detail": f"batch {batch_number} is ahead of the run: send batch {current['report_seq'] + 1} first",
+            "detail": f"batch {batch_number} is ahead: send batch {current['report_seq'] + 1} first",
             "code": "batch_gap",
             "expected_batch": current["report_seq"] + 1,
         },

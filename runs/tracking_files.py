@@ -59,7 +59,9 @@ def do_upload_artifact(
             while chunk := stream.read(CHUNK):
                 size += len(chunk)
                 if size > limit:
-                    raise ReportError(413, {"detail": f"an artifact is larger than {limit} bytes", "code": "too_large"})
+                    raise ReportError(
+                        413, {"detail": f"an artifact is larger than {limit} bytes", "code": "too_large"}
+                    )
                 digest.update(chunk)
                 writer.write(chunk)
             writer.flush()
@@ -114,5 +116,7 @@ def _register(
                 details={"name": name, "size": size, "sha256": sha256},
             )
     except StaleAttempt:
-        raise ReportError(409, {"detail": f"run {run.pk} is no longer running", "code": "not_running"}) from None
+        raise ReportError(
+            409, {"detail": f"run {run.pk} is no longer running", "code": "not_running"}
+        ) from None
     return artifact

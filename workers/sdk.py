@@ -59,14 +59,14 @@ from .sdk_http import HttpSender  # relative: the client distribution ships both
 
 __all__ = [
     "ENV_EVENTS_FD",
-    "ENV_RUN_TOKEN",
-    "ENV_URL",
     "ENV_EVENTS_SOCKET",
     "ENV_PARAMS",
     "ENV_REQUEST_ID",
     "ENV_RESUME_FROM",
     "ENV_RUN_DIR",
     "ENV_RUN_ID",
+    "ENV_RUN_TOKEN",
+    "ENV_URL",
     "Reporter",
     "ResumePathError",
     "load_params",
@@ -201,7 +201,9 @@ class Reporter:
     once on stderr, so that training can still finish and write its artifacts.
     """
 
-    def __init__(self, fd: int | None, *, run_dir: Path | None = None, sender: HttpSender | None = None) -> None:
+    def __init__(
+        self, fd: int | None, *, run_dir: Path | None = None, sender: HttpSender | None = None
+    ) -> None:
         self._fd = fd
         self._run_dir = run_dir
         self._lock = threading.Lock()

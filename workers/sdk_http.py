@@ -135,7 +135,9 @@ class HttpSender:
             while chunk := handle.read(1024 * 1024):
                 digest.update(chunk)
                 size += len(chunk)
-        target = f"{self._parts.path}/api/v1/runs/{self.run_id}/artifacts/{quote(name or os.path.basename(path))}"
+        target = (
+            f"{self._parts.path}/api/v1/runs/{self.run_id}/artifacts/{quote(name or os.path.basename(path))}"
+        )
         headers = {
             "Authorization": f"Bearer {self._token}",
             "Content-Type": "application/octet-stream",
@@ -144,7 +146,9 @@ class HttpSender:
         }
         delay = 0.2
         for _ in range(8):
-            kind_ = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
+            kind_ = (
+                http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
+            )
             connection = kind_(self._parts.hostname or "", self._parts.port, timeout=self._timeout)
             try:
                 with open(path, "rb") as handle:
@@ -190,7 +194,9 @@ class HttpSender:
                     return taken
                 if self._closing:
                     return None
-                wait = self.heartbeat_seconds if not self._lines else self.flush_seconds - (now - self._oldest)
+                wait = (
+                    self.heartbeat_seconds if not self._lines else self.flush_seconds - (now - self._oldest)
+                )
                 if not self._cond.wait(max(wait, 0.01)) and not self._lines and not self._closing:
                     self._sending = True
                     return []  # idle for a heartbeat: an empty batch renews the run's lease
@@ -228,7 +234,11 @@ class HttpSender:
             if status == 200:
                 self.batch, self.failures, self.last_response = number, 0, payload
                 return
-            if status == 409 and payload.get("code") == "batch_gap" and payload.get("expected_batch") == number + 1:
+            if (
+                status == 409
+                and payload.get("code") == "batch_gap"
+                and payload.get("expected_batch") == number + 1
+            ):
                 self.batch, self.failures = number, 0  # applied already: its response was lost
                 return
             if status in (400, 401, 403, 404, 409, 413):
@@ -241,7 +251,9 @@ class HttpSender:
 
     def _post(self, number: int, body: bytes) -> tuple[int, dict[str, Any]]:
         if self._connection is None:
-            kind = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
+            kind = (
+                http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
+            )
             self._connection = kind(self._parts.hostname or "", self._parts.port, timeout=self._timeout)
         headers = {
             "Authorization": f"Bearer {self._token}",

@@ -23,7 +23,6 @@ from runs import selectors, tracking, tracking_files
 from runs.api.serializers import ArtifactSerializer, RunSerializer
 from runs.models import Run
 
-
 EXTERNAL_FIELDS = {"name", "program", "params", "external"}
 
 
@@ -127,7 +126,9 @@ class ArtifactUploadView(APIView):
     policy_actions = {"put": Action.RUN_REPORT}
     parser_classes = [RawBodyParser]
 
-    @extend_schema(request={"application/octet-stream": {"type": "string"}}, responses={201: ArtifactSerializer})
+    @extend_schema(
+        request={"application/octet-stream": {"type": "string"}}, responses={201: ArtifactSerializer}
+    )
     def put(self, request: Request, run_id: int, name: str) -> Response:
         limit = int(settings.CONTROLPLANE["ARTIFACT_UPLOAD_MAX_BYTES"])
         declared = _declared_length(request)

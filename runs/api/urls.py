@@ -15,7 +15,11 @@ urlpatterns = [
     path("programs/<str:name>/", programs.ProgramDetailView.as_view(), name="program-detail"),
     # Tracking mode (runs/api/tracking.py): reports and artifact uploads into an external run.
     path("runs/<int:run_id>/report/", tracking.ReportView.as_view(), name="run-report"),
-    path("runs/<int:run_id>/artifacts/<str:name>", tracking.ArtifactUploadView.as_view(), name="run-artifact-upload"),
+    path(
+        "runs/<int:run_id>/artifacts/<str:name>",
+        tracking.ArtifactUploadView.as_view(),
+        name="run-artifact-upload",
+    ),
     path("runs/states/", dashboard.RunStatesView.as_view(), name="run-states"),
     path("runs/<int:run_id>/logs/tail/", dashboard.LogTailView.as_view(), name="run-log-tail"),
     path("runs/<int:run_id>/logs.txt", dashboard.log_text, name="run-log-text"),

@@ -152,7 +152,17 @@ MATRIX: list[Row] = [
     # tracking mode: the owner (or an admin) reports into an external run; a body `{}` is one
     # malformed event, noted in its log
     r("api:run-report", "POST", 401, 403, 200, 403, 200, target="external_run", query="batch=1"),
-    r("api:run-artifact-upload", "PUT", 401, 403, 400, 403, 400, target="external_run", kwargs={"name": "m.bin"}),
+    r(
+        "api:run-artifact-upload",
+        "PUT",
+        401,
+        403,
+        400,
+        403,
+        400,
+        target="external_run",
+        kwargs={"name": "m.bin"},
+    ),
     r("api:run-states", "GET", *READ, query="ids={run}"),
     r("api:program-list", "GET", *READ),
     r("api:program-detail", "GET", *READ, kwargs={"name": "scripted"}),

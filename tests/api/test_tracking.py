@@ -43,7 +43,10 @@ def start(api: APIClient, name: str = "notebook", **extra: Any) -> dict[str, Any
 
 def report(client: APIClient, run_id: int, batch: int, body: bytes) -> Any:
     return client.generic(
-        "POST", f"/api/v1/runs/{run_id}/report/?batch={batch}", body, content_type="application/x-ndjson"
+        "POST",
+        f"/api/v1/runs/{run_id}/report/?batch={batch}",
+        body.decode(),
+        content_type="application/x-ndjson",
     )
 
 
@@ -127,7 +130,9 @@ def test_a_batch_writes_lines_points_and_progress_and_is_applied_once(api: APICl
     assert again.status_code == 200 and again.json()["duplicate"] is True
     gap = report(scoped, run["id"], 5, b"")
     assert gap.status_code == 409 and gap.json()["expected_batch"] == 2
-    assert list(LogLine.objects.filter(run_id=run["id"]).order_by("seq").values_list("seq", "stream", "line"))[:2] == [
+    assert list(
+        LogLine.objects.filter(run_id=run["id"]).order_by("seq").values_list("seq", "stream", "line")
+    )[:2] == [
         (1, "stdout", "hello"),
         (2, "stderr", "oops"),
     ]
@@ -142,10 +147,20 @@ def test_a_batch_writes_lines_points_and_progress_and_is_applied_once(api: APICl
 def test_a_status_event_ends_the_run_and_revokes_its_token(api: APIClient) -> None:
     run = start(api)
     scoped = bearer(run["run_token"])
-    done = report(scoped, run["id"], 1, lines({"type": "log", "line": "bye"}, {"type": "status", "status": "failed", "message": "diverged"}))
+    done = report(
+        scoped,
+        run["id"],
+        1,
+        lines({"type": "log", "line": "bye"}, {"type": "status", "status": "failed", "message": "diverged"}),
+    )
     assert done.status_code == 200 and done.json()["status"] == "failed"
     row = Run.objects.get(pk=run["id"])
-    assert (row.status, row.error_kind, row.error_code, row.error_message) == ("failed", "program", "reported_failure", "diverged")
+    assert (row.status, row.error_kind, row.error_code, row.error_message) == (
+        "failed",
+        "program",
+        "reported_failure",
+        "diverged",
+    )
     assert ApiToken.objects.get(run_id=run["id"]).revoked_at is not None
     assert report(scoped, run["id"], 2, b"").status_code == 401
     assert api.post(f"/api/v1/runs/{run['id']}/retry/").status_code == 409
@@ -171,7 +186,9 @@ def test_a_cancel_ends_an_external_run_at_once(api: APIClient) -> None:
 
 
 @pytest.mark.django_db
-@override_settings(CONTROLPLANE={**__import__("django.conf").conf.settings.CONTROLPLANE, "REPORT_MAX_BYTES": 65536})
+@override_settings(
+    CONTROLPLANE={**__import__("django.conf").conf.settings.CONTROLPLANE, "REPORT_MAX_BYTES": 65536}
+)
 def test_a_report_over_the_body_limit_is_refused_with_413(api: APIClient) -> None:
     run = start(api)
     big = lines(*[{"type": "log", "line": "x" * 1000} for _ in range(100)])
@@ -187,16 +204,28 @@ def test_an_artifact_upload_round_trips_with_its_sha256(api: APIClient) -> None:
     data = b"weights" * 1000
     digest = hashlib.sha256(data).hexdigest()
     url = f"/api/v1/runs/{run['id']}/artifacts/model.bin"
-    wrong = scoped.generic("PUT", url, data, content_type="application/octet-stream", HTTP_X_CONTENT_SHA256="0" * 64)
+    wrong = scoped.generic(
+        "PUT", url, data.decode(), content_type="application/octet-stream", HTTP_X_CONTENT_SHA256="0" * 64
+    )
     assert wrong.status_code == 400 and "X-Content-SHA256" in wrong.json()
     assert not Artifact.objects.filter(run_id=run["id"]).exists()
-    put = scoped.generic("PUT", url + "?kind=model", data, content_type="application/octet-stream", HTTP_X_CONTENT_SHA256=digest)
+    put = scoped.generic(
+        "PUT",
+        url + "?kind=model",
+        data.decode(),
+        content_type="application/octet-stream",
+        HTTP_X_CONTENT_SHA256=digest,
+    )
     assert put.status_code == 201, put.content
-    assert put.json()["sha256"] == digest and put.json()["size"] == len(data) and put.json()["kind"] == "model"
+    assert (
+        put.json()["sha256"] == digest and put.json()["size"] == len(data) and put.json()["kind"] == "model"
+    )
     listed = api.get(f"/api/v1/runs/{run['id']}/artifacts/").json()
     assert [a["name"] for a in listed] == ["model.bin"]
     stored = artifact_path(Artifact.objects.get(run_id=run["id"]).storage_key)
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == digest  # the download: tests/e2e
     assert AuditRecord.objects.filter(action="artifact.upload", target_id=str(run["id"])).count() == 1
-    bad_name = scoped.generic("PUT", f"/api/v1/runs/{run['id']}/artifacts/..hidden", data, HTTP_X_CONTENT_SHA256=digest)
+    bad_name = scoped.generic(
+        "PUT", f"/api/v1/runs/{run['id']}/artifacts/..hidden", data.decode(), HTTP_X_CONTENT_SHA256=digest
+    )
     assert bad_name.status_code == 400 and "name" in bad_name.json()

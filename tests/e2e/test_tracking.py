@@ -6,6 +6,7 @@ batch the server applied) costs no point and no log line, and duplicates none.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import socket
@@ -47,10 +48,12 @@ with open("model.bin", "wb") as handle:
 run.artifact("model.bin", kind="model")
 run.finish()
 print("sent", run._sender.batch, flush=True)
-""" % {"steps": STEPS}
+""".replace("%(steps)d", str(STEPS)).replace("%%", "%")
 
 
-def run_script(client_venv: ClientVenv, tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+def run_script(
+    client_venv: ClientVenv, tmp_path: Path, env: dict[str, str], *args: str
+) -> subprocess.Popen[str]:
     script = tmp_path / "track.py"
     script.write_text(SCRIPT)
     return subprocess.Popen(
@@ -176,10 +179,8 @@ class DroppingProxy:
         except OSError:
             pass
         for end in (source, target):
-            try:
+            with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             end.close()
 
 
@@ -194,7 +195,9 @@ def test_a_dropped_connection_buffers_and_retries_without_duplicates(
         "CONTROLPLANE_RUN_TOKEN": started["run_token"],
     }
     process = run_script(client_venv, tmp_path, env, "env", "0.5")  # ~10 s of reporting
-    wait_for(lambda: live_api.get(f"/api/v1/runs/{started['id']}/logs/").json()["results"], 30, message="a line")
+    wait_for(
+        lambda: live_api.get(f"/api/v1/runs/{started['id']}/logs/").json()["results"], 30, message="a line"
+    )
     proxy.eat_next_response = True  # a batch applied, its response lost: sent again, applied once
     wait_for(lambda: proxy.eaten == 1, 30, message="an eaten response")
     proxy.down = True  # the server unreachable for 2 s: lines wait in the SDK's buffer
