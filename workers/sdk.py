@@ -55,7 +55,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .sdk_http import HttpSender  # relative: the client distribution ships both files too
+from .sdk_http import HttpSender, event_rows  # relative: the client distribution ships both files too
 
 __all__ = [
     "ENV_EVENTS_FD",
@@ -380,7 +380,7 @@ class Reporter:
         # instead of an unparseable line on the supervisor's side.
         data = (json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
         if self._sender is not None:
-            self._sender.put(data)
+            self._sender.put(data, event_rows(event))
             return
         with self._lock:
             fd = self._fd

@@ -32,9 +32,19 @@ import time
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-__all__ = ["HttpSender", "ReportRefused"]
+__all__ = ["HttpSender", "ReportRefused", "event_rows"]
 
 MAX_BACKOFF_SECONDS = 10.0
+
+
+def event_rows(event: dict[str, Any]) -> int:
+    """The rows (points, or one line) an event adds to a batch: the sender's row bound."""
+    values = event.get("values")
+    if "steps" in event:
+        return len(event["steps"]) * len(values or ())
+    if isinstance(event.get("points"), list):
+        return sum(len(point.get("values") or ()) for point in event["points"])
+    return len(values) if isinstance(values, dict) else 1
 
 
 class ReportRefused(Exception):
@@ -51,6 +61,7 @@ class HttpSender:
         token: str,
         *,
         max_batch_bytes: int = 4 * 1024 * 1024,
+        max_batch_rows: int = 200_000,
         flush_seconds: float = 0.5,
         max_buffer_bytes: int = 256 * 1024 * 1024,
         heartbeat_seconds: float = 60.0,
@@ -63,9 +74,13 @@ class HttpSender:
         self._parts, self._token, self._timeout = parts, token, timeout
         self._path = f"{parts.path}/api/v1/runs/{self.run_id}/report/"
         self.max_batch_bytes, self.flush_seconds = max_batch_bytes, flush_seconds
+        # Rows (log lines + metric points) too: a compact columnar line holds a point in a few bytes,
+        # and the server bounds a batch's rows (CONTROLPLANE_REPORT_MAX_ROWS, 500,000 by default).
+        self.max_batch_rows = max_batch_rows
         self.max_buffer_bytes, self.heartbeat_seconds = max_buffer_bytes, heartbeat_seconds
-        self._lines: list[bytes] = []
+        self._lines: list[tuple[bytes, int]] = []  # a serialised line and the rows it holds
         self._bytes = 0
+        self._rows = 0
         self._oldest = 0.0  # monotonic time the oldest waiting line arrived
         self._cond = threading.Condition()
         self._closing = False
@@ -83,8 +98,9 @@ class HttpSender:
     def enabled(self) -> bool:
         return self.refused is None
 
-    def put(self, line: bytes) -> None:
-        """Queue one serialised event line; blocks only while the buffer is full."""
+    def put(self, line: bytes, rows: int = 1) -> None:
+        """Queue one serialised event line holding `rows` log lines or points; blocks only while
+        the buffer is full."""
         with self._cond:
             while self._bytes + len(line) > self.max_buffer_bytes and self.refused is None and self._lines:
                 self._cond.wait(0.5)
@@ -92,9 +108,10 @@ class HttpSender:
                 return
             if not self._lines:
                 self._oldest = time.monotonic()
-            self._lines.append(line)
+            self._lines.append((line, rows))
             self._bytes += len(line)
-            if self._bytes >= self.max_batch_bytes:
+            self._rows += rows
+            if self._bytes >= self.max_batch_bytes or self._rows >= self.max_batch_rows:
                 self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -176,18 +193,24 @@ class HttpSender:
             while True:
                 now = time.monotonic()
                 due = self._lines and (
-                    self._bytes >= self.max_batch_bytes or now - self._oldest >= self.flush_seconds
+                    self._bytes >= self.max_batch_bytes
+                    or self._rows >= self.max_batch_rows
+                    or now - self._oldest >= self.flush_seconds
                 )
                 if due:
-                    count, size = 0, 0
-                    for line in self._lines:  # whole lines, up to max_batch_bytes (at least one)
-                        if count and size + len(line) > self.max_batch_bytes:
+                    count, size, rows = 0, 0, 0
+                    for line, weight in self._lines:  # whole lines within both bounds (at least one)
+                        if count and (
+                            size + len(line) > self.max_batch_bytes or rows + weight > self.max_batch_rows
+                        ):
                             break
                         size += len(line)
+                        rows += weight
                         count += 1
-                    taken = self._lines[:count]
+                    taken = [line for line, _ in self._lines[:count]]
                     del self._lines[:count]
                     self._bytes -= size
+                    self._rows -= rows
                     self._oldest = now
                     self._sending = True
                     self._cond.notify_all()
@@ -212,7 +235,7 @@ class HttpSender:
                 with self._cond:
                     self.refused = str(error)
                     self._lines.clear()
-                    self._bytes = 0
+                    self._bytes = self._rows = 0
                 sys.stderr.write(f"controlplane sdk: reporting disabled: {error}\n")
                 sys.stderr.flush()
             finally:
