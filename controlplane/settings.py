@@ -202,8 +202,7 @@ else:
 _VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 6 * 3600, minimum=1)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": _VISIBILITY_TIMEOUT,
-    # Sweep for messages past their visibility timeout every few seconds (kombu's default is one
-    # real sweep per ~100 s); a sweep is one small Redis query.
+    # Sweep for messages past their visibility timeout every few s (kombu's: ~100 s); one small query.
     "unacked_restore_interval": max(1, min(10, _VISIBILITY_TIMEOUT // 5)),
     "unacked_restore_throttle": 1,
     # Without a socket timeout a publish waits forever on a broker that vanished without closing
@@ -234,16 +233,10 @@ CONTROLPLANE: dict[str, float | int] = {
     "DATASET_RETRIES": env_int("CONTROLPLANE_DATASET_RETRIES", 3, minimum=1),
     # How often a supervisor samples its program's CPU, memory and GPUs (workers/sampling.py); 0: never.
     "SYSTEM_METRICS_SECONDS": env_int("CONTROLPLANE_SYSTEM_METRICS_SECONDS", 5, minimum=0),
-    # Tracking mode (runs/tracking.py): an external run that reports nothing for this long fails
-    # (`timeout`, `report_timeout`); a report batch's body and rows are bounded.
-    "EXTERNAL_RUN_TIMEOUT_SECONDS": env_float(
-        "CONTROLPLANE_EXTERNAL_RUN_TIMEOUT_SECONDS", 300.0, minimum=1.0
-    ),
-    "REPORT_MAX_BYTES": env_int("CONTROLPLANE_REPORT_MAX_BYTES", 16 * 1024 * 1024, minimum=64 * 1024),
+    "EXTERNAL_RUN_TIMEOUT_SECONDS": env_float("CONTROLPLANE_EXTERNAL_RUN_TIMEOUT_SECONDS", 300, minimum=1),
+    "REPORT_MAX_BYTES": env_int("CONTROLPLANE_REPORT_MAX_BYTES", 16 * 1024**2, minimum=64 * 1024),
     "REPORT_MAX_ROWS": env_int("CONTROLPLANE_REPORT_MAX_ROWS", 500_000, minimum=1_000),
-    "ARTIFACT_UPLOAD_MAX_BYTES": env_int(
-        "CONTROLPLANE_ARTIFACT_UPLOAD_MAX_BYTES", 10 * 1024**3, minimum=1024
-    ),
+    "ARTIFACT_UPLOAD_MAX_BYTES": env_int("CONTROLPLANE_ARTIFACT_UPLOAD_MAX_BYTES", 10 * 1024**3, minimum=1),
 }
 
 # The fleet (fleet/, docs/architecture.md "Fleet"). WORKER_GPUS "auto": through NVML; "": none.

@@ -98,6 +98,7 @@ def test_another_operator_may_not_report_into_my_run(api: APIClient) -> None:
     run = start(api)
     stranger = bearer(do_issue_token(make_user("tomas")).plaintext)
     refused = report(stranger, run["id"], 1, lines({"type": "log", "line": "not mine"}))
+    assert bearer(run["run_token"]).get(f"/api/v1/runs/{run['id']}/logs/").status_code == 403
     assert refused.status_code == 403  # every run is visible; reporting is its owner's
     assert not LogLine.objects.filter(run_id=run["id"]).exists()
 
@@ -229,3 +230,17 @@ def test_an_artifact_upload_round_trips_with_its_sha256(api: APIClient) -> None:
         "PUT", f"/api/v1/runs/{run['id']}/artifacts/..hidden", data.decode(), HTTP_X_CONTENT_SHA256=digest
     )
     assert bad_name.status_code == 400 and "name" in bad_name.json()
+
+
+@pytest.mark.django_db
+def test_the_run_page_shows_an_external_run(api: APIClient, owner: Any) -> None:
+    from django.test import Client
+    from django.urls import reverse
+
+    run = start(api, "page-of-an-external-run")
+    report(bearer(run["run_token"]), run["id"], 1, lines({"type": "log", "line": "from afar"}))
+    browser = Client()
+    browser.force_login(owner)
+    page = browser.get(reverse("run-detail", args=[run["id"]]))
+    assert page.status_code == 200
+    assert b"page-of-an-external-run" in page.content
