@@ -16,6 +16,7 @@ recognised (`duplicate`) and never written twice. Every accepted batch renews th
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,12 +28,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.tokens import do_issue_run_token, revoke_run_tokens
-from redaction import Redactor, redact
+from redaction import Redactor, redact, redact_value
 from runs import lifecycle
 from runs.attempts import Batch, Outcome, finish_attempt, system_line, write_batch
 from runs.lifecycle import LIVE_STATUSES, TERMINAL_STATUSES, TransitionEvent, Trigger
 from runs.models import ErrorKind, LogStream, Run, RunKind, RunStatus
-from runs.protocol import MAX_EVENT_LINE_BYTES, apply_event, parse_event
+from runs.protocol import MAX_EVENT_LINE_BYTES, ParsedEvent, apply_event, parse_event
 
 log = structlog.get_logger(__name__)
 
@@ -112,8 +113,6 @@ def do_start_external_run(
 
 
 def redact_params(params: dict[str, Any]) -> dict[str, Any]:
-    from redaction import redact_value
-
     value = redact_value(params)
     return value if isinstance(value, dict) else {}
 
@@ -138,7 +137,7 @@ def parse_report(body: bytes) -> ParsedReport:
             problem: str | None = f"event line longer than {MAX_EVENT_LINE_BYTES} bytes"
         else:
             parsed = parse_event(data, redactor)
-            problem = parsed.problem
+            problem = parsed.problem or (_unencodable(parsed) if b"\\u" in data else None)
             if problem is None and parsed.points is not None:
                 if batch.text_points == len(batch.points):
                     batch.texts.extend(parsed.texts)
@@ -151,6 +150,17 @@ def parse_report(body: bytes) -> ParsedReport:
             preview = redact(data[:200].decode("utf-8", "replace"))
             batch.lines.append(system_line(f"skipped a malformed event ({problem}): {preview}"))
     return report
+
+
+def _unencodable(parsed: ParsedEvent) -> str | None:
+    """A JSON escape may spell a lone surrogate, which no UTF-8 column can hold: refused here
+    (a skipped line) rather than failing the batch's write."""
+    keys = {point[0] for point in parsed.points or ()}
+    try:
+        json.dumps([parsed.event, sorted(keys)], ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid UTF-8 (a lone surrogate escape)"
+    return None
 
 
 def _apply(event: Any, report: ParsedReport, max_line: int) -> str | None:

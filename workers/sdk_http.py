@@ -106,12 +106,14 @@ class HttpSender:
                 self._cond.wait(0.5)
             if self.refused is not None:
                 return
-            if not self._lines:
+            first = not self._lines
+            if first:
                 self._oldest = time.monotonic()
             self._lines.append((line, rows))
             self._bytes += len(line)
             self._rows += rows
-            if self._bytes >= self.max_batch_bytes or self._rows >= self.max_batch_rows:
+            # The first line wakes a sender idling for a heartbeat (it then waits flush_seconds).
+            if first or self._bytes >= self.max_batch_bytes or self._rows >= self.max_batch_rows:
                 self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:

@@ -115,16 +115,17 @@ def test_a_batch_writes_lines_points_and_progress_and_is_applied_once(api: APICl
         {"type": "progress", "step": 4, "total": 10},
         {"type": "nonsense"},
     )
+    body += b'{"type": "log", "line": "half a pair \\ud800"}\n'  # a lone surrogate: skipped, not a 500
     first = report(scoped, run["id"], 1, body)
     assert first.status_code == 200, first.content
     assert first.json() | {} == {
         "batch": 1,
         "duplicate": False,
-        "lines": 3,
+        "lines": 4,
         "points": 7,
         "first_seq": 1,
-        "last_seq": 3,
-        "skipped": 1,
+        "last_seq": 4,
+        "skipped": 2,
         "status": "running",
     }
     again = report(scoped, run["id"], 1, body)
@@ -137,7 +138,7 @@ def test_a_batch_writes_lines_points_and_progress_and_is_applied_once(api: APICl
         (1, "stdout", "hello"),
         (2, "stderr", "oops"),
     ]
-    assert LogLine.objects.filter(run_id=run["id"]).count() == 3
+    assert LogLine.objects.filter(run_id=run["id"]).count() == 4
     assert MetricPoint.objects.filter(series__run_id=run["id"]).count() == 7
     loss = api.get(f"/api/v1/runs/{run['id']}/metrics/?key=loss").json()
     assert [(p["step"], p["value"]) for p in loss["points"]] == [(1, 0.5), (2, 0.4), (3, 0.3), (4, 0.2)]
