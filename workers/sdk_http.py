@@ -96,7 +96,8 @@ class HttpSender:
 
     @property
     def enabled(self) -> bool:
-        return self.refused is None
+        """False once refused for good, or closed."""
+        return self.refused is None and not self._closing
 
     def put(self, line: bytes, rows: int = 1) -> None:
         """Queue one serialised event line holding `rows` log lines or points; blocks only while
@@ -104,7 +105,7 @@ class HttpSender:
         with self._cond:
             while self._bytes + len(line) > self.max_buffer_bytes and self.refused is None and self._lines:
                 self._cond.wait(0.5)
-            if self.refused is not None:
+            if self.refused is not None or self._closing:
                 return
             first = not self._lines
             if first:
