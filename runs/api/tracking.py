@@ -97,7 +97,9 @@ class ReportView(APIView):
 
     @extend_schema(
         parameters=[OpenApiParameter("batch", int, required=True, description="1, 2, ...: idempotency key")],
-        request={"application/x-ndjson": {"type": "string"}},
+        request={
+            "text/plain": {"type": "string", "description": "JSON lines (sent as application/x-ndjson)"}
+        },
         responses={200: dict},
     )
     def post(self, request: Request, run_id: int) -> Response:
