@@ -64,6 +64,9 @@ def test_an_operator_starts_an_external_run_running_with_a_token_shown_once(api:
     launch = AuditRecord.objects.filter(action="run.launch", target_id=str(run["id"])).get()
     assert launch.details["kind"] == "external"
     assert AuditRecord.objects.filter(action="token.issue", details__run_id=run["id"]).count() == 1
+    reconcile()  # nothing to send, nothing to expire: no worker ever sees an external run
+    row = Run.objects.get(pk=run["id"])
+    assert (row.status, row.enqueued_at, row.dispatch_count) == ("running", None, 0)
 
 
 @pytest.mark.django_db
