@@ -55,7 +55,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .sdk_http import HttpSender, event_rows  # relative: the client distribution ships both files too
+# Relative: the client distribution ships both files too.
+from .sdk_http import VALUES_PER_LINE, HttpSender, event_rows
 
 __all__ = [
     "ENV_EVENTS_FD",
@@ -89,8 +90,6 @@ ENV_REQUEST_ID = "CONTROLPLANE_REQUEST_ID"
 ENV_URL = "CONTROLPLANE_URL"
 ENV_RUN_TOKEN = "CONTROLPLANE_RUN_TOKEN"  # noqa: S105 - a variable's name
 ENV_TOKEN = "CONTROLPLANE_TOKEN"  # noqa: S105 - a variable's name
-# Values per multi-point line: ~30 bytes each, so a line stays near 250 KB, far below the 1 MiB cap.
-VALUES_PER_LINE = 8_192
 
 
 class ResumePathError(ValueError):
@@ -204,9 +203,7 @@ class Reporter:
     def __init__(
         self, fd: int | None, *, run_dir: Path | None = None, sender: HttpSender | None = None
     ) -> None:
-        self._fd = fd
-        self._run_dir = run_dir
-        self._lock = threading.Lock()
+        self._fd, self._run_dir, self._lock = fd, run_dir, threading.Lock()
         self._sender = sender  # tracking mode: events go over HTTP instead of a descriptor
 
     @classmethod
@@ -276,6 +273,8 @@ class Reporter:
         if not self.enabled:
             return
         clean = {str(key): _finite_or_none(val) for key, val in values.items()}
+        if self._sender is not None:  # over HTTP, consecutive steps share a columnar line
+            return self._sender.put_metric(int(step), clean)
         self._emit({"type": "metric", "step": int(step), "values": clean})
 
     def metrics(self, points: Iterable[tuple[int, Mapping[str, float]]]) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from workers.sdk import Reporter
+from workers.sdk_http import event_rows
 
 
 class Recorder(ThreadingHTTPServer):
@@ -71,7 +72,8 @@ def test_a_line_after_an_idle_wait_is_sent_within_the_flush_interval(recorder: R
     run.metric(1, {"loss": 0.5})
     while not recorder.batches and time.monotonic() - started < 5:
         time.sleep(0.02)
-    assert recorder.batches == [(1, [{"type": "metric", "step": 1, "values": {"loss": 0.5}}])]
+    # one step's values, in the columnar form consecutive steps share
+    assert recorder.batches == [(1, [{"type": "metric", "steps": [1], "values": {"loss": [0.5]}}])]
     assert time.monotonic() - started < 1.0
     run.finish()
 
@@ -86,12 +88,14 @@ def test_batches_are_numbered_bounded_by_rows_and_retried_unchanged(recorder: Re
     numbers = [number for number, _ in recorder.batches]
     assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 2
     events = [event for _, batch in recorder.batches for event in batch]
-    assert [e["step"] for e in events if e["type"] == "metric"] == list(range(500))
+    metrics = [e for e in events if e["type"] == "metric"]
+    assert [step for e in metrics for step in e["steps"]] == list(range(500))
+    assert [v for e in metrics for v in e["values"]["b"]] == [2.0] * 500
     assert events[-2:] == [
         {"type": "log", "stream": "stdout", "line": "done"},
         {"type": "status", "status": "failed", "message": "diverged"},
     ]
-    assert all(sum(len(e.get("values", {})) or 1 for e in batch) <= 1_000 for _, batch in recorder.batches)
+    assert all(sum(event_rows(e) for e in batch) <= 1_000 for _, batch in recorder.batches)
     assert not run.enabled  # closed by finish
 
 
