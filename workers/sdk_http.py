@@ -4,7 +4,8 @@ Standard library only (``http.client``), like :mod:`workers.sdk`, so it runs whe
 the client distribution ships these two files as ``controlplane_client.sdk`` and
 ``controlplane_client.sdk_http`` (the same files: symbolic links in ``client/``).
 
-The reporter hands each serialised event line to :class:`HttpSender`, which never blocks on the
+The reporter hands each serialised event line (and each metric step, which the sender folds with
+the steps before it into one columnar line) to :class:`HttpSender`, which never blocks on the
 network: a background thread sends the lines in batches to
 ``POST <url>/api/v1/runs/<id>/report/?batch=N`` when ``max_batch_bytes`` are waiting, or
 ``flush_seconds`` after the oldest waiting line, or at ``close()``. A batch that fails (no
