@@ -68,6 +68,7 @@ __all__ = [
     "ENV_RUN_ID",
     "ENV_RUN_TOKEN",
     "ENV_URL",
+    "VALUES_PER_LINE",
     "Reporter",
     "ResumePathError",
     "load_params",
