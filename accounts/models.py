@@ -19,6 +19,9 @@ class ApiToken(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # A run-scoped token (tracking mode) may only report into this run (a `runs.Run` id; no foreign
+    # key: runs sits above accounts in the layer map). accounts.policy refuses it everything else.
+    run_id = models.BigIntegerField(null=True, blank=True, db_index=True)
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user_id})"

@@ -47,6 +47,7 @@ class Action(enum.StrEnum):
     FLEET_MANAGE = "fleet.manage"  # drain workers, set users' GPU quotas
     RUN_CODE = "run.code"  # upload a code snapshot and launch it; the lowest role is a setting
     PROGRAM_MANAGE = "program.manage"  # register, edit, retire catalog programs; infer params schemas
+    RUN_REPORT = "run.report"  # tracking mode: log lines, metrics, status, artifacts into an external run
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,9 @@ RULES: dict[Action, Rule] = {
     Action.RUN_CODE: Rule(Role.OPERATOR, "launch", verb="run their own code"),
     # A program's command runs on every worker (and inference runs it on the web host): admins only.
     Action.PROGRAM_MANAGE: Rule(Role.ADMIN, "admin", verb="manage programs"),
+    # Reporting into an external run is what its launcher does: its owner with `launch`, or the
+    # run-scoped token issued when it started (`run_scoped_decision`).
+    Action.RUN_REPORT: Rule(Role.OPERATOR, "launch", others=ADMINS, verb="report into runs"),
 }
 # Actions whose lowest role is a setting (its name in django.conf.settings).
 ROLE_SETTINGS: dict[Action, str] = {Action.RUN_CODE: "RUN_CODE_ROLE"}
@@ -105,6 +109,10 @@ def rule_for(action: Action) -> Rule:
     if action in ROLE_SETTINGS:
         return replace(rule, role=Role(getattr(settings, ROLE_SETTINGS[action])))
     return rule
+
+
+# The one scope of a run-scoped token: it reports into its run and does nothing else.
+RUN_REPORT_SCOPE = "report"
 
 
 @dataclass(frozen=True)
@@ -184,7 +192,10 @@ def principal_for(user: Any, token: ApiToken | None = None) -> Principal:
     """A session carries every scope of its user's role; a token only those it was issued with."""
     role = role_of(user)
     scopes = scopes_of_role(role)
-    if token is not None:
+    if token is not None and token.run_id is not None:
+        # A run-scoped token: its run's owner may (still) launch, or it carries nothing.
+        scopes = frozenset({RUN_REPORT_SCOPE}) if "launch" in scopes else frozenset()
+    elif token is not None:
         scopes = scopes & frozenset(token.scopes)
     return Principal(user=user if role is not None else None, role=role, scopes=scopes, token=token)
 
@@ -225,6 +236,8 @@ def decide(principal: Principal, action: Action, row: Model | None = None) -> De
     rule = rule_for(action)
     if principal.role is None:
         return Decision(False, 401, "Authentication credentials were not provided or are not valid.")
+    if principal.token is not None and principal.token.run_id is not None:
+        return run_scoped_decision(principal, action, row)
     if ROLE_RANK[principal.role] < ROLE_RANK[rule.role]:
         return Decision(False, 403, f"Your role ({principal.role}) may not {rule.verb}.")
     if rule.scope not in principal.scopes:
@@ -237,6 +250,18 @@ def decide(principal: Principal, action: Action, row: Model | None = None) -> De
     return ALLOWED
 
 
+def run_scoped_decision(principal: Principal, action: Action, row: Model | None) -> Decision:
+    """A run-scoped token (tracking mode) reports into its one run: every other action, and every
+    other run, is a 403 (whether that run exists or not, so it learns nothing about others)."""
+    assert principal.token is not None
+    run_id = principal.token.run_id
+    if action != Action.RUN_REPORT or RUN_REPORT_SCOPE not in principal.scopes:
+        return Decision(False, 403, f"This token may only report into run {run_id}.")
+    if row is not None and (row._meta.label_lower != "runs.run" or row.pk != run_id):
+        return Decision(False, 403, f"This token may only report into run {run_id}.")
+    return ALLOWED
+
+
 def can(principal: Principal, action: Action, row: Model | None = None) -> bool:
     return decide(principal, action, row).allowed
 
@@ -246,6 +271,12 @@ def restrict(principal: Principal, action: Action, queryset: QuerySet[RowModel])
     all of them when its role and scopes reach other people's rows, else its own."""
     if not decide(principal, action).allowed:
         return queryset.none()
+    if principal.token is not None and principal.token.run_id is not None:
+        return (
+            queryset.filter(pk=principal.token.run_id)
+            if queryset.model._meta.label_lower == "runs.run"
+            else queryset.none()
+        )
     if reaches_every_row(principal, action):
         return queryset
     return queryset.filter(row_rule(queryset.model).own(principal, queryset.model))

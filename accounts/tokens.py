@@ -105,7 +105,10 @@ def do_issue_token(
     ttl: timedelta | None = None,
     scopes: list[str] | None = None,
     actor: User | None = None,
+    run_id: int | None = None,
 ) -> IssuedToken:
+    """A new token; `run_id` makes it run-scoped (tracking mode: it may only report into that run,
+    accounts.policy.run_scoped_decision)."""
     prefix = secrets.token_hex(4)
     plaintext = f"{TOKEN_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
     ttl = ttl or timedelta(days=settings.CONTROLPLANE["TOKEN_TTL_DAYS"])
@@ -118,12 +121,19 @@ def do_issue_token(
             digest=_digest(plaintext),
             scopes=granted,
             expires_at=timezone.now() + ttl,
+            run_id=run_id,
         )
         audit.record(
             "token.issue",
             actor=actor or user,
             target=token,
-            details={"prefix": prefix, "name": name, "scopes": granted, "owner": user.get_username()},
+            details={
+                "prefix": prefix,
+                "name": name,
+                "scopes": granted,
+                "owner": user.get_username(),
+                **({"run_id": run_id} if run_id is not None else {}),
+            },
         )
     return IssuedToken(token=token, plaintext=plaintext)
 
@@ -138,6 +148,24 @@ def do_revoke_token(actor: User, token: ApiToken) -> ApiToken:
         if updated:
             audit.record("token.revoke", actor=actor, target=token, details={"prefix": token.prefix})
     return token
+
+
+def do_issue_run_token(user: User, run_id: int) -> IssuedToken:
+    """The run-scoped token of an external run (tracking mode): it reports into that run only, and
+    is revoked when the run ends (runs.tracking)."""
+    return do_issue_token(user, name=f"run {run_id}", scopes=["report"], run_id=run_id)
+
+
+def revoke_run_tokens(run_id: int) -> int:
+    """Revoke the run-scoped tokens of a run that has ended (in the caller's transaction); how many."""
+    tokens = ApiToken.objects.filter(run_id=run_id, revoked_at__isnull=True)
+    prefixes = list(tokens.values_list("prefix", flat=True))
+    revoked = tokens.update(revoked_at=timezone.now())
+    for prefix in prefixes:
+        audit.record(
+            "token.revoke", actor=None, details={"prefix": prefix, "run_id": run_id, "reason": "run ended"}
+        )
+    return revoked
 
 
 def access_token(plaintext: str) -> ApiToken | None:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from workers.events_socket import EventsSocket  # noqa: E402
 from workers.streams import Chunk, ChunkQueue, read_lines  # noqa: E402
 
-MAX_EVENT_LINE_BYTES = 1024 * 1024  # workers.protocol's (which imports Django)
+MAX_EVENT_LINE_BYTES = 1024 * 1024  # runs.protocol's (which imports Django)
 
 CHILD = """
 import sys

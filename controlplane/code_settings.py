@@ -1,13 +1,14 @@
-"""Settings of what runs execute: the programs file and catalog seed, code snapshots
-(docs/architecture.md "Programs", "Code snapshots"), from the environment; kept apart so
-controlplane/settings.py stays under the module size limit. settings.py imports each name.
+"""Settings of what runs execute and where they report from: the programs file and catalog seed,
+code snapshots, tracking mode (docs/architecture.md "Programs", "Code snapshots", "External
+runs"), from the environment; kept apart so controlplane/settings.py stays under the module size
+limit. settings.py imports each name.
 """
 
 from __future__ import annotations
 
-from controlplane.env import env_bool, env_choice, env_int, env_str
+from controlplane.env import env_bool, env_choice, env_float, env_int, env_str
 
-__all__ = ["CODE_SNAPSHOT", "PROGRAMS_FILE", "PROGRAMS_SEED_ON_MIGRATE", "RUN_CODE_ROLE"]
+__all__ = ["CODE_SNAPSHOT", "PROGRAMS_FILE", "PROGRAMS_SEED_ON_MIGRATE", "RUN_CODE_ROLE", "TRACKING"]
 
 PROGRAMS_FILE = env_str("CONTROLPLANE_PROGRAMS_FILE", "") or None
 # `migrate` upserts the file's programs into the catalog (runs/catalog.py: admins' edits win).
@@ -23,3 +24,12 @@ CODE_SNAPSHOT: dict[str, int] = {
 # The lowest role that may upload and run its own code (accounts.policy.Action.RUN_CODE); viewers
 # launch nothing, so "viewer" would mean nothing.
 RUN_CODE_ROLE = env_choice("CONTROLPLANE_RUN_CODE_ROLE", "operator", ("operator", "admin"))
+
+# Tracking mode (runs/tracking.py): how long an external run may stay silent before it fails, and
+# the bounds of one report batch and of one artifact upload. Part of settings.CONTROLPLANE.
+TRACKING: dict[str, float | int] = {
+    "EXTERNAL_RUN_TIMEOUT_SECONDS": env_float("CONTROLPLANE_EXTERNAL_RUN_TIMEOUT_SECONDS", 300, minimum=1),
+    "REPORT_MAX_BYTES": env_int("CONTROLPLANE_REPORT_MAX_BYTES", 16 * 1024**2, minimum=64 * 1024),
+    "REPORT_MAX_ROWS": env_int("CONTROLPLANE_REPORT_MAX_ROWS", 500_000, minimum=1_000),
+    "ARTIFACT_UPLOAD_MAX_BYTES": env_int("CONTROLPLANE_ARTIFACT_UPLOAD_MAX_BYTES", 10 * 1024**3, minimum=1),
+}

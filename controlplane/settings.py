@@ -235,6 +235,7 @@ CONTROLPLANE: dict[str, float | int] = {
     "DATASET_RETRIES": env_int("CONTROLPLANE_DATASET_RETRIES", 3, minimum=1),
     # How often a supervisor samples its program's CPU, memory and GPUs (workers/sampling.py); 0: never.
     "SYSTEM_METRICS_SECONDS": env_int("CONTROLPLANE_SYSTEM_METRICS_SECONDS", 5, minimum=0),
+    **TRACKING,  # noqa: F405 - tracking mode's bounds, from controlplane/code_settings.py
 }
 
 # The fleet (fleet/, docs/architecture.md "Fleet"). WORKER_GPUS "auto": through NVML; "": none.

@@ -32,3 +32,8 @@ class RunsConfig(AppConfig):
 
         check_x_accel_prefix()
         post_migrate.connect(seed_programs_after_migrate, sender=self, dispatch_uid="runs.seed_programs")
+        # Tracking mode: a run-scoped token stops working when its run ends, however it ends.
+        from runs.lifecycle import on_transition
+        from runs.tracking import revoke_tokens_of_ended_runs
+
+        on_transition(revoke_tokens_of_ended_runs)

@@ -95,6 +95,9 @@ class Run(models.Model):
     dispatch_count = models.PositiveIntegerField(default=0)
     discarded_at = models.DateTimeField(null=True, blank=True)
     request_id = models.CharField(max_length=64, blank=True)
+    # Tracking mode: the number of the last report batch applied (runs/tracking.py), so a batch
+    # sent again after a lost response is recognised and not applied twice.
+    report_seq = models.BigIntegerField(default=0)
 
     # What the run asks of the fleet (fleet/): {"pool": str, "gpus": int, "nodes": int}; the
     # scheduler admits queued runs by priority (0-100, higher first, aged), quota and best fit.

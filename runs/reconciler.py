@@ -4,7 +4,7 @@ Postgres, not the broker, keeps runs alive. Every few seconds (Celery beat in pr
 thread in standalone) it:
 1. concludes live attempts whose lease expired (their worker died or was cut off): the run is
    queued again to resume from its newest checkpoint, or dead-lettered once `max_attempts` is
-   spent;
+   spent; an external run (tracking mode) that reported nothing within its timeout fails;
 2. fails queued runs older than their queue time-to-live;
 3. dispatches queued runs that are due and have no message in the broker (never enqueued because
    the broker was down at commit, a retry whose backoff has passed, or a message Redis lost).
@@ -26,8 +26,9 @@ from runs import lifecycle
 from runs.attempts import expire_lease
 from runs.broker import pending_run_ids
 from runs.lifecycle import Trigger
-from runs.models import ErrorKind, RunStatus
+from runs.models import ErrorKind, RunKind, RunStatus
 from runs.services import enqueue_run
+from runs.tracking import expire_silent_runs
 
 log = structlog.get_logger(__name__)
 BATCH = 200
@@ -62,7 +63,10 @@ def reconcile(now: datetime | None = None) -> Report:
 
 
 def _expire_leases(now: datetime, report: Report) -> None:
-    expired = lifecycle.live_runs().filter(lease_expires_at__lt=now).values_list("pk", flat=True)[:BATCH]
+    # External runs (tracking mode) have no worker to lose: silence fails them, never requeues.
+    report.leases_expired.extend(expire_silent_runs(now, BATCH))
+    live = lifecycle.live_runs().exclude(kind=RunKind.EXTERNAL)
+    expired = live.filter(lease_expires_at__lt=now).values_list("pk", flat=True)[:BATCH]
     for run_id in expired:
         status = expire_lease(run_id, now)
         if status is None:

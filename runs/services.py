@@ -22,7 +22,7 @@ from ops.middleware import repeatable_writes
 from runs import lifecycle
 from runs.dataset_params import check_dataset_params
 from runs.lifecycle import Trigger
-from runs.models import Run, RunKind
+from runs.models import Run, RunKind, RunStatus
 from runs.placement_request import PlacementRequest, check_placement
 from runs.programs import ParamsError, Program, get_program, resolve_params
 from runs.snapshots import CodeLaunch, check_code
@@ -274,6 +274,13 @@ def do_cancel_run(run: Run, *, actor: User | None = None) -> Run:
         return lifecycle.perform(run.pk, trigger, changes=changes, actor=actor, audit_details=details)
 
     with transaction.atomic():
+        if run.kind == RunKind.EXTERNAL and cancel(
+            Trigger.CANCEL_EXTERNAL,
+            {**unstarted, "error_message": "cancelled by a user", "lease_expires_at": None, "phase": ""},
+        ):
+            # No supervisor will stop it: it ends here; the script's next report learns so (409).
+            lifecycle.close_attempt(run.pk, run.attempt, RunStatus.CANCELLED, now)
+            return Run.objects.get(pk=run.pk)
         # Tried in turn, each conditional: a run that starts or ends while we decide is not
         # overwritten (a claim between the first two makes the second one match).
         done = (
@@ -300,6 +307,8 @@ def do_retry_run(run: Run, *, request_id: str = "", actor: User | None = None) -
         "phase": "",
         "request_id": request_id[:64],
     }
+    if run.kind == RunKind.EXTERNAL:
+        raise RetryError(f"run {run.pk} was reported from outside (external): start a new one instead")
     if run.kind == RunKind.PROGRAM and get_program(run.program) is None:
         # Retired (or gone): retrying is new work. Attempts the reliability layer retries on
         # its own after a worker loss still run (the supervisor reads retired programs too).

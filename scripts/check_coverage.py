@@ -39,7 +39,7 @@ GATED_MODULES: tuple[str, ...] = (
     "workers/watch.py",
     "workers/streams.py",
     "workers/sampling.py",
-    "workers/protocol.py",
+    "runs/protocol.py",
     "workers/preparation.py",
 )
 

@@ -7,8 +7,6 @@ them. Malformed events are skipped with a note in the run's log, never fatal.
 from __future__ import annotations
 
 import collections
-import json
-from dataclasses import dataclass, field
 from typing import Any
 
 from django.utils import timezone
@@ -16,9 +14,8 @@ from django.utils import timezone
 from ops import worker_metrics
 from redaction import Redactor
 from runs.attempts import system_line
-from runs.ingest import PointText, point_texts
 from runs.models import LogStream
-from workers.protocol import MAX_EVENT_LINE_BYTES, PointEntry, apply_event, prepare_columns, prepare_points
+from runs.protocol import MAX_EVENT_LINE_BYTES, ParsedEvent, apply_event, parse_event
 from workers.streams import Chunk, decode_line
 from workers.writer import AttemptWriter
 
@@ -28,17 +25,6 @@ STDERR_TAIL_LINES = 50
 # are shared):
 # counted against the chunk queue's byte bound, so parsed lines waiting there stay bounded too.
 POINT_ROW_BYTES = 170
-
-
-@dataclass(frozen=True)
-class ParsedEvent:
-    """An event line as its reader thread understood it."""
-
-    event: Any = None  # the event, secrets masked (None for a multi-point metric line)
-    problem: str | None = None  # why the line is skipped
-    points: list[PointEntry] | None = None  # a multi-point metric line's points, checked
-    texts: list[PointText] = field(default_factory=list)  # those points formatted for COPY
-    newest: Any = None  # that line's newest point
 
 
 class Ingest:
@@ -72,31 +58,8 @@ class Ingest:
         """Parse one whole event line, and check a multi-point line's points into batch rows;
         with the bytes those rows hold. Runs in the events reader thread (workers/streams.py):
         reads only the redactor, which is set before the program starts."""
-        try:
-            event = self.redactor.value(json.loads(data))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            return ParsedEvent(problem=f"not JSON ({error.__class__.__name__})"), 0
-        if not isinstance(event, dict) or event.get("type") != "metric":
-            return ParsedEvent(event=event), 0
-        points: Any = event.get("points")
-        steps: Any = event.get("steps")
-        values: Any = event.get("values")
-        if points is not None:
-            rows = prepare_points(points, timezone.now())
-        elif steps is not None:
-            rows = prepare_columns(steps, values, timezone.now())
-        else:
-            return ParsedEvent(event=event), 0
-        if isinstance(rows, str):
-            return ParsedEvent(problem=rows), 0
-        if points is not None:
-            newest = points[-1]
-        else:  # checked: a dict of lists, as many values a key as steps
-            newest = {"step": steps[-1], "values": {key: column[-1] for key, column in values.items()}}
-        # Only the newest point is kept beside the rows (it times the training loop); the rows
-        # are also formatted for COPY here, so the loop's thread does not format them.
-        parsed = ParsedEvent(points=rows, texts=point_texts(rows), newest=newest)
-        return parsed, len(rows) * POINT_ROW_BYTES
+        parsed = parse_event(data, self.redactor)
+        return parsed, len(parsed.points or ()) * POINT_ROW_BYTES
 
     def _take_event(self, data: bytes, truncated: int, parsed: Any) -> None:
         if truncated:

@@ -22,10 +22,10 @@ import threading
 import time
 from typing import Any
 
+from runs.protocol import MAX_EVENT_LINE_BYTES
 from workers.events_socket import EventsSocket
 from workers.launch import Launch
 from workers.proctree import signal_tree
-from workers.protocol import MAX_EVENT_LINE_BYTES
 from workers.streams import Chunk, LineParser, read_lines
 
 READER_COUNT = 4  # stdout, stderr, the events pipe and socket: each ends with one end-of-file chunk

@@ -23,25 +23,22 @@ things are through environment variables:
     Set by torchrun for each process of a distributed run: by default only
     rank 0 reports (metrics, checkpoints, artifacts, progress, status), so a
     step is not reported once per rank.  Every rank may print log lines.
+``CONTROLPLANE_URL``, ``CONTROLPLANE_RUN_ID``, ``CONTROLPLANE_RUN_TOKEN``
+    Tracking mode: with no events channel but these set (or the token in
+    ``CONTROLPLANE_TOKEN``), the same events go over HTTP into that external
+    run (:mod:`workers.sdk_http`); ``close()`` (also at exit) sends the rest.
 ``CONTROLPLANE_RESUME_FROM``
     Optional checkpoint path (relative to the run dir, or absolute but inside
     it) to resume from.
 
-Event shapes (paths are always relative to the run dir, POSIX separators)::
-
-    {"type": "metric", "step": 10, "values": {"train/loss": 2.31}}
-    {"type": "metric", "points": [{"step": 11, "values": {"train/loss": 2.30}}, ...]}
-    {"type": "progress", "step": 10, "total": 200}
-    {"type": "checkpoint", "step": 50, "path": "checkpoints/step-50.pt"}
-    {"type": "artifact", "path": "model.safetensors", "kind": "model"}
-    {"type": "status", "phase": "evaluating"}
+Event shapes: docs/architecture.md, "The program protocol" (paths are relative
+to the run dir, POSIX separators).
 
 Non-finite metric values (NaN, +inf, -inf) are encoded as JSON ``null``: strict
 JSON has no spelling for them, and a diverged loss is better shown as "no
 value" than rejected by the consumer's parser.
 
-This module deliberately imports nothing heavy (no torch) so that it can be
-used by any program and imported by the web process.
+Imports nothing heavy (no torch): any program, and the web process, use it.
 """
 
 from __future__ import annotations
@@ -58,6 +55,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+# Relative: the client distribution ships both files too.
+from .sdk_http import VALUES_PER_LINE, HttpSender, event_rows
+
 __all__ = [
     "ENV_EVENTS_FD",
     "ENV_EVENTS_SOCKET",
@@ -66,6 +66,9 @@ __all__ = [
     "ENV_RESUME_FROM",
     "ENV_RUN_DIR",
     "ENV_RUN_ID",
+    "ENV_RUN_TOKEN",
+    "ENV_URL",
+    "VALUES_PER_LINE",
     "Reporter",
     "ResumePathError",
     "load_params",
@@ -85,8 +88,9 @@ ENV_RANK = "RANK"
 MAX_UNIX_PATH_BYTES = 107
 ENV_RESUME_FROM = "CONTROLPLANE_RESUME_FROM"
 ENV_REQUEST_ID = "CONTROLPLANE_REQUEST_ID"
-# Values per multi-point line: ~30 bytes each, so a line stays near 250 KB, far below the 1 MiB cap.
-VALUES_PER_LINE = 8_192
+ENV_URL = "CONTROLPLANE_URL"
+ENV_RUN_TOKEN = "CONTROLPLANE_RUN_TOKEN"  # noqa: S105 - a variable's name
+ENV_TOKEN = "CONTROLPLANE_TOKEN"  # noqa: S105 - a variable's name
 
 
 class ResumePathError(ValueError):
@@ -197,10 +201,16 @@ class Reporter:
     once on stderr, so that training can still finish and write its artifacts.
     """
 
-    def __init__(self, fd: int | None, *, run_dir: Path | None = None) -> None:
-        self._fd = fd
-        self._run_dir = run_dir
-        self._lock = threading.Lock()
+    def __init__(
+        self, fd: int | None, *, run_dir: Path | None = None, sender: HttpSender | None = None
+    ) -> None:
+        self._fd, self._run_dir, self._lock = fd, run_dir, threading.Lock()
+        self._sender = sender  # tracking mode: events go over HTTP instead of a descriptor
+
+    @classmethod
+    def over_http(cls, url: str, run_id: int, token: str, **options: Any) -> Reporter:
+        """A reporter into external run `run_id` at `url` with its run-scoped token (tracking mode)."""
+        return cls(None, sender=HttpSender(url, run_id, token, **options))
 
     @classmethod
     def from_env(cls, *, all_ranks: bool = False) -> Reporter:
@@ -216,7 +226,12 @@ class Reporter:
                 if not os.environ.get(ENV_EVENTS_FD, "").strip():
                     raise
                 # The pipe still works for the program the supervisor started itself.
-        return cls._from_fd(os.environ.get(ENV_EVENTS_FD, "").strip())
+        fd = os.environ.get(ENV_EVENTS_FD, "").strip()
+        url, run_id = os.environ.get(ENV_URL, "").strip(), os.environ.get(ENV_RUN_ID, "").strip()
+        token = os.environ.get(ENV_RUN_TOKEN, "").strip() or os.environ.get(ENV_TOKEN, "").strip()
+        if not fd and url and token and run_id.isdigit():
+            return cls.over_http(url, int(run_id), token)
+        return cls._from_fd(fd)
 
     @classmethod
     def _from_fd(cls, value: str) -> Reporter:
@@ -237,7 +252,12 @@ class Reporter:
 
     @property
     def enabled(self) -> bool:
-        return self._fd is not None
+        return self._fd is not None or (self._sender is not None and self._sender.enabled)
+
+    @property
+    def run_id(self) -> int | None:
+        """The run reported into over HTTP (None on an events channel, which needs no id)."""
+        return self._sender.run_id if self._sender is not None else None
 
     def __enter__(self) -> Reporter:
         return self
@@ -250,12 +270,12 @@ class Reporter:
     ) -> None:
         self.close()
 
-    # -- events -----------------------------------------------------------------
-
     def metric(self, step: int, values: Mapping[str, float]) -> None:
-        if self._fd is None:
+        if not self.enabled:
             return
         clean = {str(key): _finite_or_none(val) for key, val in values.items()}
+        if self._sender is not None:  # over HTTP, consecutive steps share a columnar line
+            return self._sender.put_metric(int(step), clean)
         self._emit({"type": "metric", "step": int(step), "values": clean})
 
     def metrics(self, points: Iterable[tuple[int, Mapping[str, float]]]) -> None:
@@ -264,7 +284,7 @@ class Reporter:
         share a columnar line (``"steps"`` and a list of values a key: a few times cheaper to
         write and to parse than an object a step). Lines stay well under the supervisor's 1 MiB
         event line limit (VALUES_PER_LINE values each)."""
-        if self._fd is None:
+        if not self.enabled:
             return
         steps: list[int] = []
         columns: dict[str, list[float | None]] = {}
@@ -283,38 +303,67 @@ class Reporter:
             self._emit({"type": "metric", "steps": steps, "values": columns})
 
     def progress(self, step: int, total: int) -> None:
-        if self._fd is None:
+        if not self.enabled:
             return
         self._emit({"type": "progress", "step": int(step), "total": int(total)})
 
     def checkpoint(self, step: int, path: str | os.PathLike[str]) -> None:
-        if self._fd is None:
+        if not self.enabled:
             return
         self._emit({"type": "checkpoint", "step": int(step), "path": self._relative(path)})
 
     def artifact(self, path: str | os.PathLike[str], kind: str) -> None:
-        if self._fd is None:
+        """Over HTTP the file is uploaded (sha256-checked by the server); else an event names it."""
+        if not self.enabled:
+            return
+        if self._sender is not None:
+            self._sender.upload(os.fspath(path), kind=str(kind))
             return
         self._emit({"type": "artifact", "path": self._relative(path), "kind": str(kind)})
 
     def status(self, phase: str, *, device: str | None = None) -> None:
         """A phase of the program; `device` (e.g. "cuda:0 bf16") is shown on the run page."""
-        if self._fd is None:
+        if not self.enabled:
             return
         event: dict[str, Any] = {"type": "status", "phase": str(phase)}
         if device is not None:
             event["device"] = str(device)
         self._emit(event)
 
+    def log(self, values: Mapping[str, float], *, step: int) -> None:
+        """`metric` in the argument order of MLflow's and W&B's `log`."""
+        self.metric(step, values)
+
+    def print(self, line: str, *, stream: str = "stdout") -> None:
+        """A log line: over HTTP an event; under the supervisor, printed (it captures the output)."""
+        if self._sender is None:
+            print(line, file=sys.stderr if stream == "stderr" else sys.stdout, flush=True)
+            return
+        self._emit({"type": "log", "stream": stream, "line": str(line)})
+
+    def finish(self, status: str = "succeeded", *, message: str = "") -> None:
+        """End the run (tracking mode: `succeeded`, `failed` or `cancelled`) and send what is left.
+        Under the supervisor the program's exit status says how it ended: this only closes."""
+        if self._sender is not None and self._sender.enabled:
+            event: dict[str, Any] = {"type": "status", "status": str(status)}
+            if message:
+                event["message"] = str(message)
+            self._emit(event)
+        self.close()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Over HTTP: wait until every event so far is accepted. On a channel: always sent."""
+        return self._sender.flush(timeout) if self._sender is not None else True
+
     def close(self) -> None:
+        if self._sender is not None:
+            self._sender.close()
         with self._lock:
             fd, self._fd = self._fd, None
         if fd is not None:
             # Already closed by someone else: nothing is lost at this point.
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-    # -- internals --------------------------------------------------------------
 
     def _relative(self, path: str | os.PathLike[str]) -> str:
         candidate = Path(path)
@@ -330,6 +379,9 @@ class Reporter:
         # allow_nan=False turns any stray non-finite float into an error here
         # instead of an unparseable line on the supervisor's side.
         data = (json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+        if self._sender is not None:
+            self._sender.put(data, event_rows(event))
+            return
         with self._lock:
             fd = self._fd
             if fd is None:

@@ -7,10 +7,17 @@ with Client("http://127.0.0.1:8000", token) as cp:
         ...
     cp.wait(run["id"])
     cp.download(run["id"], "out/")
+
+Tracking mode (a script anywhere reports into a run of its own; docs/client.md):
+run = controlplane_client.start_run(name="sweep-3")
+run.log({"loss": 0.1}, step=1)
+run.finish()
 """
 
 from controlplane_client.client import Client
 from controlplane_client.errors import ClientError
+from controlplane_client.sdk import Reporter
+from controlplane_client.tracking import start_run
 from controlplane_client.types import EXIT_CODES, TERMINAL, Artifact, Event, LogLine, LogPage, Program, Run
 
 __all__ = [
@@ -23,5 +30,7 @@ __all__ = [
     "LogLine",
     "LogPage",
     "Program",
+    "Reporter",
     "Run",
+    "start_run",
 ]

@@ -1,7 +1,7 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from runs.api import dashboard, programs, snapshots
+from runs.api import dashboard, programs, snapshots, tracking
 from runs.api.views import DeadLetterViewSet, RunViewSet
 
 router = SimpleRouter()
@@ -18,6 +18,13 @@ urlpatterns = [
     path("programs/<str:name>/", programs.ProgramDetailView.as_view(), name="program-detail"),
     path("programs/<str:name>/retire/", programs.ProgramRetireView.as_view(), name="program-retire"),
     path("programs/<str:name>/restore/", programs.ProgramRestoreView.as_view(), name="program-restore"),
+    # Tracking mode (runs/api/tracking.py): reports and artifact uploads into an external run.
+    path("runs/<int:run_id>/report/", tracking.ReportView.as_view(), name="run-report"),
+    path(
+        "runs/<int:run_id>/artifacts/<str:name>",
+        tracking.ArtifactUploadView.as_view(),
+        name="run-artifact-upload",
+    ),
     path("runs/states/", dashboard.RunStatesView.as_view(), name="run-states"),
     path("runs/<int:run_id>/logs/tail/", dashboard.LogTailView.as_view(), name="run-log-tail"),
     path("runs/<int:run_id>/logs.txt", dashboard.log_text, name="run-log-text"),

@@ -18,6 +18,7 @@ from accounts.drf import request_principal, require
 from accounts.policy import Action
 from ops.middleware import repeating_since
 from runs import selectors, services
+from runs.api import tracking
 from runs.api.serializers import (
     ArtifactSerializer,
     DeadLetterSerializer,
@@ -39,6 +40,7 @@ LAUNCH_FIELDS = {
     "priority",
     "preemptible",
     "code",
+    "external",
 }
 
 
@@ -130,6 +132,8 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
             raise ValidationError({name: ["unknown field"] for name in unknown[:10]})
         if body.get("code") is not None:
             require(request, Action.RUN_CODE)
+        if body.get("external") is True or ("program" in body and body["program"] is None):
+            return tracking.start_external(request, body)  # tracking mode: no program, no worker
         try:
             launch = services.check_launch(
                 name=body.get("name"),

@@ -120,15 +120,22 @@ def perform(
 
 
 def create_run(
-    fields: Mapping[str, Any], *, actor: Actor, audit_details: Mapping[str, Any] | None = None
+    fields: Mapping[str, Any],
+    *,
+    actor: Actor,
+    audit_details: Mapping[str, Any] | None = None,
+    trigger: Trigger = Trigger.LAUNCH,
 ) -> Run:
-    """Insert a run in the `launch` row's status, audited and broadcast with it."""
-    rule = RULES[Trigger.LAUNCH]
+    """Insert a run in the status of its inserting row (`launch`, or `start.external`), audited
+    and broadcast with it."""
+    rule = RULES[trigger]
+    if rule.sources:
+        raise ValueError(f"{trigger} does not insert a run")
     with transaction.atomic(savepoint=False):
         run = Run.objects.create(**{**fields, "status": rule.target})
         audit.record(rule.audit_action, actor=actor, target=run, details=dict(audit_details or {}))
         broadcast_status_on_commit(run.pk)
-        notify(TransitionEvent(run.pk, str(Trigger.LAUNCH), rule.sources, rule.target))
+        notify(TransitionEvent(run.pk, str(trigger), rule.sources, rule.target))
     return run
 
 

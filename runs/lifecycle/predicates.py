@@ -7,7 +7,7 @@ decides under its conditional UPDATE, so a stale page only earns a 409.
 from __future__ import annotations
 
 from runs.lifecycle.table import LIVE_STATUSES, TERMINAL_STATUSES, Trigger, allows
-from runs.models import Run
+from runs.models import Run, RunKind
 
 
 def may_cancel(run: Run) -> bool:
@@ -16,7 +16,8 @@ def may_cancel(run: Run) -> bool:
 
 
 def may_retry(run: Run) -> bool:
-    return allows(Trigger.RETRY, run.status)
+    """An external run is never queued (no worker could run it): it is not retried."""
+    return allows(Trigger.RETRY, run.status) and run.kind != RunKind.EXTERNAL
 
 
 def may_requeue(run: Run) -> bool:

@@ -54,6 +54,8 @@ class Trigger(StrEnum):
     RETRY = "retry"
     DEAD_LETTER_REQUEUE = "dead_letter.requeue"
     DEAD_LETTER_DISCARD = "dead_letter.discard"
+    START_EXTERNAL = "start.external"
+    CANCEL_EXTERNAL = "cancel.external"
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,13 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(Trigger.DEAD_LETTER_DISCARD, _DEAD,       DEAD,       "admin",
                audit_action="dead_letter.discard",
                why="the dead letter is closed (discarded_at); the run stays dead"),
+    # Tracking mode (runs/tracking.py): a script outside the control plane reports over HTTP; no
+    # queue, no worker. It ends the run with a status event (the exit.* rows, attempt 1), or the
+    # reconciler fails it when it stays silent (exit.failed, `report_timeout`).
+    Transition(Trigger.START_EXTERNAL, frozenset(),      RUNNING,    "user", audit_action="run.launch",
+               why="an external run is inserted running, with its first attempt open"),
+    Transition(Trigger.CANCEL_EXTERNAL, _RUNNING,        CANCELLED,  "user", audit_action="run.cancel",
+               why="no supervisor stops an external run: a cancel ends it at once (its token is revoked)"),
 )
 # fmt: on
 

@@ -171,6 +171,20 @@ MATRIX: list[Row] = [
     r("api:snapshot-detail", "GET", 401, 403, 404, 404, 404, kwargs={"sha256": "0" * 64}),
     # The body is not the archive its URL names: refused before anything is registered.
     r("api:snapshot-detail", "PUT", 401, 403, 400, 400, 400, kwargs={"sha256": "0" * 64}),
+    # tracking mode: the owner (or an admin) reports into an external run; a body `{}` is one
+    # malformed event, noted in its log
+    r("api:run-report", "POST", 401, 403, 200, 403, 200, target="external_run", query="batch=1"),
+    r(
+        "api:run-artifact-upload",
+        "PUT",
+        401,
+        403,
+        400,
+        403,
+        400,
+        target="external_run",
+        kwargs={"name": "m.bin"},
+    ),
     r("api:run-states", "GET", *READ, query="ids={run}"),
     r("api:program-list", "GET", *READ),
     r("api:program-detail", "GET", *READ, kwargs={"name": "scripted"}),
@@ -299,6 +313,9 @@ def build_world() -> World:
     dead = Run.objects.create(
         name="d", owner=owner, program="scripted", queue="matrix", status=RunStatus.DEAD, attempt=1
     )
+    external = Run.objects.create(
+        name="e", owner=owner, kind="external", program="", queue="", status=RunStatus.RUNNING, attempt=1
+    )
     key = f"{run.pk}/1/model.safetensors"
     path = artifact_path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -321,6 +338,7 @@ def build_world() -> World:
     ids = {
         "run": run.pk,
         "failed_run": failed.pk,
+        "external_run": external.pk,
         "dead_run": dead.pk,
         "worker": gpu_worker("matrix-worker", 1).pk,
         "artifact": artifact.pk,

@@ -78,14 +78,14 @@ def test_a_gated_module_missing_from_the_report_fails_rather_than_passing_silent
 
 def test_the_script_exits_1_with_one_line_per_module_under_its_gate(tmp_path: Path) -> None:
     path = tmp_path / "coverage.json"
-    data = report(summary(80, 100), runs__reconciler=summary(10, 20), workers__protocol=summary(0, 5))
+    data = report(summary(80, 100), runs__reconciler=summary(10, 20), runs__protocol=summary(0, 5))
     path.write_text(json.dumps(data))
     result = run_script(str(path))
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         "coverage gate: overall 80.00% is under its gate of 85%",
         "coverage gate: runs/reconciler.py 50.00% is under its gate of 95%",
-        "coverage gate: workers/protocol.py 0.00% is under its gate of 95%",
+        "coverage gate: runs/protocol.py 0.00% is under its gate of 95%",
     ]
     assert "runs/reconciler.py" in result.stdout
     assert "50.00%" in result.stdout

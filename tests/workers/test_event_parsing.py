@@ -11,7 +11,8 @@ from typing import Any
 import structlog
 
 from runs.attempts import Batch
-from workers.ingest import POINT_ROW_BYTES, Ingest, ParsedEvent
+from runs.protocol import ParsedEvent
+from workers.ingest import POINT_ROW_BYTES, Ingest
 from workers.streams import CHUNK_OVERHEAD_BYTES, Chunk, ChunkQueue, read_lines
 
 

@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 from runs.attempts import Batch
-from workers.protocol import apply_event
+from runs.protocol import apply_event
 from workers.sdk import VALUES_PER_LINE, Reporter
 
 

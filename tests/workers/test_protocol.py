@@ -1,4 +1,4 @@
-"""workers/protocol.py: what each event line of a program may say, and what it does to a batch."""
+"""runs/protocol.py: what each event line of a program may say, and what it does to a batch."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from runs.attempts import Batch
-from workers.protocol import apply_event
+from runs.protocol import apply_event
 
 
 def apply(event: Any) -> tuple[str | None, Batch, list[dict[str, Any]]]:

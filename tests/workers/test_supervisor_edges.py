@@ -23,8 +23,8 @@ from django.db.models import F
 
 from runs.models import Artifact, ErrorKind, LogLine, MetricPoint, Run, RunStatus
 from runs.programs import get_program, resolve_params
+from runs.protocol import MAX_EVENT_LINE_BYTES
 from tests.conftest import process_alive, wait_for
-from workers.protocol import MAX_EVENT_LINE_BYTES
 from workers.supervisor import Supervisor
 
 pytestmark = pytest.mark.django_db(transaction=True)

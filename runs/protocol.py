@@ -1,10 +1,14 @@
 """The event protocol of training programs: one JSON object per line, applied to a batch.
 
-Pure functions, so the rules of what an event may say are tested without a process.
+Pure functions, so the rules of what an event may say are tested without a process. Both paths
+into a run use them: the supervisor's events channel (workers/ingest.py) and tracking mode's HTTP
+report endpoint (runs/tracking.py), so an event means the same wherever it comes from.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import repeat
 from math import isfinite
@@ -12,7 +16,9 @@ from typing import Any
 
 from django.utils import timezone
 
+from redaction import Redactor
 from runs.attempts import Batch, finite_or_none
+from runs.ingest import PointText, point_texts
 
 MAX_EVENT_LINE_BYTES = 1024 * 1024
 
@@ -138,3 +144,43 @@ def _apply_point(step: Any, values: Any, batch: Batch, now: datetime) -> str | N
 
 def _is_step(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+@dataclass(frozen=True)
+class ParsedEvent:
+    """An event line as its reader understood it."""
+
+    event: Any = None  # the event, secrets masked (None for a multi-point metric line)
+    problem: str | None = None  # why the line is skipped
+    points: list[PointEntry] | None = None  # a multi-point metric line's points, checked
+    texts: list[PointText] = field(default_factory=list)  # those points formatted for COPY
+    newest: Any = None  # that line's newest point
+
+
+def parse_event(data: bytes, redactor: Redactor) -> ParsedEvent:
+    """Parse one whole event line, and check a multi-point line's points into batch rows
+    formatted for COPY. Reads only the redactor: safe in a reader thread."""
+    try:
+        event = redactor.value(json.loads(data))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        return ParsedEvent(problem=f"not JSON ({error.__class__.__name__})")
+    if not isinstance(event, dict) or event.get("type") != "metric":
+        return ParsedEvent(event=event)
+    points: Any = event.get("points")
+    steps: Any = event.get("steps")
+    values: Any = event.get("values")
+    if points is not None:
+        rows = prepare_points(points, timezone.now())
+    elif steps is not None:
+        rows = prepare_columns(steps, values, timezone.now())
+    else:
+        return ParsedEvent(event=event)
+    if isinstance(rows, str):
+        return ParsedEvent(problem=rows)
+    if points is not None:
+        newest = points[-1]
+    else:  # checked: a dict of lists, as many values a key as steps
+        newest = {"step": steps[-1], "values": {key: column[-1] for key, column in values.items()}}
+    # Only the newest point is kept beside the rows (it times the training loop); the rows are
+    # also formatted for COPY here, so the writer's thread does not format them.
+    return ParsedEvent(points=rows, texts=point_texts(rows), newest=newest)

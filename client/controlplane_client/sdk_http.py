@@ -1,0 +1,1 @@
+../../workers/sdk_http.py

@@ -1,0 +1,122 @@
+"""Tracking mode's artifact upload: a file sent over HTTP into an external run's artifacts.
+
+Stored where a worker stores a program's artifacts (runs/storage.py: `<run>/<attempt>/<name>`),
+hashed on the way in, written to a temporary file, fsynced, and renamed into place only when its
+sha256 matches what the client said it sent; only then registered (runs.attempts.register_artifact,
+fenced like a supervisor's). A `.safetensors` file's header is read (size-capped, no torch) for
+its metadata, as the supervisor does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+
+from audit import chain as audit
+from runs.attempts import StaleAttempt, register_artifact
+from runs.models import Artifact, Run, RunKind
+from runs.safetensors_header import HeaderError, read_header
+from runs.storage import CHUNK, artifact_path
+from runs.tracking import ReportError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def do_upload_artifact(
+    run: Run,
+    name: str,
+    stream: Any,
+    *,
+    expected_sha256: str,
+    kind: str,
+    limit: int,
+    actor: AbstractBaseUser | None,
+) -> Artifact:
+    """Store `stream` (read in chunks, at most `limit` bytes) as artifact `name` of `run`."""
+    errors: dict[str, str] = {}
+    if not _NAME.match(name):
+        errors["name"] = "letters, digits, '.', '_' and '-', at most 200, not starting with '.'"
+    expected = expected_sha256.strip().lower()
+    if not _SHA256.match(expected):
+        errors["X-Content-SHA256"] = "the file's sha256, 64 hex digits, is required"
+    if run.kind != RunKind.EXTERNAL:
+        raise ReportError(409, {"detail": f"run {run.pk} is not an external run", "code": "not_external"})
+    if errors:
+        raise ReportError(400, errors)
+    storage_key = f"{run.pk}/{run.attempt}/{name}"
+    target = artifact_path(storage_key)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.upload-{os.getpid()}")
+    digest, size = hashlib.sha256(), 0
+    try:
+        with temporary.open("wb") as writer:
+            while chunk := stream.read(CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise ReportError(
+                        413, {"detail": f"an artifact is larger than {limit} bytes", "code": "too_large"}
+                    )
+                digest.update(chunk)
+                writer.write(chunk)
+            writer.flush()
+            os.fsync(writer.fileno())
+        if digest.hexdigest() != expected:
+            raise ReportError(
+                400, {"X-Content-SHA256": f"the body's sha256 is {digest.hexdigest()}, not {expected}"}
+            )
+        metadata = _metadata(name, temporary)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return _register(run, name, kind, size, expected, storage_key, metadata, actor)
+
+
+def _metadata(name: str, path: Any) -> dict[str, Any]:
+    if not name.endswith(".safetensors"):
+        return {}
+    try:
+        header = read_header(path)
+    except HeaderError as error:
+        return {"header_error": str(error)}
+    return {"safetensors": header.metadata, "parameters": header.parameters}
+
+
+def _register(
+    run: Run,
+    name: str,
+    kind: str,
+    size: int,
+    sha256: str,
+    storage_key: str,
+    metadata: dict[str, Any],
+    actor: AbstractBaseUser | None,
+) -> Artifact:
+    try:
+        with transaction.atomic():
+            artifact = register_artifact(
+                run.pk,
+                run.attempt,
+                name=name,
+                kind=(kind or "file")[:32],
+                size=size,
+                sha256=sha256,
+                storage_key=storage_key,
+                metadata=metadata,
+            )
+            audit.record(
+                "artifact.upload",
+                actor=actor,
+                target=run,
+                details={"name": name, "size": size, "sha256": sha256},
+            )
+    except StaleAttempt:
+        raise ReportError(
+            409, {"detail": f"run {run.pk} is no longer running", "code": "not_running"}
+        ) from None
+    return artifact
