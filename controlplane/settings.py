@@ -24,6 +24,7 @@ from controlplane.env import (
     env_str,
     parse_database_url,
     parse_networks,
+    storage_config,
 )
 from controlplane.fixed_settings import *  # noqa: F403 - constants, listed in its __all__
 from controlplane_web import STATIC_DIR, TEMPLATES_DIR
@@ -37,7 +38,8 @@ DEBUG = env_bool("DEBUG", False)
 _HOME = BASE_DIR if (BASE_DIR / "manage.py").is_file() else Path.cwd()
 DATA_DIR = env_path("CONTROLPLANE_DATA_DIR", _HOME / "var")
 RUNS_DIR = env_path("CONTROLPLANE_RUNS_DIR", DATA_DIR / "runs")
-ARTIFACTS_DIR = env_path("CONTROLPLANE_ARTIFACTS_DIR", DATA_DIR / "artifacts")
+STORAGE = storage_config(DATA_DIR / "artifacts")  # a directory or s3://bucket/prefix: docs/operations.md
+ARTIFACTS_DIR = STORAGE.root  # the local store's directory
 X_ACCEL_PREFIX = env_str("CONTROLPLANE_X_ACCEL_PREFIX", "")  # nginx sends downloads: runs/apps.py
 PROGRAMS_FILE = env_str("CONTROLPLANE_PROGRAMS_FILE", "") or None
 # Comma-separated Fernet keys, newest first (vault/crypto.py checks them when the app loads).
