@@ -178,7 +178,7 @@ def get_store() -> BlobStore:
             # Imported here so a local-only process never loads boto3 (its import costs ~0.3 s).
             from runs.s3store import S3Store
 
-            store = S3Store(config)
+            store = S3Store(config.bucket, config.prefix, config.presigned_seconds)
         else:
             raise ConfigError(f"CONTROLPLANE_STORAGE_URL: unknown store kind {config.kind!r}")
         _stores[config] = store

@@ -25,7 +25,6 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from controlplane.env import StorageConfig
 from ops.breakers import Breaker, BreakerOpen
 from runs.blobstore import CHUNK, HashingReader, ObjectMissing, StorageUnavailable, StoredObject, copy_hashed
 
@@ -50,10 +49,10 @@ def _transient(error: Exception) -> bool:
 class S3Store:
     kind = "s3"
 
-    def __init__(self, config: StorageConfig) -> None:
-        self.bucket = config.bucket
-        self.prefix = config.prefix
-        self.presigned_seconds = config.presigned_seconds
+    def __init__(self, bucket: str, prefix: str = "", presigned_seconds: int = 300) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.presigned_seconds = presigned_seconds
         self.client = boto3.session.Session().client(
             "s3",
             config=Config(
