@@ -67,9 +67,10 @@ class S3Store:
             multipart_chunksize=PART_BYTES,
             max_concurrency=4,
             max_io_queue=8,
-            # Parts read from a stream wait in memory: at most this many, whatever the size.
-            max_in_memory_upload_chunks=4,
         )
+        # Parts read from a stream wait in memory: at most this many, whatever the object's size
+        # (s3transfer's setting; boto3's constructor does not take it).
+        self.transfer.max_in_memory_upload_chunks = 6
         self.breaker = Breaker(f"storage:s3:{self.bucket}")
 
     def _key(self, key: str) -> str:
