@@ -13,6 +13,7 @@ AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, or an instance role); nothing here na
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -60,6 +61,10 @@ class S3Store:
                 connect_timeout=5,
                 read_timeout=60,
                 max_pool_connections=16,
+                signature_version="s3v4",  # presigned URLs too (SigV2 is refused by most services)
+                # A custom endpoint (MinIO, Ceph, GCS) is addressed by path: it needs no
+                # wildcard DNS name per bucket; AWS itself keeps virtual-hosted names.
+                s3={"addressing_style": "path" if os.environ.get("AWS_ENDPOINT_URL") else "auto"},
             ),
         )
         self.transfer = TransferConfig(
