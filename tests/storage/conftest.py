@@ -37,7 +37,9 @@ def use_bucket(
     moto_server.client().create_bucket(Bucket=bucket)
     for key, value in aws_env(endpoint).items():
         monkeypatch.setenv(key, value)
-    settings.STORAGE = StorageConfig(kind="s3", root=Path(settings.ARTIFACTS_DIR), bucket=bucket, prefix="cp/", **options)
+    settings.STORAGE = StorageConfig(
+        kind="s3", root=Path(settings.ARTIFACTS_DIR), bucket=bucket, prefix="cp/", **options
+    )
     blobstore._stores.clear()  # a new client, reading the variables above
     return bucket
 

@@ -30,7 +30,13 @@ def _artifact(owner: User, name: str, data: bytes) -> Artifact:
     run = Run.objects.create(name="s3", owner=owner, program="scripted", queue="s3-downloads")
     stored = store_artifact(run.pk, 1, io.BytesIO(data), name)
     return Artifact.objects.create(
-        run=run, attempt=1, name=name, kind="model", size=stored.size, sha256=stored.sha256, storage_key=stored.key
+        run=run,
+        attempt=1,
+        name=name,
+        kind="model",
+        size=stored.size,
+        sha256=stored.sha256,
+        storage_key=stored.key,
     )
 
 
@@ -59,11 +65,15 @@ def test_a_proxied_download_from_the_bucket_answers_ranges_and_etags(
     assert api.get(url, HTTP_RANGE=f"bytes={len(BODY)}-").status_code == 416
     head = api.head(url)
     assert head.status_code == 200 and head["Content-Length"] == str(len(BODY))
-    statuses = [r.details["status"] for r in AuditRecord.objects.filter(action="artifact.download").order_by("id")]
+    statuses = [
+        r.details["status"] for r in AuditRecord.objects.filter(action="artifact.download").order_by("id")
+    ]
     assert statuses == [200, 206, 206]
 
 
-def test_an_object_gone_from_the_bucket_is_a_410(bucket: str, api: APIClient, owner: User, moto_server: MotoServer) -> None:
+def test_an_object_gone_from_the_bucket_is_a_410(
+    bucket: str, api: APIClient, owner: User, moto_server: MotoServer
+) -> None:
     artifact = _artifact(owner, "gone.bin", b"x" * 10)
     moto_server.client().delete_object(Bucket=bucket, Key=f"cp/{artifact.storage_key}")
     url = f"/api/v1/artifacts/{artifact.pk}/download/"
@@ -74,7 +84,9 @@ def test_an_object_gone_from_the_bucket_is_a_410(bucket: str, api: APIClient, ow
 def test_a_presigned_download_redirects_after_authorizing_and_the_url_serves_ranges(
     settings: Any, monkeypatch: pytest.MonkeyPatch, moto_server: MotoServer, api: APIClient, owner: User
 ) -> None:
-    use_bucket(settings, monkeypatch, moto_server, moto_server.url, presigned_downloads=True, presigned_seconds=60)
+    use_bucket(
+        settings, monkeypatch, moto_server, moto_server.url, presigned_downloads=True, presigned_seconds=60
+    )
     artifact = _artifact(owner, "model weights.bin", BODY)
     url = f"/api/v1/artifacts/{artifact.pk}/download/"
     redirect = api.get(url)
@@ -87,12 +99,16 @@ def test_a_presigned_download_redirects_after_authorizing_and_the_url_serves_ran
     assert whole.content == BODY and "model%20weights.bin" in whole.headers["content-disposition"]
     # Still authorized and audited by the product, and 304 answered by it.
     assert api.get(url, HTTP_IF_NONE_MATCH=f'"{artifact.sha256}"').status_code == 304
-    assert [r.details["status"] for r in AuditRecord.objects.filter(action="artifact.download").order_by("id")] == [302]
+    assert [
+        r.details["status"] for r in AuditRecord.objects.filter(action="artifact.download").order_by("id")
+    ] == [302]
     assert APIClient().get(url).status_code in {401, 403}
 
 
 def test_the_preview_reads_the_header_from_the_bucket(bucket: str, api: APIClient, owner: User) -> None:
-    header = json.dumps({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}, "__metadata__": {"step": "7"}})
+    header = json.dumps(
+        {"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}, "__metadata__": {"step": "7"}}
+    )
     data = struct.pack("<Q", len(header)) + header.encode() + b"\0" * 24
     artifact = _artifact(owner, "model.safetensors", data)
     preview = api.get(f"/api/v1/artifacts/{artifact.pk}/preview/")

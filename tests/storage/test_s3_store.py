@@ -27,7 +27,9 @@ def _file(tmp_path: Path, size: int) -> Path:
     return path
 
 
-def test_a_multipart_upload_is_stored_whole_with_its_sha256(tmp_path: Path, bucket: str, moto_server: MotoServer) -> None:
+def test_a_multipart_upload_is_stored_whole_with_its_sha256(
+    tmp_path: Path, bucket: str, moto_server: MotoServer
+) -> None:
     source = _file(tmp_path, 2 * PART_BYTES + 12345)  # three parts
     stored = store_artifact(7, 1, source, "model.safetensors")
     data = source.read_bytes()
@@ -70,7 +72,11 @@ def test_fetch_writes_atomically_and_hashes(tmp_path: Path, bucket: str) -> None
 
 
 def test_a_500_from_s3_mid_upload_is_retried_and_the_object_is_whole(
-    tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch, moto_server: MotoServer, fault_proxy: FaultProxy
+    tmp_path: Path,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    moto_server: MotoServer,
+    fault_proxy: FaultProxy,
 ) -> None:
     bucket = use_bucket(settings, monkeypatch, moto_server, fault_proxy.url)
     source = _file(tmp_path, 3 * PART_BYTES)
@@ -78,11 +84,17 @@ def test_a_500_from_s3_mid_upload_is_retried_and_the_object_is_whole(
     stored = store_artifact(11, 1, source, "model.bin")
     assert fault_proxy.failed_parts == 2
     body = moto_server.client().get_object(Bucket=bucket, Key="cp/11/1/model.bin")["Body"].read()
-    assert hashlib.sha256(body).hexdigest() == stored.sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert (
+        hashlib.sha256(body).hexdigest() == stored.sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
+    )
 
 
 def test_a_dead_store_raises_unavailable_and_leaves_no_object(
-    tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch, moto_server: MotoServer, fault_proxy: FaultProxy
+    tmp_path: Path,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    moto_server: MotoServer,
+    fault_proxy: FaultProxy,
 ) -> None:
     bucket = use_bucket(settings, monkeypatch, moto_server, fault_proxy.url)
     source = _file(tmp_path, 2 * PART_BYTES)
@@ -99,9 +111,17 @@ def test_a_dead_store_raises_unavailable_and_leaves_no_object(
 
 
 def test_the_breaker_opens_on_a_dead_store_and_refuses_fast(
-    tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch, moto_server: MotoServer, fault_proxy: FaultProxy
+    tmp_path: Path,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    moto_server: MotoServer,
+    fault_proxy: FaultProxy,
 ) -> None:
-    settings.CONTROLPLANE = {**settings.CONTROLPLANE, "BREAKER_THRESHOLD": 2, "BREAKER_COOLDOWN_SECONDS": 60.0}
+    settings.CONTROLPLANE = {
+        **settings.CONTROLPLANE,
+        "BREAKER_THRESHOLD": 2,
+        "BREAKER_COOLDOWN_SECONDS": 60.0,
+    }
     bucket = use_bucket(settings, monkeypatch, moto_server, fault_proxy.url)
     fault_proxy.down = True
     with pytest.raises(StorageUnavailable):
