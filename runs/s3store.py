@@ -32,7 +32,7 @@ from runs.blobstore import CHUNK, HashingReader, ObjectMissing, StorageUnavailab
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-ATTEMPTS = 3  # whole operations; botocore retries each request up to 3 times inside
+ATTEMPTS = 2  # whole operations; botocore retries each request up to 3 times inside
 BACKOFF_BASE_SECONDS = 0.25
 PART_BYTES = 8 * 1024 * 1024
 _MISSING = {"404", "NoSuchKey", "NotFound"}

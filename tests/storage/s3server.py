@@ -69,13 +69,16 @@ def aws_env(endpoint: str) -> dict[str, str]:
 class FaultProxy:
     """HTTP proxy to the S3 server. `down = True`: every request fails as a dead service would
     (connection closed without an answer); `fail_parts = n`: the next n UploadPart requests get a
-    500 InternalError after their body was read (a fault mid-upload)."""
+    500 InternalError after their body was read (a fault mid-upload); `fail_puts = n`: the same
+    for the next n PUTs of any kind."""
 
     def __init__(self, upstream_port: int, port: int | None = None) -> None:
         self.upstream_port = upstream_port
         self.down = False
         self.fail_parts = 0
         self.failed_parts = 0
+        self.fail_puts = 0  # any PUT with a body: a whole object or a part
+        self.failed_puts = 0
         self.refused = 0
         proxy = self
 
@@ -91,7 +94,8 @@ class FaultProxy:
                     proxy.refused += 1
                     self.close_connection = True
                     return
-                if "partNumber=" in self.path and self.command == "PUT" and proxy._take_part_fault():
+                is_part = "partNumber=" in self.path
+                if self.command == "PUT" and body and proxy._take_fault(is_part):
                     error = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
                     self.send_response(500)
                     self.send_header("Content-Type", "application/xml")
@@ -136,9 +140,13 @@ class FaultProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _take_part_fault(self) -> bool:
+    def _take_fault(self, is_part: bool) -> bool:
         with self._lock:
-            if self.fail_parts <= 0:
+            if self.fail_puts > 0:
+                self.fail_puts -= 1
+                self.failed_puts += 1
+                return True
+            if not is_part or self.fail_parts <= 0:
                 return False
             self.fail_parts -= 1
             self.failed_parts += 1
@@ -165,6 +173,11 @@ def main() -> None:
             for word in text.split():
                 if word.startswith("fail_parts="):
                     proxy.fail_parts = int(word.split("=", 1)[1])
+                if word.startswith("fail_puts="):
+                    proxy.fail_puts = int(word.split("=", 1)[1])
+        (control.parent / (control.name + ".state")).write_text(
+            f"refused={proxy.refused} failed_puts={proxy.failed_puts} failed_parts={proxy.failed_parts}"
+        )
         time.sleep(0.1)
 
 
