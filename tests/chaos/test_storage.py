@@ -100,7 +100,8 @@ def test_a_killed_worker_s_run_resumes_on_a_worker_that_never_saw_it(
             ),
             strict=True,
         )
-        assert workers[0].startswith("worker-a") and workers[1].startswith("worker-b")
+        assert workers[0] != workers[1]  # "host:pid" of worker A's process, then of B's
+        assert (tmp_path / "a" / "runs" / str(run_id) / "checkpoints").is_dir()
         assert resumed[0] is None and resumed[1] >= 800 and resumed[1] % 200 == 0
         # Worker B had no file of worker A: it fetched the checkpoint from the bucket.
         b_run = tmp_path / "b" / "runs" / str(run_id)

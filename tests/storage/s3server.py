@@ -46,7 +46,7 @@ class MotoServer:
             "s3",
             endpoint_url=endpoint or self.url,
             aws_access_key_id="testing",
-            aws_secret_access_key="testing",  # noqa: S106 - moto accepts any
+            aws_secret_access_key="testing",
             region_name=REGION,
         )
 
