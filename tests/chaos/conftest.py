@@ -191,7 +191,9 @@ class ChaosStack:
                         self.restarts[name] = self.restarts.get(name, 0) + 1
                         self._spawn(name, self.commands[name])
 
-    def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, command: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.root / f"{name}.log").open("ab")
         env = env or self.envs.get(name) or self.env
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -19,7 +19,9 @@ def documented_variables() -> set[str]:
 
 def variables_read_by_settings() -> set[str]:
     # settings.py, and the compound readers of env.py it calls (storage_config, channel_prefix).
-    source = (ROOT / "controlplane" / "settings.py").read_text() + (ROOT / "controlplane" / "env.py").read_text()
+    source = (ROOT / "controlplane" / "settings.py").read_text() + (
+        ROOT / "controlplane" / "env.py"
+    ).read_text()
     return set(re.findall(r'env_(?:str|bool|int|float|list|path)\(\s*"([A-Z_]+)"', source))
 
 
