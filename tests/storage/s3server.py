@@ -4,16 +4,34 @@ fault proxy in front of it that can play a bucket that is down, or answer 500 mi
 from __future__ import annotations
 
 import http.client
+import socket
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import boto3
 
-from tests.conftest import free_port, wait_for
+# Not from tests.conftest: this module also runs as its own process (`main`), without Django.
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(0.2)
+
 
 REGION = "us-east-1"
 
@@ -160,8 +178,6 @@ class FaultProxy:
 def main() -> None:
     """`python -m tests.storage.s3server PORT UPSTREAM_PORT CONTROL_FILE`: a FaultProxy as its own
     process (for the chaos stack's workers): it reads `down` / `fail_parts=N` from CONTROL_FILE."""
-    import time
-
     port, upstream, control = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
     proxy = FaultProxy(upstream, port)
     seen = ""
