@@ -3,8 +3,9 @@
 boto3 reads the standard AWS variables itself (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, or an instance role); nothing here names a credential.
 
-- Uploads are streamed and multipart (8 MiB parts, a bounded number in memory), hashed while they
-  are read. A multipart object becomes visible only when the upload completes, and a failed upload
+- Uploads are streamed and multipart (8 MiB parts, a bounded number in memory); a file is hashed
+  (sha256) and then uploaded with its parts read in parallel from the file, a stream is hashed
+  while it is read. A multipart object becomes visible only when the upload completes, and a failed upload
   is aborted, so no key ever holds half an object; the caller registers the object only after
   the completed upload's size is confirmed by a HEAD.
 - Every call goes through retries with jittered backoff (and botocore's own per-request retries)
@@ -13,6 +14,7 @@ AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, or an instance role); nothing here na
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import time
@@ -70,8 +72,7 @@ class S3Store:
         self.transfer = TransferConfig(
             multipart_threshold=PART_BYTES,
             multipart_chunksize=PART_BYTES,
-            max_concurrency=4,
-            max_io_queue=8,
+            max_concurrency=8,
         )
         # Parts read from a stream wait in memory: at most this many, whatever the object's size
         # (s3transfer's setting; boto3's constructor does not take it).
@@ -105,30 +106,45 @@ class S3Store:
 
     def put(self, key: str, source: Path | BinaryIO) -> StoredObject:
         full = self._key(key)
-
-        def upload() -> StoredObject:
-            # A stream is read once: a retry of the whole upload is possible only from a file.
-            stream = source.open("rb") if isinstance(source, Path) else source
-            try:
-                reader = HashingReader(stream)
-                # No seek on the reader: s3transfer reads it in order, part by part.
-                self.client.upload_fileobj(reader, self.bucket, full, Config=self.transfer)
-            finally:
-                if isinstance(source, Path):
-                    stream.close()
-            head = self.client.head_object(Bucket=self.bucket, Key=full)
-            if int(head["ContentLength"]) != reader.size:
-                raise StorageUnavailable(f"{key}: stored {head['ContentLength']} bytes, sent {reader.size}")
-            return StoredObject(key, reader.size, reader.digest.hexdigest())
-
         if isinstance(source, Path):
-            return self._call(f"put {key}", upload)
-        try:  # one try for a stream (botocore still retries each part)
-            return self.breaker.call(upload, counts_as_failure=_transient)
+            return self._call(f"put {key}", lambda: self._put_file(key, full, source))
+        try:  # a stream is read once: one try (botocore still retries each part)
+            return self.breaker.call(
+                lambda: self._put_stream(key, full, source), counts_as_failure=_transient
+            )
         except BreakerOpen as error:
             raise StorageUnavailable(str(error)) from error
         except (BotoCoreError, ClientError) as error:
             raise StorageUnavailable(f"object storage: put {key}: {error}") from error
+
+    def _put_file(self, key: str, full: str, path: Path) -> StoredObject:
+        """A file: hashed, then uploaded with its parts read in parallel straight from the file
+        (s3transfer's fastest path: no copy in memory). A file that changed meanwhile (size or
+        mtime) is refused, so the sha256 registered is the one of the bytes stored."""
+        before = path.stat()
+        size, sha256 = _hash(path)
+        self.client.upload_file(str(path), self.bucket, full, Config=self.transfer)
+        after = path.stat()
+        if (after.st_size, after.st_mtime_ns) != (
+            before.st_size,
+            before.st_mtime_ns,
+        ) or size != before.st_size:
+            raise StorageUnavailable(f"{path.name} changed while it was stored; stored again later")
+        self._confirm(key, full, size)
+        return StoredObject(key, size, sha256)
+
+    def _put_stream(self, key: str, full: str, stream: BinaryIO) -> StoredObject:
+        reader = HashingReader(stream)
+        # No seek on the reader: s3transfer reads it in order, part by part, hashed on the way.
+        self.client.upload_fileobj(reader, self.bucket, full, Config=self.transfer)
+        self._confirm(key, full, reader.size)
+        return StoredObject(key, reader.size, reader.digest.hexdigest())
+
+    def _confirm(self, key: str, full: str, size: int) -> None:
+        """The completed object's size, read back, must be what was sent."""
+        head = self.client.head_object(Bucket=self.bucket, Key=full)
+        if int(head["ContentLength"]) != size:
+            raise StorageUnavailable(f"{key}: stored {head['ContentLength']} bytes, sent {size}")
 
     def delete(self, key: str) -> None:
         full = self._key(key)
@@ -188,6 +204,16 @@ class S3Store:
 
     def local_path(self, key: str) -> Path | None:
         return None
+
+
+def _hash(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def _code(error: ClientError) -> str:
