@@ -7,7 +7,9 @@ peak RSS (``ru_maxrss``) is its own.
 1. upload, boto3 alone: ``client.upload_file(path, bucket, key)`` with boto3's defaults;
 2. upload, ours: ``runs.storage.store_artifact(run, attempt, path, name)``: streamed multipart,
    sha256 computed while reading, size confirmed by HEAD, through retries and the breaker;
-3. download, boto3 alone: ``client.download_file(bucket, key, path)``;
+3. download, boto3 alone: ``client.download_file(bucket, key, path)`` (managed: parallel ranged
+   GETs), and ``client.get_object(...)["Body"]`` read in 1 MiB chunks (one streamed GET, the
+   technique a proxied download must use to keep Range and flat memory);
 4. download, ours: ``runs.storage.open_artifact(key)`` chunks written to a file, the iterator the
    proxied download view (``runs/downloads.py``) streams to its client.
 
@@ -69,6 +71,11 @@ def operation(name: str, path: Path, key: str) -> dict[str, float]:
         assert stored.size == path.stat().st_size
     elif name == "boto3_download":
         client.download_file(BUCKET, key, str(path))
+    elif name == "boto3_get":
+        body = client.get_object(Bucket=BUCKET, Key=key)["Body"]
+        with path.open("wb") as out:
+            while chunk := body.read(1 << 20):
+                out.write(chunk)
     elif name == "ours_download":
         with path.open("wb") as out:
             for chunk in storage.open_artifact(key):
@@ -136,15 +143,15 @@ def main() -> None:
         results: dict[str, list[dict[str, float]]] = {}
         idle = _run("idle", source, "x", env)
         for round_ in range(args.repeats):
-            order = ["boto3_upload", "ours_upload", "boto3_download", "ours_download"]
+            order = ["boto3_upload", "ours_upload", "boto3_download", "boto3_get", "ours_download"]
             if round_ % 2:
-                order = ["ours_upload", "boto3_upload", "ours_download", "boto3_download"]
+                order = ["ours_upload", "boto3_upload", "ours_download", "boto3_get", "boto3_download"]
             for name in order:
                 # boto3 writes "direct/artifact.bin"; ours run 1's artifact, key "1/1/artifact.bin".
                 key = "direct/artifact.bin" if name.startswith("boto3") else "1/1/artifact.bin"
                 path = source if name.endswith("upload") else work / f"{name}.bin"
                 results.setdefault(name, []).append(_run(name, path, key, env))
-                if name.endswith("download"):
+                if not name.endswith("upload"):
                     assert _sha256(path) == expected, name
                     path.unlink()
         _report(args.size_mib, idle, results)
@@ -168,6 +175,7 @@ def _report(size_mib: int, idle: dict[str, float], results: dict[str, list[dict[
         )
     for way in ("upload", "download"):
         print(f"{way}: ours / boto3 = {best[f'boto3_{way}'] / best[f'ours_{way}']:.2f}x")
+    print(f"download: ours / boto3 get_object streamed = {best['boto3_get'] / best['ours_download']:.2f}x")
 
 
 if __name__ == "__main__":

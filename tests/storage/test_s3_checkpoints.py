@@ -9,17 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from django.contrib.auth.models import User
 
 from runs import attempts
 from runs.attempts import Claim
-from runs.models import Checkpoint, Run
+from runs.models import Artifact, Checkpoint, Run
 from runs.storage import StorageUnavailable
 from tests.storage.conftest import use_bucket
 from tests.storage.s3server import FaultProxy, MotoServer
 from tests.workers.test_preparation import Log, Said
 from workers.files import register_file
 from workers.preparation import choose_checkpoint
+from workers.writer import AttemptWriter
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -133,3 +135,32 @@ def test_a_store_that_is_down_keeps_the_checkpoint_for_the_next_try(
     fault_proxy.down = False
     assert write_checkpoint(claim, tmp_path, 10) is None
     assert Checkpoint.objects.get(run_id=claim.run_id).step == 10
+
+
+def test_the_writer_keeps_files_in_order_while_the_store_is_down_and_stores_them_after(
+    owner: User,
+    tmp_path: Path,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    moto_server: MotoServer,
+    fault_proxy: FaultProxy,
+) -> None:
+    use_bucket(settings, monkeypatch, moto_server, fault_proxy.url)
+    claim = claimed(owner)
+    writer = AttemptWriter(
+        claim.run_id, claim.attempt, settings.CONTROLPLANE, structlog.get_logger("tests"), on_fenced_off=print
+    )
+    for step in (10, 20):
+        (tmp_path / f"step-{step}.pt").write_bytes(b"w" * step)
+        writer.pending_files.append({"type": "checkpoint", "path": f"step-{step}.pt", "step": step})
+    (tmp_path / "model.safetensors").write_bytes(b"not a real model")
+    writer.pending_files.append({"type": "artifact", "path": "model.safetensors", "kind": "model"})
+    fault_proxy.down = True
+    assert writer.register_files(tmp_path) is False  # kept, nothing registered
+    assert len(writer.pending_files) == 3 and not Checkpoint.objects.filter(run_id=claim.run_id).exists()
+    fault_proxy.down = False
+    assert writer.register_files(tmp_path) is True
+    assert writer.pending_files == []
+    assert sorted(Checkpoint.objects.filter(run_id=claim.run_id).values_list("step", flat=True)) == [10, 20]
+    artifact = Artifact.objects.get(run_id=claim.run_id)
+    assert artifact.sha256 == hashlib.sha256(b"not a real model").hexdigest()
