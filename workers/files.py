@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from runs import attempts
+from runs.models import Artifact
 from runs.retention import prune_checkpoints
 from runs.safetensors_header import HeaderError, read_header
 from runs.storage import (
@@ -70,6 +71,8 @@ def _store_artifact(run_id: int, attempt: int, path: Path, event: dict[str, Any]
     name = path.name
     kind = event.get("kind") if isinstance(event.get("kind"), str) else "file"
     storage_key, size, sha256 = store_artifact(run_id, attempt, path, name)
+    # An earlier attempt's object of the same name is replaced (its key names that attempt).
+    replaced = Artifact.objects.filter(run_id=run_id, name=name).values_list("storage_key", flat=True).first()
     attempts.register_artifact(
         run_id,
         attempt,
@@ -81,6 +84,11 @@ def _store_artifact(run_id: int, attempt: int, path: Path, event: dict[str, Any]
         metadata=_artifact_metadata(path),
     )
     say(attempts.system_line(f"artifact {name} stored ({size} bytes, sha256 {sha256})"))
+    if replaced and replaced != storage_key:
+        try:
+            delete_object(replaced)
+        except (StorageUnavailable, OSError) as error:  # left behind: space, never a wrong download
+            say(attempts.system_line(f"could not delete the replaced {name}: {error}"))
 
 
 def _artifact_metadata(path: Path) -> dict[str, Any]:

@@ -164,3 +164,19 @@ def test_the_writer_keeps_files_in_order_while_the_store_is_down_and_stores_them
     assert sorted(Checkpoint.objects.filter(run_id=claim.run_id).values_list("step", flat=True)) == [10, 20]
     artifact = Artifact.objects.get(run_id=claim.run_id)
     assert artifact.sha256 == hashlib.sha256(b"not a real model").hexdigest()
+
+
+def test_an_artifact_stored_again_by_a_later_attempt_replaces_the_earlier_object(
+    owner: User, tmp_path: Path, bucket: str, moto_server: MotoServer
+) -> None:
+    claim = claimed(owner)
+    (tmp_path / "model.safetensors").write_bytes(b"first attempt")
+    event = {"type": "artifact", "path": "model.safetensors", "kind": "model"}
+    assert register_file(claim.run_id, claim.attempt, tmp_path, event, Said()) is None
+    Run.objects.filter(pk=claim.run_id).update(status="queued")
+    second = attempts.claim_run(claim.run_id, "worker-b")
+    assert second is not None
+    (tmp_path / "model.safetensors").write_bytes(b"second attempt")
+    assert register_file(claim.run_id, second.attempt, tmp_path, event, Said()) is None
+    assert objects(moto_server, bucket) == [f"cp/{claim.run_id}/2/model.safetensors"]
+    assert Artifact.objects.get(run_id=claim.run_id).sha256 == hashlib.sha256(b"second attempt").hexdigest()
