@@ -24,6 +24,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import boto3
 import structlog
+from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -46,7 +47,8 @@ def _transient(error: Exception) -> bool:
         code = str(error.response.get("Error", {}).get("Code", ""))
         status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         return status >= 500 or code in {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"}
-    return isinstance(error, BotoCoreError | OSError)
+    # S3UploadFailedError: s3transfer's wrapper of a failed part or PUT (its cause is a ClientError).
+    return isinstance(error, BotoCoreError | OSError | S3UploadFailedError)
 
 
 class S3Store:
@@ -114,7 +116,7 @@ class S3Store:
             )
         except BreakerOpen as error:
             raise StorageUnavailable(str(error)) from error
-        except (BotoCoreError, ClientError) as error:
+        except (BotoCoreError, ClientError, S3UploadFailedError) as error:
             raise StorageUnavailable(f"object storage: put {key}: {error}") from error
 
     def _put_file(self, key: str, full: str, path: Path) -> StoredObject:

@@ -133,3 +133,24 @@ def test_the_breaker_opens_on_a_dead_store_and_refuses_fast(
     row = CircuitBreaker.objects.get(name=f"storage:s3:{bucket}")
     assert row.state == BreakerState.OPEN
     assert get_store().kind == "s3"
+
+
+def test_500s_on_every_try_end_as_unavailable_not_as_a_crash(
+    tmp_path: Path,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    moto_server: MotoServer,
+    fault_proxy: FaultProxy,
+) -> None:
+    use_bucket(settings, monkeypatch, moto_server, fault_proxy.url)
+    small = _file(tmp_path, 1000)  # one PUT (below the multipart threshold)
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(2 * PART_BYTES))  # parts
+    fault_proxy.fail_puts = 1000
+    with pytest.raises(StorageUnavailable):
+        store_artifact(13, 1, small, "small.bin")
+    with pytest.raises(StorageUnavailable):
+        store_artifact(13, 1, big, "big.bin")
+    with pytest.raises(StorageUnavailable):
+        store_artifact(13, 1, io.BytesIO(b"stream"), "stream.bin")
+    assert fault_proxy.failed_puts >= 6  # each retried before giving up
