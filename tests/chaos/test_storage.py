@@ -160,6 +160,8 @@ def test_a_bucket_down_for_thirty_seconds_and_500s_mid_upload_lose_nothing(
         state = (tmp_path / "proxy-control.state").read_text()
         assert "failed_puts=4" in state and "refused=0" not in state, state
         stack.check_invariants(run_id)
+        # A storage fault is retried by the supervisor, never a crash of its task.
+        assert "raised unexpected" not in stack.log("worker")
         sha256 = check_stored(stack, moto, run_id)
         assert sha256 == reference_model_for(tmp_path, params)
         steps = [
