@@ -193,3 +193,56 @@ def parse_networks(name: str, items: Iterable[str]) -> tuple[Network, ...]:
         except ValueError:
             raise ConfigError(f"{name}: {item!r} is not an IP network (e.g. 10.0.0.0/8)") from None
     return tuple(networks)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where artifacts and checkpoints live (runs/blobstore.py): a local directory or a bucket."""
+
+    kind: str  # "local" or "s3"
+    root: Path  # the local store's directory (also ARTIFACTS_DIR)
+    bucket: str = ""
+    prefix: str = ""  # "" or ends with "/"
+    presigned_downloads: bool = False
+    presigned_seconds: int = 300
+    checkpoints_keep: int = 0  # 0: keep every checkpoint
+
+    @property
+    def is_s3(self) -> bool:
+        return self.kind == "s3"
+
+
+def storage_config(default_root: Path, environ: Mapping[str, str] | None = None) -> StorageConfig:
+    """CONTROLPLANE_STORAGE_URL: empty (a local directory, CONTROLPLANE_ARTIFACTS_DIR), file:///dir
+    or s3://bucket/prefix; the S3 client reads the standard AWS variables itself (AWS_ENDPOINT_URL,
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, or an instance role)."""
+    url = env_str("CONTROLPLANE_STORAGE_URL", "", environ).strip()
+    root = env_path("CONTROLPLANE_ARTIFACTS_DIR", default_root, environ)
+    parts = urlsplit(url)
+    if url and parts.scheme == "file" and parts.path.startswith("/") and not parts.netloc:
+        kind, root, bucket, prefix = "local", Path(unquote(parts.path)).resolve(), "", ""
+    elif url and parts.scheme == "s3" and parts.netloc and not parts.query:
+        kind, bucket = "s3", parts.netloc
+        prefix = parts.path.strip("/") + "/" if parts.path.strip("/") else ""
+    elif url:
+        raise ConfigError(f"CONTROLPLANE_STORAGE_URL must be file:///dir or s3://bucket/prefix, got {url!r}")
+    else:
+        kind, bucket, prefix = "local", "", ""
+    presigned = env_bool("CONTROLPLANE_STORAGE_PRESIGNED_DOWNLOADS", False, environ)
+    if presigned and kind != "s3":
+        raise ConfigError("CONTROLPLANE_STORAGE_PRESIGNED_DOWNLOADS needs an s3:// CONTROLPLANE_STORAGE_URL")
+    return StorageConfig(
+        kind=kind,
+        root=root,
+        bucket=bucket,
+        prefix=prefix,
+        presigned_downloads=presigned,
+        presigned_seconds=env_int(
+            "CONTROLPLANE_STORAGE_PRESIGNED_SECONDS", 300, environ, minimum=10, maximum=604800
+        ),
+        # A bucket keeps the last 5 by default so it does not grow without bound; a local
+        # directory keeps every checkpoint, as it always did.
+        checkpoints_keep=env_int(
+            "CONTROLPLANE_CHECKPOINTS_KEEP", 5 if kind == "s3" else 0, environ, minimum=0
+        ),
+    )

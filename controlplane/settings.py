@@ -25,6 +25,7 @@ from controlplane.env import (
     env_str,
     parse_database_url,
     parse_networks,
+    storage_config,
 )
 from controlplane.fixed_settings import *  # noqa: F403 - constants, listed in its __all__
 from controlplane_web import STATIC_DIR, TEMPLATES_DIR
@@ -38,7 +39,8 @@ DEBUG = env_bool("DEBUG", False)
 _HOME = BASE_DIR if (BASE_DIR / "manage.py").is_file() else Path.cwd()
 DATA_DIR = env_path("CONTROLPLANE_DATA_DIR", _HOME / "var")
 RUNS_DIR = env_path("CONTROLPLANE_RUNS_DIR", DATA_DIR / "runs")
-ARTIFACTS_DIR = env_path("CONTROLPLANE_ARTIFACTS_DIR", DATA_DIR / "artifacts")
+STORAGE = storage_config(DATA_DIR / "artifacts")  # a directory or s3://bucket/prefix: docs/operations.md
+ARTIFACTS_DIR = STORAGE.root  # the local store's directory
 X_ACCEL_PREFIX = env_str("CONTROLPLANE_X_ACCEL_PREFIX", "")  # nginx sends downloads: runs/apps.py
 # Comma-separated Fernet keys, newest first (vault/crypto.py checks them when the app loads).
 CONTROLPLANE_SECRETS_KEY = env_str("CONTROLPLANE_SECRETS_KEY", "")
@@ -203,8 +205,7 @@ else:
 _VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 6 * 3600, minimum=1)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": _VISIBILITY_TIMEOUT,
-    # Sweep for messages past their visibility timeout every few seconds (kombu's default is one
-    # real sweep per ~100 s); a sweep is one small Redis query.
+    # Sweep for messages past their visibility timeout every few s (kombu's: ~100 s); one small query.
     "unacked_restore_interval": max(1, min(10, _VISIBILITY_TIMEOUT // 5)),
     "unacked_restore_throttle": 1,
     # Without a socket timeout a publish waits forever on a broker that vanished without closing

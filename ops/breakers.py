@@ -38,7 +38,17 @@ class Breaker:
             cooldown if cooldown is not None else float(settings.CONTROLPLANE["BREAKER_COOLDOWN_SECONDS"])
         )
 
+    def _healthy(self) -> bool:
+        """Closed with no failure counted: the common case, read without a lock or a write (every
+        storage call passes here, and a row lock taken by each would serialize them all)."""
+        row = (
+            CircuitBreaker.objects.filter(name=self.name).values_list("state", "consecutive_failures").first()
+        )
+        return row is not None and row == (BreakerState.CLOSED, 0)
+
     def _before(self) -> None:
+        if self._healthy():
+            return
         now = timezone.now()
         with transaction.atomic():
             row, _ = CircuitBreaker.objects.select_for_update().get_or_create(name=self.name)
@@ -53,6 +63,8 @@ class Breaker:
                 log.info("breaker_half_open", breaker=self.name)
 
     def _record(self, error: Exception | None) -> None:
+        if error is None and self._healthy():
+            return
         now = timezone.now()
         with transaction.atomic():
             row, _ = CircuitBreaker.objects.select_for_update().get_or_create(name=self.name)

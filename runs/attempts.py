@@ -223,7 +223,9 @@ def _assert_owner(run_id: int, attempt: int) -> None:
         raise StaleAttempt(f"run {run_id} attempt {attempt} may no longer write")
 
 
-def register_checkpoint(run_id: int, attempt: int, step: int, path: str, size: int, sha256: str) -> None:
+def register_checkpoint(
+    run_id: int, attempt: int, step: int, path: str, size: int, sha256: str, storage_key: str = ""
+) -> None:
     with transaction.atomic():
         _assert_owner(run_id, attempt)
         Checkpoint.objects.update_or_create(
@@ -234,6 +236,7 @@ def register_checkpoint(run_id: int, attempt: int, step: int, path: str, size: i
                 "path": path,
                 "size": size,
                 "sha256": sha256,
+                "storage_key": storage_key,
                 "created_at": timezone.now(),
             },
         )

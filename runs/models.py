@@ -249,6 +249,9 @@ class Checkpoint(models.Model):
     path = models.CharField(max_length=500)
     size = models.BigIntegerField()
     sha256 = models.CharField(max_length=64)
+    # Its object in a bucket (CONTROLPLANE_STORAGE_URL=s3://...), so any worker can resume from
+    # it; "" on a local store, where the file in the run directory is the checkpoint.
+    storage_key = models.CharField(max_length=500, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -265,7 +268,8 @@ class Artifact(models.Model):
     kind = models.CharField(max_length=32)
     size = models.BigIntegerField()
     sha256 = models.CharField(max_length=64)
-    # Relative to ARTIFACTS_DIR; never taken from a user, only written by the supervisor.
+    # A key of the store (runs/blobstore.py; relative to ARTIFACTS_DIR on a local one); never
+    # taken from a user, only written by the supervisor.
     storage_key = models.CharField(max_length=500)
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,13 +44,18 @@ class SafetensorsHeader:
 
 def read_header(path: Path) -> SafetensorsHeader:
     with path.open("rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) != 8:
-            raise HeaderError("file is shorter than a safetensors header")
-        (length,) = struct.unpack("<Q", prefix)
-        if length > MAX_HEADER_BYTES:
-            raise HeaderError(f"header of {length} bytes exceeds the {MAX_HEADER_BYTES}-byte cap")
-        raw = handle.read(length)
+        return read_header_from(lambda start, length: handle.read(length))
+
+
+def read_header_from(read: Callable[[int, int], bytes]) -> SafetensorsHeader:
+    """The header, reading only its bytes through `read(start, length)` (a file, a ranged GET)."""
+    prefix = read(0, 8)
+    if len(prefix) != 8:
+        raise HeaderError("file is shorter than a safetensors header")
+    (length,) = struct.unpack("<Q", prefix)
+    if length > MAX_HEADER_BYTES:
+        raise HeaderError(f"header of {length} bytes exceeds the {MAX_HEADER_BYTES}-byte cap")
+    raw = read(8, length)
     if len(raw) != length:
         raise HeaderError("header is truncated")
     try:

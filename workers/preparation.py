@@ -13,8 +13,8 @@ from django.db import DatabaseError, close_old_connections, connection
 
 from runs import attempts
 from runs.attempts import Claim, Outcome, StaleAttempt, system_line
-from runs.models import ErrorKind, Run, RunStatus
-from runs.storage import hash_file, resolve_inside
+from runs.models import Checkpoint, ErrorKind, Run, RunStatus
+from runs.storage import ObjectMissing, fetch_checkpoint, hash_file, resolve_inside
 from vault.services import SecretUnavailable, resolve_for_run
 from workers.datasets import DatasetError, StagedDataset, stage_dataset
 
@@ -23,16 +23,20 @@ DATASET_PATH = "dataset/corpus.txt"
 
 
 def choose_checkpoint(run_id: int, attempt: int, directory: Path, say: Say, log: Any) -> str | None:
-    """The newest checkpoint whose bytes still match its sha256, as a run-relative path."""
+    """The newest checkpoint whose bytes still match its sha256, as a run-relative path; one kept
+    in a bucket is downloaded first when the run directory lacks it. Raises StorageUnavailable."""
     for checkpoint in attempts.resume_candidates(run_id):
         path = resolve_inside(directory, checkpoint.path)
         problem = None
-        if path is None or not path.is_file():
+        if path is None:
             problem = "is missing"
-        else:
-            size, sha256 = hash_file(path)
-            if (size, sha256) != (checkpoint.size, checkpoint.sha256):
-                problem = "is damaged (sha256 mismatch)"
+        elif checkpoint.storage_key and not _matches(path, checkpoint):
+            # In a bucket: this worker may never have seen the run (another run directory).
+            problem = _download(checkpoint, path, say)
+        elif not path.is_file():
+            problem = "is missing"
+        elif not _matches(path, checkpoint):
+            problem = "is damaged (sha256 mismatch)"
         if problem is None:
             attempts.note_resume(run_id, attempt, checkpoint.step)
             say(system_line(f"resuming from the checkpoint of step {checkpoint.step}"))
@@ -40,6 +44,26 @@ def choose_checkpoint(run_id: int, attempt: int, directory: Path, say: Say, log:
             return checkpoint.path
         log.warning("checkpoint_unusable", step=checkpoint.step, problem=problem)
         say(system_line(f"checkpoint of step {checkpoint.step} {problem}; trying an older one"))
+    return None
+
+
+def _matches(path: Path, checkpoint: Checkpoint) -> bool:
+    return path.is_file() and hash_file(path) == (checkpoint.size, checkpoint.sha256)
+
+
+def _download(checkpoint: Checkpoint, path: Path, say: Say) -> str | None:
+    """Fetch a checkpoint from the store into the run directory; why it is unusable, or None.
+
+    Raises StorageUnavailable: the attempt ends (and is retried) rather than resume from an
+    older checkpoint than it could."""
+    say(system_line(f"downloading the checkpoint of step {checkpoint.step} ({checkpoint.size} bytes)"))
+    try:
+        stored = fetch_checkpoint(checkpoint.storage_key, path)
+    except ObjectMissing:
+        return "is missing from the store"
+    if (stored.size, stored.sha256) != (checkpoint.size, checkpoint.sha256):
+        path.unlink(missing_ok=True)
+        return "is damaged in the store (sha256 mismatch)"
     return None
 
 

@@ -27,7 +27,7 @@ from runs.attempts import Claim, Outcome, system_line
 from runs.models import ErrorKind, RunKind, RunStatus
 from runs.programs import Program, get_program
 from runs.selectors import dispatch_record, launch_record
-from runs.storage import run_dir
+from runs.storage import StorageUnavailable, run_dir
 from workers.code import program_for, unpack_snapshot
 from workers.failures import classify_exit
 from workers.ingest import Ingest
@@ -178,7 +178,13 @@ class Supervisor:
         say = self._writer.say
         resume_from = None
         if claim.attempt > 1:
-            resume_from = choose_checkpoint(self.run_id, claim.attempt, directory, say, self.log)
+            try:
+                resume_from = choose_checkpoint(self.run_id, claim.attempt, directory, say, self.log)
+            except StorageUnavailable as error:  # transient: the attempt is retried later
+                message = f"the checkpoint store is unavailable: {error}"
+                return Outcome(
+                    RunStatus.FAILED, None, ErrorKind.INFRASTRUCTURE, "storage_unavailable", message
+                )
         if isinstance(claim.params.get("dataset_url"), str) and claim.params["dataset_url"]:
             # Shown (flushed) before a download that may take a while.
             say(system_line(f"staging the dataset from {str(claim.params['dataset_url'])[:200]}"))

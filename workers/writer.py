@@ -22,6 +22,7 @@ from ops import worker_metrics
 from runs import attempts
 from runs.attempts import Batch, Outcome, StaleAttempt, system_line
 from runs.models import RunStatus
+from runs.storage import StorageUnavailable
 from workers.files import register_file
 
 MAX_BACKOFF_SECONDS = 5.0
@@ -164,10 +165,11 @@ class AttemptWriter:
             except StaleAttempt:
                 self.fence_off()
                 problem = None
-            except DatabaseError as error:
-                # Keep the event, in order, for the next try.
+            except (DatabaseError, StorageUnavailable) as error:
+                # Keep the event, in order, for the next try (the database or the store is down).
                 self.log.warning("file_registration_failed", error=str(error)[:200])
-                close_old_connections()
+                if isinstance(error, DatabaseError):
+                    close_old_connections()
                 return False
             self.pending_files.pop(0)
             if problem:

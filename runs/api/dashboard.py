@@ -31,8 +31,8 @@ from runs import launch_hooks, selectors
 from runs.api.serializers import LogLineSerializer
 from runs.api.views import int_param
 from runs.models import Run
-from runs.safetensors_header import HeaderError, read_header
-from runs.storage import artifact_path
+from runs.safetensors_header import HeaderError, read_header_from
+from runs.storage import ObjectMissing, StorageUnavailable, open_artifact
 from vault.services import masking_redactor
 
 MAX_STATE_IDS = 200
@@ -170,11 +170,14 @@ class ArtifactPreviewView(APIView):
         artifact = selectors.access_artifact(request_principal(request), artifact_id)
         if not artifact.name.endswith(".safetensors"):
             return Response({"detail": "Only .safetensors files have a preview.", "code": "no_preview"}, 404)
-        path = artifact_path(artifact.storage_key)
-        if not path.is_file():
-            return Response({"detail": "The artifact's file is missing from storage.", "code": "gone"}, 410)
         try:
-            header = read_header(path)
+            header = read_header_from(
+                lambda start, length: b"".join(open_artifact(artifact.storage_key, start, length))
+            )
+        except ObjectMissing:
+            return Response({"detail": "The artifact's file is missing from storage.", "code": "gone"}, 410)
+        except StorageUnavailable as error:
+            return Response({"detail": f"Object storage is unavailable: {error}", "code": "unavailable"}, 503)
         except HeaderError as error:
             return Response({"detail": f"Unreadable header: {error}", "code": "bad_header"}, 422)
         # The header is the program's own writing, read now from the file: mask the run's secrets

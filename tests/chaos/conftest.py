@@ -171,6 +171,7 @@ class ChaosStack:
     base_url: str = ""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     commands: dict[str, list[str]] = field(default_factory=dict)
+    envs: dict[str, dict[str, str]] = field(default_factory=dict)
     stopped_on_purpose: set[str] = field(default_factory=set)
     restarts: dict[str, int] = field(default_factory=dict)
     token: str = ""
@@ -190,11 +191,15 @@ class ChaosStack:
                         self.restarts[name] = self.restarts.get(name, 0) + 1
                         self._spawn(name, self.commands[name])
 
-    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, command: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.root / f"{name}.log").open("ab")
-        process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        env = env or self.envs.get(name) or self.env
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.processes[name] = process
         self.commands[name] = command
+        self.envs[name] = env
         self.stopped_on_purpose.discard(name)
         return process
 
@@ -221,11 +226,13 @@ class ChaosStack:
         except httpx.HTTPError:
             return False
 
-    def start_worker(self, name: str = "worker") -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str = "worker", **env: str) -> subprocess.Popen[bytes]:
+        """A training worker; `env` overrides the stack's variables (its own data directory)."""
         before = self.log(name).count("ready.")
         process = self._spawn(
             name,
             celery_worker_command("training", f"{name}-{time.monotonic_ns()}@%h"),
+            {**self.env, **env} if env else None,
         )
         wait_for(lambda: self.log(name).count("ready.") > before, 60, message=f"{name} ready")
         return process

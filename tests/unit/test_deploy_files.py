@@ -18,9 +18,10 @@ def documented_variables() -> set[str]:
 
 
 def variables_read_by_settings() -> set[str]:
-    # settings.py, and the settings modules it imports every name of (controlplane/code_settings.py).
+    # settings.py, the settings modules it imports every name of (controlplane/code_settings.py),
+    # and the compound readers of env.py it calls (storage_config, channel_prefix).
     source = "".join(
-        (ROOT / "controlplane" / name).read_text() for name in ("settings.py", "code_settings.py")
+        (ROOT / "controlplane" / name).read_text() for name in ("settings.py", "code_settings.py", "env.py")
     )
     return set(re.findall(r'env_(?:str|bool|int|float|list|path|choice)\(\s*"([A-Z_]+)"', source))
 

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.env import ConfigError, channel_prefix, env_bool, env_int, env_list, parse_database_url
+from controlplane.env import (
+    ConfigError,
+    channel_prefix,
+    env_bool,
+    env_int,
+    env_list,
+    parse_database_url,
+    storage_config,
+)
 from ops.request_id import clean_request_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,3 +171,41 @@ def test_env_choice_takes_one_of_its_choices_and_refuses_anything_else() -> None
     assert env_choice("ROLE", "operator", ("operator", "admin"), {"ROLE": " Admin "}) == "admin"
     with pytest.raises(ConfigError, match="ROLE must be one of operator, admin, got 'viewer'"):
         env_choice("ROLE", "operator", ("operator", "admin"), {"ROLE": "viewer"})
+
+
+def test_storage_is_a_local_directory_unless_a_bucket_is_named(tmp_path: Path) -> None:
+    local = storage_config(tmp_path / "artifacts", {})
+    assert (local.kind, local.root, local.checkpoints_keep) == ("local", tmp_path / "artifacts", 0)
+    assert storage_config(tmp_path, {"CONTROLPLANE_STORAGE_URL": "file:///srv/art"}).root == Path("/srv/art")
+    bucket = storage_config(tmp_path, {"CONTROLPLANE_STORAGE_URL": "s3://models/prod/cp/"})
+    assert (bucket.kind, bucket.bucket, bucket.prefix, bucket.checkpoints_keep) == (
+        "s3",
+        "models",
+        "prod/cp/",
+        5,
+    )
+    assert storage_config(tmp_path, {"CONTROLPLANE_STORAGE_URL": "s3://models"}).prefix == ""
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"CONTROLPLANE_STORAGE_URL": "gs://models"}, "CONTROLPLANE_STORAGE_URL"),
+        ({"CONTROLPLANE_STORAGE_URL": "s3:///no-bucket"}, "CONTROLPLANE_STORAGE_URL"),
+        ({"CONTROLPLANE_STORAGE_URL": "file://relative/dir"}, "CONTROLPLANE_STORAGE_URL"),
+        ({"CONTROLPLANE_STORAGE_PRESIGNED_DOWNLOADS": "true"}, "CONTROLPLANE_STORAGE_PRESIGNED_DOWNLOADS"),
+        (
+            {"CONTROLPLANE_STORAGE_URL": "s3://b", "CONTROLPLANE_CHECKPOINTS_KEEP": "-1"},
+            "CONTROLPLANE_CHECKPOINTS_KEEP",
+        ),
+        (
+            {"CONTROLPLANE_STORAGE_URL": "s3://b", "CONTROLPLANE_STORAGE_PRESIGNED_SECONDS": "1"},
+            "PRESIGNED_SECONDS",
+        ),
+    ],
+)
+def test_a_bad_storage_setting_stops_the_start_naming_the_variable(
+    tmp_path: Path, environ: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=named):
+        storage_config(tmp_path, environ)
