@@ -337,6 +337,7 @@ class Reporter:
     def print(self, line: str, *, stream: str = "stdout") -> None:
         """A log line: over HTTP an event; under the supervisor, printed (it captures the output)."""
         if self._sender is None:
+            # nosemgrep: print-in-product-code - the program's own output, which the supervisor captures
             print(line, file=sys.stderr if stream == "stderr" else sys.stdout, flush=True)
             return
         self._emit({"type": "log", "stream": stream, "line": str(line)})

@@ -253,7 +253,9 @@ def test_test_output_junit_and_the_reference_model_are_kept_even_when_a_step_fai
     assert junit["with"]["retention-days"] >= 90
     # The name is what scripts/flaky_report.py reads commit and run from.
     assert re.search(r"junit-(?P<commit>[0-9a-f]{7,40})-(?P<run>\d+)", "junit-0123abc-42-1")
-    assert "--junitxml=test-output/junit.xml" in runs(tests, "test")
+    # ./dev coverage writes it: the JUnit of the suite's two halves merged (docs/ci.md).
+    assert "./dev coverage" in runs(tests, "test")
+    assert "scripts/merge_junit.py test-output/junit.xml" in (ROOT / "dev").read_text()
     model = load("reference-model.yml")
     for workflow, job in ((tests, "test"), (tests, "load-test"), (model, "reference-model")):
         for step in steps(workflow, job):
