@@ -83,6 +83,17 @@ def resolve_inside(base: Path, relative: str) -> Path | None:
     return candidate
 
 
+def hash_file(path: Path) -> tuple[int, str]:
+    """(size, sha256) of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
 def copy_hashed(reader: BinaryIO | HashingReader, target: Path) -> tuple[int, str]:
     """Stream `reader` into `target` atomically (a partial file, fsync, rename); (size, sha256)."""
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, or an instance role); nothing here na
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import time
@@ -30,7 +29,15 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ops.breakers import Breaker, BreakerOpen
-from runs.blobstore import CHUNK, HashingReader, ObjectMissing, StorageUnavailable, StoredObject, copy_hashed
+from runs.blobstore import (
+    CHUNK,
+    HashingReader,
+    ObjectMissing,
+    StorageUnavailable,
+    StoredObject,
+    copy_hashed,
+    hash_file,
+)
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -124,7 +131,7 @@ class S3Store:
         (s3transfer's fastest path: no copy in memory). A file that changed meanwhile (size or
         mtime) is refused, so the sha256 registered is the one of the bytes stored."""
         before = path.stat()
-        size, sha256 = _hash(path)
+        size, sha256 = hash_file(path)
         self.client.upload_file(str(path), self.bucket, full, Config=self.transfer)
         after = path.stat()
         if (after.st_size, after.st_mtime_ns) != (
@@ -206,16 +213,6 @@ class S3Store:
 
     def local_path(self, key: str) -> Path | None:
         return None
-
-
-def _hash(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 def _code(error: ClientError) -> str:

@@ -47,6 +47,18 @@ def read_header(path: Path) -> SafetensorsHeader:
         return read_header_from(lambda start, length: handle.read(length))
 
 
+def artifact_metadata(path: Path) -> dict[str, Any]:
+    """What an artifact shows of a `.safetensors` file (its header's metadata and parameter count;
+    a broken header is noted, not raised); nothing for other files."""
+    if not path.name.endswith(".safetensors"):
+        return {}
+    try:
+        header = read_header(path)
+    except HeaderError as error:
+        return {"header_error": str(error)}
+    return {"safetensors": header.metadata, "parameters": header.parameters}
+
+
 def read_header_from(read: Callable[[int, int], bytes]) -> SafetensorsHeader:
     """The header, reading only its bytes through `read(start, length)` (a file, a ranged GET)."""
     prefix = read(0, 8)

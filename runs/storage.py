@@ -12,7 +12,6 @@ This module is the API other code calls (the supervisor, downloads, the tracking
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,15 +20,18 @@ from typing import BinaryIO
 from django.conf import settings
 
 from runs.blobstore import (
+    CHUNK,
     LocalStore,
     ObjectMissing,
     StorageUnavailable,
     StoredObject,
     get_store,
+    hash_file,
     resolve_inside,
 )
 
 __all__ = [
+    "CHUNK",
     "ObjectMissing",
     "StorageUnavailable",
     "StoredObject",
@@ -46,21 +48,9 @@ __all__ = [
     "store_checkpoint",
 ]
 
-CHUNK = 1024 * 1024
-
 
 def run_dir(run_id: int) -> Path:
     return Path(settings.RUNS_DIR) / str(run_id)
-
-
-def hash_file(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 def store_artifact(run_id: int, attempt: int, source: Path | BinaryIO, name: str) -> StoredObject:

@@ -23,7 +23,7 @@ from django.db import transaction
 from audit import chain as audit
 from runs.attempts import StaleAttempt, register_artifact
 from runs.models import Artifact, Run, RunKind
-from runs.safetensors_header import HeaderError, read_header
+from runs.safetensors_header import artifact_metadata
 from runs.storage import CHUNK, StorageUnavailable, delete_object, store_artifact
 from runs.tracking import ReportError
 
@@ -57,7 +57,7 @@ def do_upload_artifact(
     with tempfile.TemporaryDirectory(prefix="upload-", dir=settings.DATA_DIR) as directory:
         received = Path(directory) / name
         size = _receive(stream, received, expected, limit)
-        metadata = _metadata(name, received)
+        metadata = artifact_metadata(received)  # named as the artifact
         try:
             stored = store_artifact(run.pk, run.attempt, received, name)
         except StorageUnavailable as error:
@@ -93,16 +93,6 @@ def _receive(stream: Any, target: Path, expected: str, limit: int) -> int:
             400, {"X-Content-SHA256": f"the body's sha256 is {digest.hexdigest()}, not {expected}"}
         )
     return size
-
-
-def _metadata(name: str, path: Any) -> dict[str, Any]:
-    if not name.endswith(".safetensors"):
-        return {}
-    try:
-        header = read_header(path)
-    except HeaderError as error:
-        return {"header_error": str(error)}
-    return {"safetensors": header.metadata, "parameters": header.parameters}
 
 
 def _register(

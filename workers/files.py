@@ -13,7 +13,7 @@ from typing import Any
 from runs import attempts
 from runs.models import Artifact
 from runs.retention import prune_checkpoints
-from runs.safetensors_header import HeaderError, read_header
+from runs.safetensors_header import artifact_metadata
 from runs.storage import (
     ObjectMissing,
     StorageUnavailable,
@@ -81,7 +81,7 @@ def _store_artifact(run_id: int, attempt: int, path: Path, event: dict[str, Any]
         size=size,
         sha256=sha256,
         storage_key=storage_key,
-        metadata=_artifact_metadata(path),
+        metadata=artifact_metadata(path),
     )
     say(attempts.system_line(f"artifact {name} stored ({size} bytes, sha256 {sha256})"))
     if replaced and replaced != storage_key:
@@ -89,14 +89,3 @@ def _store_artifact(run_id: int, attempt: int, path: Path, event: dict[str, Any]
             delete_object(replaced)
         except (StorageUnavailable, OSError) as error:  # left behind: space, never a wrong download
             say(attempts.system_line(f"could not delete the replaced {name}: {error}"))
-
-
-def _artifact_metadata(path: Path) -> dict[str, Any]:
-    """A `.safetensors` file's header metadata, shown on the artifact; a broken header is noted."""
-    if not path.name.endswith(".safetensors"):
-        return {}
-    try:
-        header = read_header(path)
-    except HeaderError as error:
-        return {"header_error": str(error)}
-    return {"safetensors": header.metadata, "parameters": header.parameters}
