@@ -242,6 +242,12 @@ def decide(principal: Principal, action: Action, row: Model | None = None) -> De
         return Decision(False, 403, f"Your role ({principal.role}) may not {rule.verb}.")
     if rule.scope not in principal.scopes:
         return Decision(False, 403, f"This token lacks the '{rule.scope}' scope needed to {rule.verb}.")
+    if action == Action.RUN_RETRY and getattr(row, "kind", "") == "code":
+        # Retrying a code run runs its code again: who may is RUN_CODE's rule, as for its launch
+        # (the setting may have changed since); here, so the API and the pages' buttons agree.
+        code = decide(principal, Action.RUN_CODE)
+        if not code.allowed:
+            return code
     if row is None or reaches_every_row(principal, action):
         return ALLOWED
     # Below `others`, the row must be the caller's own (what that is: its model's ROW_RULES entry).

@@ -170,9 +170,7 @@ class RunViewSet(viewsets.GenericViewSet[Run]):
     @extend_schema(request=None, responses={202: RunSerializer})
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str) -> Response:
-        source = self.get_object()
-        if source.kind == "code":  # runs its code again: the setting may have changed since
-            require(request, Action.RUN_CODE)
+        source = self.get_object()  # a code run's retry also needs RUN_CODE (accounts.policy.decide)
         try:
             run = services.do_retry_run(
                 source, request_id=getattr(request, "request_id", ""), actor=_user(request)

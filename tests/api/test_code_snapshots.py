@@ -233,12 +233,17 @@ def test_a_snapshot_larger_than_djangos_form_body_limit_uploads(api: APIClient) 
     assert bytes(stored.archive) == big and stored.unpacked_size == 3 * 1024**2 + 9
 
 
-def test_retrying_a_code_run_needs_the_role_that_runs_code(api: APIClient, settings: Any) -> None:
+def test_retrying_a_code_run_needs_the_role_that_runs_code(api: APIClient, owner: Any, settings: Any) -> None:
     put(api, PROJECT)
     run = launch_code(api).json()
     Run.objects.filter(pk=run["id"]).update(status="failed")
     settings.RUN_CODE_ROLE = "admin"
     refused = api.post(f"/api/v1/runs/{run['id']}/retry/")
     assert refused.status_code == 403 and "run their own code" in refused.json()["detail"]
+    # The run page offers no button the API refuses (accounts.policy.decide holds the rule).
+    browser = Client()
+    browser.force_login(owner)
+    assert 'id="action-retry"' not in browser.get(f"/runs/{run['id']}/").content.decode()
     settings.RUN_CODE_ROLE = "operator"
+    assert 'id="action-retry"' in browser.get(f"/runs/{run['id']}/").content.decode()
     assert api.post(f"/api/v1/runs/{run['id']}/retry/").status_code == 202
