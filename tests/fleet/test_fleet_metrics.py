@@ -140,7 +140,7 @@ def test_the_fleet_view_costs_two_queries_whatever_the_size_of_the_fleet(
         return sum(
             1
             for query in captured.captured_queries
-            if "fleet_device" in query["sql"] or "resources" in query["sql"]
+            if "fleet_device" in query["sql"] or '"runs_run"."resources"' in query["sql"]
         )
 
     small = fleet_queries()
