@@ -151,7 +151,9 @@ def _plan_queue(now: datetime, rooms: list[WorkerRoom], report: PassReport) -> t
         held = planner.held
         tail_owners = {pk: (names.get(pk, ""), held.get(pk, 0), limits.get(pk, 0)) for pk in owners}
         store_tail_reasons(now, list(reasons_before), planner.pools, tail_owners)
-    report.waiting = (sum(owners.values()) if stopped else len(reasons_before)) - len(planner.result.placements)
+    report.waiting = (sum(owners.values()) if stopped else len(reasons_before)) - len(
+        planner.result.placements
+    )
     return planner.result, reasons_before
 
 

@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -33,6 +33,7 @@ REQUESTED_GPUS = """CASE WHEN jsonb_typeof(r.resources -> 'gpus') = 'number'
             THEN (r.resources ->> 'gpus')::integer ELSE 0 END"""
 # Waiting for admission and due (Postgres; fleet.tail selects the same runs).
 QUEUE_FILTER = "r.status = 'queued' AND r.queue = '' AND (r.not_before IS NULL OR r.not_before <= %(now)s)"
+# Only this module's constants are formatted into the SQL (S608 below).
 _POSTGRES_QUEUE = f"""
 SELECT r.id, r.owner_id, {REQUESTED_POOL} AS pool, {REQUESTED_GPUS} AS gpus,
        r.priority, r.request_id, r.waiting_reason
@@ -41,7 +42,7 @@ WHERE {QUEUE_FILTER}
 ORDER BY r.priority + LEAST(%(cap)s, FLOOR(GREATEST(0.0, EXTRACT(EPOCH FROM (%(now)s - r.created_at))::float8)
                                            / (%(aging)s * 60.0))::integer) DESC,
          r.created_at, r.id
-"""
+"""  # noqa: S608
 # SQLite (standalone): the same rule in its dialect; CAST truncates, which is FLOOR for the
 # non-negative ages it is given.
 _SQLITE_QUEUE = """

@@ -12,6 +12,7 @@ holds the two equal on every kind of reason.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from django.db import connection
 
@@ -23,6 +24,7 @@ from fleet.snapshot import QUEUE_FILTER, REQUESTED_GPUS, REQUESTED_POOL
 # Inner join on o: a run launched by a new owner since the pass read its owners is left to the
 # pass its launch triggers, rather than given a quota reason of 0 GPUs.
 # `demand`/`largest` are those of the run's kind: GPUs when it asks for some, else one CPU slot.
+# Only fleet.snapshot's constants are formatted into the SQL (S608 below).
 _TAIL_REASONS = f"""
 WITH q AS (
     SELECT r.id, r.owner_id, {REQUESTED_POOL} AS pool, {REQUESTED_GPUS} AS gpus
@@ -49,7 +51,7 @@ WITH q AS (
 )
 UPDATE runs_run r SET waiting_reason = t.reason
 FROM t WHERE r.id = t.id AND r.waiting_reason <> t.reason
-"""
+"""  # noqa: S608
 
 
 def store_tail_reasons(
@@ -60,7 +62,7 @@ def store_tail_reasons(
 ) -> int:
     """Write the reasons of the queued runs not in `read`; `owners`: id -> (name, GPUs held,
     limit). Postgres only (a pass on SQLite reads the whole queue). Returns rows changed."""
-    params = {
+    params: dict[str, Any] = {
         "now": now,
         "read": read,
         "pools": list(pools),
