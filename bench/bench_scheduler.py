@@ -154,6 +154,16 @@ def profile_pass() -> None:
         finally:
             queries.append((time.perf_counter() - started, sql))
 
+    from fleet import scheduler, tail
+
+    tail_args: list[tuple[Any, ...]] = []
+    store = scheduler.store_tail_reasons
+
+    def keep_args(*args: Any) -> int:
+        tail_args.append(args)
+        return store(*args)
+
+    setattr(scheduler, "store_tail_reasons", keep_args)  # noqa: B010
     profiler = cProfile.Profile()
     with connection.execute_wrapper(timed):
         profiler.runcall(timed_pass)
@@ -174,6 +184,9 @@ def profile_pass() -> None:
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + _POSTGRES_QUEUE, params)
         print("\n".join(row[0] for row in cursor.fetchall()))
+        if tail_args:  # the tail's UPDATE, as the profiled pass sent it (it changed nothing)
+            cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + tail.TAIL_REASONS, tail.tail_params(*tail_args[0]))
+            print("\n".join(row[0] for row in cursor.fetchall()))
 
 
 def main() -> int:

@@ -25,11 +25,11 @@ from fleet.snapshot import QUEUE_FILTER, REQUESTED_GPUS, REQUESTED_POOL
 # pass its launch triggers, rather than given a quota reason of 0 GPUs.
 # `demand`/`largest` are those of the run's kind: GPUs when it asks for some, else one CPU slot.
 # Only fleet.snapshot's constants are formatted into the SQL (S608 below).
-_TAIL_REASONS = f"""
-WITH q AS (
+TAIL_REASONS = f"""
+WITH q AS MATERIALIZED (  -- the JSON read once per run, not once per use below
     SELECT r.id, r.owner_id, {REQUESTED_POOL} AS pool, {REQUESTED_GPUS} AS gpus
     FROM runs_run r
-    WHERE {QUEUE_FILTER} AND NOT (r.id = ANY(%(read)s))
+    WHERE {QUEUE_FILTER} AND r.id NOT IN (SELECT unnest(%(read)s::bigint[]))  -- a hashed anti-join
 ), p AS (
     SELECT * FROM unnest(%(pools)s::text[], %(gpu_largest)s::integer[], %(slot_largest)s::integer[],
                          %(active)s::boolean[]) AS p(pool, gpu_largest, slot_largest, active)
@@ -62,7 +62,18 @@ def store_tail_reasons(
 ) -> int:
     """Write the reasons of the queued runs not in `read`; `owners`: id -> (name, GPUs held,
     limit). Postgres only (a pass on SQLite reads the whole queue). Returns rows changed."""
-    params: dict[str, Any] = {
+    with connection.cursor() as cursor:
+        cursor.execute(TAIL_REASONS, tail_params(now, read, pools, owners))
+        return int(cursor.rowcount)
+
+
+def tail_params(
+    now: datetime,
+    read: list[int],
+    pools: dict[str, PoolStats],
+    owners: dict[int, tuple[str, int, int]],
+) -> dict[str, Any]:
+    return {
         "now": now,
         "read": read,
         "pools": list(pools),
@@ -74,6 +85,3 @@ def store_tail_reasons(
         "held": [held for _, held, _ in owners.values()],
         "limits": [limit for _, _, limit in owners.values()],
     }
-    with connection.cursor() as cursor:
-        cursor.execute(_TAIL_REASONS, params)
-        return int(cursor.rowcount)
