@@ -33,15 +33,33 @@ REQUESTED_GPUS = """CASE WHEN jsonb_typeof(r.resources -> 'gpus') = 'number'
             THEN (r.resources ->> 'gpus')::integer ELSE 0 END"""
 # Waiting for admission and due (Postgres; fleet.tail selects the same runs).
 QUEUE_FILTER = "r.status = 'queued' AND r.queue = '' AND (r.not_before IS NULL OR r.not_before <= %(now)s)"
+EFFECTIVE_PRIORITY = """r.priority + LEAST(%(cap)s,
+    FLOOR(GREATEST(0.0, EXTRACT(EPOCH FROM (%(now)s - r.created_at))::float8)
+          / (%(aging)s * 60.0))::integer)"""
 # Only this module's constants are formatted into the SQL (S608 below).
 _POSTGRES_QUEUE = f"""
 SELECT r.id, r.owner_id, {REQUESTED_POOL} AS pool, {REQUESTED_GPUS} AS gpus,
        r.priority, r.request_id, r.waiting_reason
 FROM runs_run r
 WHERE {QUEUE_FILTER}
-ORDER BY r.priority + LEAST(%(cap)s, FLOOR(GREATEST(0.0, EXTRACT(EPOCH FROM (%(now)s - r.created_at))::float8)
-                                           / (%(aging)s * 60.0))::integer) DESC,
-         r.created_at, r.id
+ORDER BY {EFFECTIVE_PRIORITY} DESC, r.created_at, r.id
+"""  # noqa: S608
+# One chunk of the same order: the next `limit` runs after the last one read (keyset: effective
+# priority, created_at, id; empty `after` = from the head). The database keeps only the top
+# `limit` while it scans (a top-N heap, not a sort of the whole queue) and the JSON of
+# `resources` is read for those only: the LIMIT subquery is evaluated before the outer columns.
+_POSTGRES_CHUNK = f"""
+SELECT r.id, r.owner_id, {REQUESTED_POOL} AS pool, {REQUESTED_GPUS} AS gpus,
+       r.priority, r.request_id, r.waiting_reason, r.effective, r.created_at
+FROM (SELECT r.id, r.owner_id, r.resources, r.priority, r.request_id, r.waiting_reason, r.created_at,
+             {EFFECTIVE_PRIORITY} AS effective
+      FROM runs_run r
+      WHERE {QUEUE_FILTER}
+        AND (%(after)s = 0 OR {EFFECTIVE_PRIORITY} < %(effective)s
+             OR ({EFFECTIVE_PRIORITY} = %(effective)s AND (r.created_at, r.id) > (%(created)s, %(after)s)))
+      ORDER BY effective DESC, r.created_at, r.id
+      LIMIT %(limit)s) r
+ORDER BY r.effective DESC, r.created_at, r.id
 """  # noqa: S608
 # SQLite (standalone): the same rule in its dialect; CAST truncates, which is FLOOR for the
 # non-negative ages it is given.
@@ -124,21 +142,32 @@ def queue_owners(now: datetime) -> dict[int, int]:
 def _candidates(rows: list[tuple[Any, ...]], names: dict[int, str]) -> list[Candidate]:
     return [
         Candidate(run_id, owner_id, names.get(owner_id, ""), pool, gpus, priority, None, request_id)
-        for run_id, owner_id, pool, gpus, priority, request_id, _ in rows
+        for run_id, owner_id, pool, gpus, priority, request_id, *_ in rows
     ]
 
 
 def queue_chunks(
     now: datetime, aging_minutes: float, names: dict[int, str], size: int
 ) -> Iterator[tuple[list[Candidate], dict[int, str]]]:
-    """The queue in admission order, `size` runs at a time, with their current waiting reasons.
-    On Postgres a server-side cursor inside the pass's transaction: rows not fetched are never
-    sent nor turned into Python. Stop iterating to stop reading (the cursor is closed)."""
-    sql, at = _queue_sql(now)
-    with connection.chunked_cursor() as cursor:
-        cursor.execute(sql, {"now": at, "aging": aging_minutes, "cap": AGING_CAP})
-        while rows := cursor.fetchmany(size):
-            yield _candidates(rows, names), {row[0]: row[6] for row in rows}
+    """The queue in admission order, `size` runs at a time, with their current waiting reasons;
+    stop iterating to stop reading. On Postgres each chunk is one query (_POSTGRES_CHUNK): rows
+    after the chunk are neither sorted, sent nor turned into Python. SQLite: one chunk, all."""
+    if connection.vendor != "postgresql":
+        candidates, reasons = waiting_runs(now, aging_minutes)
+        yield [c._replace(owner_name=names.get(c.owner_id, c.owner_name)) for c in candidates], reasons
+        return
+    params: dict[str, Any] = {"now": now, "aging": aging_minutes, "cap": AGING_CAP, "limit": size}
+    params.update(after=0, effective=0, created=now)
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(_POSTGRES_CHUNK, params)
+            rows = cursor.fetchall()
+        if not rows:
+            return
+        yield _candidates(rows, names), {row[0]: row[6] for row in rows}
+        if len(rows) < size:
+            return
+        params.update(after=rows[-1][0], effective=rows[-1][7], created=rows[-1][8])
 
 
 def waiting_runs(now: datetime, aging_minutes: float) -> tuple[list[Candidate], dict[int, str]]:
