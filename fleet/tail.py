@@ -26,8 +26,8 @@ from fleet.snapshot import QUEUE_FILTER, REQUESTED_GPUS, REQUESTED_POOL
 # `demand`/`largest` are those of the run's kind: GPUs when it asks for some, else one CPU slot.
 # Only fleet.snapshot's constants are formatted into the SQL (S608 below).
 TAIL_REASONS = f"""
-WITH q AS MATERIALIZED (  -- the JSON read once per run, not once per use below
-    SELECT r.id, r.owner_id, {REQUESTED_POOL} AS pool, {REQUESTED_GPUS} AS gpus
+WITH q AS MATERIALIZED (
+    SELECT r.id, r.owner_id, r.resources, r.waiting_reason
     FROM runs_run r
     WHERE {QUEUE_FILTER} AND r.id NOT IN (SELECT unnest(%(read)s::bigint[]))  -- a hashed anti-join
 ), p AS (
@@ -36,21 +36,27 @@ WITH q AS MATERIALIZED (  -- the JSON read once per run, not once per use below
 ), o AS (
     SELECT * FROM unnest(%(owners)s::integer[], %(names)s::text[], %(held)s::integer[],
                          %(limits)s::integer[]) AS o(owner_id, name, held, max_gpus)
-), t AS (
-    SELECT q.id, LEFT(CASE
-        WHEN p.pool IS NULL THEN 'no live worker in pool ' || q.pool
-        WHEN q.gpus <= 0 AND p.slot_largest = 0
-            THEN 'needs a CPU slot; no live ' || q.pool || ' worker offers CPU-only slots'
-        WHEN q.gpus > 0 AND q.gpus > p.gpu_largest
-            THEN 'needs ' || q.gpus || ' GPUs; the largest ' || q.pool || ' worker has ' || p.gpu_largest
-        WHEN NOT p.active THEN 'every live worker in pool ' || q.pool || ' is draining'
-        WHEN q.gpus <> 0 AND o.held + q.gpus > o.max_gpus
+), g AS (  -- each distinct (owner, resources) once: a few hundred, not one per run
+    SELECT r.owner_id, r.resources, {REQUESTED_POOL} AS pool, {REQUESTED_GPUS} AS gpus
+    FROM (SELECT DISTINCT owner_id, resources FROM q) r
+), reasons AS MATERIALIZED (  -- the texts built once per group, not per run
+    SELECT g.owner_id, g.resources, LEFT(CASE
+        WHEN p.pool IS NULL THEN 'no live worker in pool ' || g.pool
+        WHEN g.gpus <= 0 AND p.slot_largest = 0
+            THEN 'needs a CPU slot; no live ' || g.pool || ' worker offers CPU-only slots'
+        WHEN g.gpus > 0 AND g.gpus > p.gpu_largest
+            THEN 'needs ' || g.gpus || ' GPUs; the largest ' || g.pool || ' worker has ' || p.gpu_largest
+        WHEN NOT p.active THEN 'every live worker in pool ' || g.pool || ' is draining'
+        WHEN g.gpus <> 0 AND o.held + g.gpus > o.max_gpus
             THEN 'quota: ' || o.name || ' uses ' || o.held || ' of ' || o.max_gpus || ' GPUs'
         ELSE '' END, 200) AS reason
-    FROM q JOIN o ON o.owner_id = q.owner_id LEFT JOIN p ON p.pool = q.pool
+    FROM g JOIN o ON o.owner_id = g.owner_id LEFT JOIN p ON p.pool = g.pool
+), t AS MATERIALIZED (  -- only the runs whose reason changes (none in a steady pass)
+    SELECT q.id, reasons.reason FROM q JOIN reasons USING (owner_id, resources)
+    WHERE q.waiting_reason <> reasons.reason
 )
 UPDATE runs_run r SET waiting_reason = t.reason
-FROM t WHERE r.id = t.id AND r.waiting_reason <> t.reason
+FROM t WHERE r.id = t.id
 """  # noqa: S608
 
 
