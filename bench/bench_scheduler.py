@@ -157,7 +157,7 @@ def profile_pass() -> None:
     from fleet import scheduler, tail
 
     tail_args: list[tuple[Any, ...]] = []
-    store = scheduler.store_tail_reasons
+    store = tail.store_tail_reasons
 
     def keep_args(*args: Any) -> int:
         tail_args.append(args)
