@@ -1,7 +1,8 @@
 """The scheduler pass: admission of queued runs in Postgres, then dispatch to a worker's queue.
 
 One pass is one transaction under an advisory lock: read the live workers and their free devices,
-the queued runs waiting for admission (`queue = ''`), the GPUs each owner holds; plan (pure rules
+the queued runs waiting for admission (`queue = ''`) in chunks until every pool is served (the
+unread tail's reasons: fleet/tail.py), the GPUs each owner holds; plan (pure rules
 in fleet/placement.py); insert the reservations and point each admitted run at its worker's own
 queue; and only once that commits send the Celery messages. A message never names a device that
 is not reserved, and a crash before the commit leaves nothing half done.

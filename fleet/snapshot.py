@@ -2,7 +2,8 @@
 
 - The fleet: live workers with every device and whether it is reserved, in one query.
 - GPUs each owner holds, in one aggregate over the reservations.
-- The queue: the runs waiting for admission, in admission order computed by the database
+- The queue: the runs waiting for admission, in chunks (`queue_chunks`: the pass stops reading
+  once every pool is served), in admission order computed by the database
   (effective priority with aging, then age, then id: the rule of fleet.placement.order), with the
   pool and GPU count taken out of `resources` in SQL, so Python parses no JSON and sorts nothing.
   The rows become `Candidate`s (tuples: cheap to build 10,000 of). `created_at` is not read: the
