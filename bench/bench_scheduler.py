@@ -8,7 +8,8 @@ runs (1-4 GPUs, priorities 0-100, ages spread over a day). For each N in --sizes
   (bench/scheduler_baseline.py) on the same rows: the ratio old/new holds on a loaded machine.
 The Celery send on commit is replaced by a counter: the broker's cost is not the pass's. The
 table is ANALYZEd after seeding, as autovacuum would have done on a queue that grew for a while.
---profile prints cProfile, each query's time and EXPLAIN ANALYZE of the queue query.
+--profile prints cProfile, each query's time and EXPLAIN ANALYZE of the first queue chunk's query
+and of the unread tail's UPDATE.
 
 Each invocation creates a throwaway database ``bench_controlplane_<pid>`` and drops it at the end.
 
@@ -154,6 +155,16 @@ def profile_pass() -> None:
         finally:
             queries.append((time.perf_counter() - started, sql))
 
+    from fleet import scheduler, tail
+
+    tail_args: list[tuple[Any, ...]] = []
+    store = tail.store_tail_reasons
+
+    def keep_args(*args: Any) -> int:
+        tail_args.append(args)
+        return store(*args)
+
+    setattr(scheduler, "store_tail_reasons", keep_args)  # noqa: B010
     profiler = cProfile.Profile()
     with connection.execute_wrapper(timed):
         profiler.runcall(timed_pass)
@@ -164,16 +175,24 @@ def profile_pass() -> None:
     from django.utils import timezone
 
     from fleet.placement import AGING_CAP
-    from fleet.snapshot import _POSTGRES_QUEUE
+    from fleet.scheduler import QUEUE_CHUNK
+    from fleet.snapshot import _POSTGRES_CHUNK
 
     params: dict[str, Any] = {
         "now": timezone.now(),
         "aging": float(str(settings.FLEET["AGING_MINUTES"])),
         "cap": AGING_CAP,
+        "limit": QUEUE_CHUNK,  # the first chunk of the queue, as the pass reads it
+        "after": 0,
+        "effective": 0,
+        "created": timezone.now(),
     }
     with connection.cursor() as cursor:
-        cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + _POSTGRES_QUEUE, params)
+        cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + _POSTGRES_CHUNK, params)
         print("\n".join(row[0] for row in cursor.fetchall()))
+        if tail_args:  # the tail's UPDATE, as the profiled pass sent it (it changed nothing)
+            cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + tail.TAIL_REASONS, tail.tail_params(*tail_args[0]))
+            print("\n".join(row[0] for row in cursor.fetchall()))
 
 
 def main() -> int:

@@ -18,6 +18,7 @@ Rules (docs/architecture.md, "Fleet"):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
@@ -134,62 +135,89 @@ def best_fit(run: Candidate, workers: list[WorkerRoom]) -> WorkerRoom | None:
     return min(fitting, key=lambda w: (len(w.free[run.kind]) - run.demand, w.id))
 
 
+class Planner:
+    """Places runs fed in admission order (`add`, chunk by chunk) onto `workers`; mutates their
+    free lists. `served()` says when nothing further down the queue can change the pass.
+
+    Linear in queued runs: what a run's pool can ever offer is computed once per (pool, kind,
+    size), the workers are grouped by pool once, and a run bigger than the most free devices of
+    any open worker of its pool (the common case on a busy fleet) costs a few dict lookups."""
+
+    def __init__(self, workers: list[WorkerRoom], gpus_held: dict[int, int], gpu_limits: dict[int, int]):
+        self.result = Plan()
+        self.held = dict(gpus_held)
+        self.limits = gpu_limits
+        self.pools = pool_stats(workers)
+        # (pool, kind) -> its workers still open to this pass's placements (not kept for a head).
+        self.open_workers = by_pool_and_kind(workers)
+        # (pool, kind) -> the most free devices on one open worker; dropped when a placement or
+        # a hold-back changes it. A run bigger than that costs no scan of the pool's workers.
+        self.most_free: dict[tuple[str, str], int] = {}
+        self.unfit: dict[tuple[str, str, int], str | None] = {}
+
+    def room(self, key: tuple[str, str]) -> int:
+        if key not in self.most_free:
+            self.most_free[key] = max(
+                (len(w.free.get(key[1], [])) for w in self.open_workers.get(key, []) if w.active), default=0
+            )
+        return self.most_free[key]
+
+    def served(self) -> bool:
+        """True once every (pool, kind) of a pool with an active worker has its blocked head and
+        no free device left on an open worker. A run further down the queue then gets its reason
+        and nothing else: it cannot be placed (no room), cannot be a head (there is one) and
+        changes no owner's GPUs held, so the rest of the queue need not be read."""
+        return all(
+            key in self.result.blocked and self.room(key) == 0
+            for key in self.open_workers
+            if self.pools[key[0]].active
+        )
+
+    def add(self, ordered: Iterable[Candidate]) -> None:
+        result, held, unfit = self.result, self.held, self.unfit
+        reasons, blocked, open_workers = result.reasons, result.blocked, self.open_workers
+        for run in ordered:
+            kind = DeviceKind.GPU if run.gpus > 0 else DeviceKind.SLOT
+            shape = (run.pool, kind, run.gpus)
+            if shape not in unfit:
+                unfit[shape] = unfit_reason(run, self.pools)
+            reason = unfit[shape]
+            if reason is not None:
+                reasons[run.run_id] = reason
+                continue
+            used = held.get(run.owner_id, 0)
+            if run.gpus:
+                limit = self.limits.get(run.owner_id, 0)
+                if used + run.gpus > limit:
+                    reasons[run.run_id] = f"quota: {run.owner_name} uses {used} of {limit} GPUs"
+                    continue
+            reasons[run.run_id] = ""
+            key = (run.pool, kind)
+            chosen = best_fit(run, open_workers.get(key, [])) if run.demand <= self.room(key) else None
+            if chosen is None:
+                if key not in blocked:
+                    blocked[key] = run
+                    hold = hold_for(run, open_workers.get(key, []))
+                    if hold is not None:
+                        open_workers[key] = [w for w in open_workers[key] if w is not hold]
+                        self.most_free.pop(key, None)
+                continue
+            taken, chosen.free[kind] = chosen.free[kind][: run.demand], chosen.free[kind][run.demand :]
+            self.most_free.pop(key, None)
+            held[run.owner_id] = used + run.gpus
+            result.placements.append(Placement(run, chosen, tuple(device_id for device_id, _ in taken)))
+
+
 def plan(
     ordered: list[Candidate],
     workers: list[WorkerRoom],
     gpus_held: dict[int, int],
     gpu_limits: dict[int, int],
 ) -> Plan:
-    """Place `ordered` (already in admission order) onto `workers`; mutates their free lists.
-
-    Linear in queued runs: what a run's pool can ever offer is computed once per (pool, kind,
-    size), the workers are grouped by pool once, and a run bigger than the most free devices of
-    any open worker of its pool (the common case on a busy fleet) costs a few dict lookups."""
-    result = Plan()
-    held = dict(gpus_held)
-    pools = pool_stats(workers)
-    # (pool, kind) -> its workers still open to this pass's placements (not kept for a head).
-    open_workers = by_pool_and_kind(workers)
-    # (pool, kind) -> the most free devices on one open worker; dropped when a placement or a
-    # hold-back changes it. A run bigger than that costs no scan of the pool's workers.
-    most_free: dict[tuple[str, str], int] = {}
-    unfit: dict[tuple[str, str, int], str | None] = {}
-    reasons, blocked = result.reasons, result.blocked
-    for run in ordered:
-        kind = DeviceKind.GPU if run.gpus > 0 else DeviceKind.SLOT
-        shape = (run.pool, kind, run.gpus)
-        if shape not in unfit:
-            unfit[shape] = unfit_reason(run, pools)
-        reason = unfit[shape]
-        if reason is not None:
-            reasons[run.run_id] = reason
-            continue
-        used = held.get(run.owner_id, 0)
-        if run.gpus:
-            limit = gpu_limits.get(run.owner_id, 0)
-            if used + run.gpus > limit:
-                reasons[run.run_id] = f"quota: {run.owner_name} uses {used} of {limit} GPUs"
-                continue
-        reasons[run.run_id] = ""
-        key = (run.pool, kind)
-        if key not in most_free:
-            most_free[key] = max(
-                (len(w.free.get(kind, [])) for w in open_workers.get(key, []) if w.active), default=0
-            )
-        chosen = best_fit(run, open_workers.get(key, [])) if run.demand <= most_free[key] else None
-        if chosen is None:
-            if key not in blocked:
-                blocked[key] = run
-                hold = hold_for(run, open_workers.get(key, []))
-                if hold is not None:
-                    open_workers[key] = [w for w in open_workers[key] if w is not hold]
-                    most_free.pop(key, None)
-            continue
-        taken, chosen.free[kind] = chosen.free[kind][: run.demand], chosen.free[kind][run.demand :]
-        most_free.pop(key, None)
-        held[run.owner_id] = used + run.gpus
-        result.placements.append(Placement(run, chosen, tuple(device_id for device_id, _ in taken)))
-    return result
+    """Place `ordered` (already in admission order) onto `workers`; mutates their free lists."""
+    planner = Planner(workers, gpus_held, gpu_limits)
+    planner.add(ordered)
+    return planner.result
 
 
 def by_pool_and_kind(workers: list[WorkerRoom]) -> dict[tuple[str, str], list[WorkerRoom]]:

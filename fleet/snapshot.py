@@ -2,7 +2,8 @@
 
 - The fleet: live workers with every device and whether it is reserved, in one query.
 - GPUs each owner holds, in one aggregate over the reservations.
-- The queue: the runs waiting for admission, in admission order computed by the database
+- The queue: the runs waiting for admission, in chunks (`queue_chunks`: the pass stops reading
+  once every pool is served), in admission order computed by the database
   (effective priority with aging, then age, then id: the rule of fleet.placement.order), with the
   pool and GPU count taken out of `resources` in SQL, so Python parses no JSON and sorts nothing.
   The rows become `Candidate`s (tuples: cheap to build 10,000 of). `created_at` is not read: the
@@ -11,33 +12,56 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import connection
-from django.db.models import Count
+from django.db.models import Count, Q
 
 from fleet.agent import lost_before
 from fleet.models import DeviceKind, Reservation, Worker
 from fleet.placement import AGING_CAP, Candidate, WorkerRoom
+from runs.models import Run, RunStatus
 
 # The columns the pass needs, then the stored reason (owners' names are read apart). `resources` is a
 # dict; a pool that is missing or empty is "default", a GPU count that is not an integer is 0
 # (fleet.scheduler.requested, the same rule for one run).
-_POSTGRES_QUEUE = """
-SELECT r.id, r.owner_id,
-       COALESCE(NULLIF(r.resources ->> 'pool', ''), 'default') AS pool,
-       CASE WHEN jsonb_typeof(r.resources -> 'gpus') = 'number'
+REQUESTED_POOL = "COALESCE(NULLIF(r.resources ->> 'pool', ''), 'default')"
+REQUESTED_GPUS = """CASE WHEN jsonb_typeof(r.resources -> 'gpus') = 'number'
                  AND (r.resources ->> 'gpus') ~ '^-?[0-9]{1,9}$'
-            THEN (r.resources ->> 'gpus')::integer ELSE 0 END AS gpus,
+            THEN (r.resources ->> 'gpus')::integer ELSE 0 END"""
+# Waiting for admission and due (Postgres; fleet.tail selects the same runs).
+QUEUE_FILTER = "r.status = 'queued' AND r.queue = '' AND (r.not_before IS NULL OR r.not_before <= %(now)s)"
+EFFECTIVE_PRIORITY = """r.priority + LEAST(%(cap)s,
+    FLOOR(GREATEST(0.0, EXTRACT(EPOCH FROM (%(now)s - r.created_at))::float8)
+          / (%(aging)s * 60.0))::integer)"""
+# Only this module's constants are formatted into the SQL (S608 below).
+_POSTGRES_QUEUE = f"""
+SELECT r.id, r.owner_id, {REQUESTED_POOL} AS pool, {REQUESTED_GPUS} AS gpus,
        r.priority, r.request_id, r.waiting_reason
 FROM runs_run r
-WHERE r.status = 'queued' AND r.queue = '' AND (r.not_before IS NULL OR r.not_before <= %(now)s)
-ORDER BY r.priority + LEAST(%(cap)s, FLOOR(GREATEST(0.0, EXTRACT(EPOCH FROM (%(now)s - r.created_at))::float8)
-                                           / (%(aging)s * 60.0))::integer) DESC,
-         r.created_at, r.id
-"""
+WHERE {QUEUE_FILTER}
+ORDER BY {EFFECTIVE_PRIORITY} DESC, r.created_at, r.id
+"""  # noqa: S608
+# One chunk of the same order: the next `limit` runs after the last one read (keyset: effective
+# priority, created_at, id; empty `after` = from the head). The database keeps only the top
+# `limit` while it scans (a top-N heap, not a sort of the whole queue) and the JSON of
+# `resources` is read for those only: the LIMIT subquery is evaluated before the outer columns.
+_POSTGRES_CHUNK = f"""
+SELECT r.id, r.owner_id, {REQUESTED_POOL} AS pool, {REQUESTED_GPUS} AS gpus,
+       r.priority, r.request_id, r.waiting_reason, r.effective, r.created_at
+FROM (SELECT r.id, r.owner_id, r.resources, r.priority, r.request_id, r.waiting_reason, r.created_at,
+             {EFFECTIVE_PRIORITY} AS effective
+      FROM runs_run r
+      WHERE {QUEUE_FILTER}
+        AND (%(after)s = 0 OR {EFFECTIVE_PRIORITY} < %(effective)s
+             OR ({EFFECTIVE_PRIORITY} = %(effective)s AND (r.created_at, r.id) > (%(created)s, %(after)s)))
+      ORDER BY effective DESC, r.created_at, r.id
+      LIMIT %(limit)s) r
+ORDER BY r.effective DESC, r.created_at, r.id
+"""  # noqa: S608
 # SQLite (standalone): the same rule in its dialect; CAST truncates, which is FLOOR for the
 # non-negative ages it is given.
 _SQLITE_QUEUE = """
@@ -97,21 +121,63 @@ def gpus_held() -> dict[int, int]:
     return dict(rows)
 
 
+def _queue_sql(now: datetime) -> tuple[str, Any]:
+    if connection.vendor != "postgresql":
+        # SQLite stores naive UTC text: compare like with like.
+        return _SQLITE_QUEUE, connection.ops.adapt_datetimefield_value(now)
+    return _POSTGRES_QUEUE, now
+
+
+def queue_owners(now: datetime) -> dict[int, int]:
+    """owner id -> how many runs they have waiting for admission (no JSON, no sort: cheap)."""
+    rows = (
+        Run.objects.filter(status=RunStatus.QUEUED, queue="")
+        .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
+        .values("owner_id")
+        .annotate(count=Count("id"))
+        .values_list("owner_id", "count")
+    )
+    return dict(rows)
+
+
+def _candidates(rows: list[tuple[Any, ...]], names: dict[int, str]) -> list[Candidate]:
+    return [
+        Candidate(run_id, owner_id, names.get(owner_id, ""), pool, gpus, priority, None, request_id)
+        for run_id, owner_id, pool, gpus, priority, request_id, *_ in rows
+    ]
+
+
+def queue_chunks(
+    now: datetime, aging_minutes: float, names: dict[int, str], size: int
+) -> Iterator[tuple[list[Candidate], dict[int, str]]]:
+    """The queue in admission order, `size` runs at a time, with their current waiting reasons;
+    stop iterating to stop reading. On Postgres each chunk is one query (_POSTGRES_CHUNK): rows
+    after the chunk are neither sorted, sent nor turned into Python. SQLite: one chunk, all."""
+    if connection.vendor != "postgresql":
+        candidates, reasons = waiting_runs(now, aging_minutes)
+        yield [c._replace(owner_name=names.get(c.owner_id, c.owner_name)) for c in candidates], reasons
+        return
+    params: dict[str, Any] = {"now": now, "aging": aging_minutes, "cap": AGING_CAP, "limit": size}
+    params.update(after=0, effective=0, created=now)
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(_POSTGRES_CHUNK, params)
+            rows = cursor.fetchall()
+        if not rows:
+            return
+        yield _candidates(rows, names), {row[0]: row[6] for row in rows}
+        if len(rows) < size:
+            return
+        params.update(after=rows[-1][0], effective=rows[-1][7], created=rows[-1][8])
+
+
 def waiting_runs(now: datetime, aging_minutes: float) -> tuple[list[Candidate], dict[int, str]]:
     """Queued runs waiting for admission and due now, in admission order; and their current
     waiting reasons."""
-    at: Any = now
-    sql = _POSTGRES_QUEUE
-    if connection.vendor != "postgresql":
-        # SQLite stores naive UTC text: compare like with like.
-        sql, at = _SQLITE_QUEUE, connection.ops.adapt_datetimefield_value(now)
+    sql, at = _queue_sql(now)
     with connection.cursor() as cursor:
         cursor.execute(sql, {"now": at, "aging": aging_minutes, "cap": AGING_CAP})
         rows = cursor.fetchall()
     # Owners' names for the quota reasons: one small query, not a join on every queued row.
     names = dict(User.objects.filter(pk__in={row[1] for row in rows}).values_list("pk", "username"))
-    candidates = [
-        Candidate(run_id, owner_id, names.get(owner_id, ""), pool, gpus, priority, None, request_id)
-        for run_id, owner_id, pool, gpus, priority, request_id, _ in rows
-    ]
-    return candidates, {row[0]: row[6] for row in rows}
+    return _candidates(rows, names), {row[0]: row[6] for row in rows}

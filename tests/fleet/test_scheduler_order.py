@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from fleet.placement import Candidate, order
 from fleet.scheduler import requested
-from fleet.snapshot import waiting_runs
+from fleet.snapshot import queue_chunks, waiting_runs
 from runs.models import Run
 from tests.conftest import make_user
 from tests.fleet.helpers import waiting_run
@@ -50,6 +50,10 @@ def test_the_database_orders_the_queue_by_effective_priority_then_age_then_id() 
         (run.pool, run.gpus, run.priority, "alice") for run in expected
     ]
     assert set(reasons) == {run.run_id for run in expected}
+    # The pass reads the same order in chunks (keyset on ties of priority and age too).
+    chunks = list(queue_chunks(now, AGING_MINUTES, {owner.pk: "alice"}, 7))
+    assert [run for chunk, _ in chunks for run in chunk] == got
+    assert len(chunks) == 18 and all(len(chunk) == 7 for chunk, _ in chunks[:-1])
 
 
 def test_the_queue_query_reads_resources_as_the_one_run_rule_does() -> None:
