@@ -11,6 +11,11 @@ batch usually arrives already formatted for COPY (`PointText`, made by its event
 so the write only fills in the series ids. The rollups of
 the touched buckets are recomputed in the same transaction (runs/rollups.py). SQLite, used only in
 standalone mode, takes plain `executemany`.
+
+`COPY` runs on psycopg's own cursor, whose errors Django does not translate; each COPY is inside
+`connection.wrap_database_errors`, so a Postgres that goes away mid-COPY is a `django.db`
+`OperationalError` like any other write's, which the supervisor's writer keeps the batch through
+(it was once an `AdminShutdown` that ended the supervisor's task: chaos suite, CI).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 
 from runs import rollups
 from runs.models import LogLine, MetricPoint, MetricSeries
@@ -79,19 +84,21 @@ def write_batch_points(
 
 def _copy_texts(texts: Sequence[PointText], ids: dict[str, int]) -> bool:
     """COPY pre-formatted points in a savepoint; False (nothing written) when a step repeats."""
-    import psycopg
 
     table = MetricPoint._meta.db_table
     try:
         with (
+            connection.wrap_database_errors,  # psycopg's errors as Django's (module docstring)
             transaction.atomic(),
             connection.cursor() as cursor,
             cursor.cursor.copy(f"COPY {table} (step, value, ts, series_id) FROM STDIN") as copy,
         ):
             for text in texts:
                 copy.write(text.text.replace(SERIES_MARK, str(ids[text.key])))
-    except psycopg.errors.UniqueViolation:
-        return False
+    except IntegrityError as error:
+        if _repeats_a_step(error):
+            return False
+        raise
     rollups.update_rollup_buckets({(ids[text.key], bucket) for text in texts for bucket in text.buckets})
     return True
 
@@ -104,7 +111,10 @@ def insert_log_lines(run_id: int, rows: Sequence[LogRow]) -> None:
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             raw = cursor.cursor
-            with raw.copy(f"COPY {table} (run_id, seq, ts, stream, line) FROM STDIN") as copy:
+            with (
+                connection.wrap_database_errors,
+                raw.copy(f"COPY {table} (run_id, seq, ts, stream, line) FROM STDIN") as copy,
+            ):
                 for seq, ts, stream, line in rows:
                     copy.write_row((run_id, seq, ts, stream, line))
         else:
@@ -136,13 +146,19 @@ def upsert_metric_points(rows: Iterable[PointRow]) -> int:
 _STAGE = "metric_point_stage"
 
 
+def _repeats_a_step(error: IntegrityError) -> bool:
+    """A COPY of points refused because a step is already stored (or twice in its batch)."""
+    import psycopg
+
+    return isinstance(error.__cause__, psycopg.errors.UniqueViolation)
+
+
 def write_metric_points(rows: Sequence[PointRow], *, may_repeat: bool) -> int:
     """Store points (the last value of a step in `rows` wins) and their rollups; returns how many."""
     if not rows:
         return 0
     if connection.vendor != "postgresql":
         return upsert_metric_points(rows)
-    import psycopg
 
     table = MetricPoint._meta.db_table
     if not may_repeat:
@@ -154,8 +170,9 @@ def write_metric_points(rows: Sequence[PointRow], *, may_repeat: bool) -> int:
                 _copy_points(table, rows)
             rollups.update_rollups(rows)
             return len(rows)
-        except psycopg.errors.UniqueViolation:
-            pass
+        except IntegrityError as error:
+            if not _repeats_a_step(error):
+                raise
     latest: dict[tuple[int, int], PointRow] = {}
     for row in rows:
         latest[(row[0], row[1])] = row
@@ -196,7 +213,10 @@ def _copy_points(table: str, rows: Iterable[PointRow]) -> None:
         append(f"{series}\t{step}\t{_NULL if value is None else repr(value)}\t{stamp}\n")
     with connection.cursor() as cursor:
         raw = cursor.cursor
-        with raw.copy(f"COPY {table} (series_id, step, value, ts) FROM STDIN") as copy:
+        with (
+            connection.wrap_database_errors,
+            raw.copy(f"COPY {table} (series_id, step, value, ts) FROM STDIN") as copy,
+        ):
             copy.write("".join(parts))
 
 
