@@ -49,6 +49,7 @@ ORDER BY {EFFECTIVE_PRIORITY} DESC, r.created_at, r.id
 # priority, created_at, id; empty `after` = from the head). The database keeps only the top
 # `limit` while it scans (a top-N heap, not a sort of the whole queue) and the JSON of
 # `resources` is read for those only: the LIMIT subquery is evaluated before the outer columns.
+# nosemgrep: raw-sql-string-formatting - only this module's constants; values are %(...)s parameters
 _POSTGRES_CHUNK = f"""
 SELECT r.id, r.owner_id, {REQUESTED_POOL} AS pool, {REQUESTED_GPUS} AS gpus,
        r.priority, r.request_id, r.waiting_reason, r.effective, r.created_at

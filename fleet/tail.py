@@ -25,6 +25,7 @@ from fleet.snapshot import QUEUE_FILTER, REQUESTED_GPUS, REQUESTED_POOL
 # pass its launch triggers, rather than given a quota reason of 0 GPUs.
 # `demand`/`largest` are those of the run's kind: GPUs when it asks for some, else one CPU slot.
 # Only fleet.snapshot's constants are formatted into the SQL (S608 below).
+# nosemgrep: raw-sql-string-formatting - only fleet.snapshot's constants; values are parameters
 TAIL_REASONS = f"""
 WITH q AS MATERIALIZED (
     SELECT r.id, r.owner_id, r.resources, r.waiting_reason
