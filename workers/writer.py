@@ -82,6 +82,10 @@ class AttemptWriter:
             self.fence_off()
         except DatabaseError as error:
             self.flush_failures += 1
+            # Series this write created went with its rolled-back transaction: ids cached from it
+            # would fail every later write (a foreign key to nothing; seen in CI as an outage that
+            # ended in final_flush_failed). They are read or created again at the next try.
+            self._series_cache.clear()
             self.log.warning(
                 "batch_write_failed",
                 error=str(error)[:200],
