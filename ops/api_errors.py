@@ -6,7 +6,7 @@ from typing import Any
 
 from django.db import InterfaceError, OperationalError
 from rest_framework import status
-from rest_framework.exceptions import Throttled
+from rest_framework.exceptions import Throttled, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -31,3 +31,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         # DRF already sets Retry-After; the code lets clients tell a rate limit from other 429s.
         response.data = {"detail": str(exc.detail), "code": "throttled"}
     return response
+
+
+def object_body(data: Any, known: set[str]) -> dict[str, Any]:
+    """A request's JSON body as an object with only `known` fields, else a 400 naming them."""
+    if not isinstance(data, dict):
+        raise ValidationError({"non_field_errors": ["the body must be a JSON object"]})
+    unknown = sorted(str(name)[:64] for name in set(data) - known)
+    if unknown:
+        raise ValidationError({name: ["unknown field"] for name in unknown[:10]})
+    return data

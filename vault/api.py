@@ -14,6 +14,7 @@ from rest_framework.response import Response
 
 from accounts.drf import request_principal
 from accounts.policy import Action
+from ops.api_errors import object_body
 from vault import crypto, selectors, services
 from vault.models import Secret
 
@@ -72,16 +73,6 @@ class SecretUpdateSerializer(serializers.Serializer[Any]):
     allowed_roles = serializers.ListField(child=serializers.CharField(), required=False)
 
 
-def _body(request: Request, allowed: set[str]) -> dict[str, Any]:
-    body: Any = request.data
-    if not isinstance(body, dict):
-        raise ValidationError({"non_field_errors": ["the body must be a JSON object"]})
-    unknown = sorted(str(name)[:64] for name in set(body) - allowed)
-    if unknown:
-        raise ValidationError({name: ["unknown field"] for name in unknown[:10]})
-    return body
-
-
 def _invalid(error: services.SecretError) -> ValidationError:
     return ValidationError({field: [message] for field, message in error.errors.items()})
 
@@ -110,7 +101,7 @@ class SecretViewSet(viewsets.GenericViewSet[Secret]):
 
     @extend_schema(request=SecretCreateSerializer, responses={201: SecretSerializer})
     def create(self, request: Request) -> Response:
-        body = _body(request, CREATE_FIELDS)
+        body = object_body(request.data, CREATE_FIELDS)
         try:
             secret = services.do_create_secret(
                 request.user,
@@ -134,7 +125,7 @@ class SecretViewSet(viewsets.GenericViewSet[Secret]):
     @extend_schema(request=SecretUpdateSerializer, responses={200: SecretSerializer})
     def partial_update(self, request: Request, name: str) -> Response:
         secret = self.get_object()
-        body = _body(request, UPDATE_FIELDS | {"name"})
+        body = object_body(request.data, UPDATE_FIELDS | {"name"})
         if "name" in body and body["name"] != secret.name:
             raise ValidationError({"name": ["cannot be changed; create a secret with the new name"]})
         changes = {field: body[field] for field in UPDATE_FIELDS if field in body}

@@ -26,6 +26,7 @@ from rest_framework.views import APIView
 
 from accounts.drf import request_principal
 from accounts.policy import Action, can
+from ops.api_errors import object_body
 from runs import catalog, params_inference
 from runs.programs import Program, all_programs, get_program
 
@@ -125,16 +126,6 @@ def _full(request: Request) -> bool:
     return can(request_principal(request), Action.PROGRAM_MANAGE)
 
 
-def _body(request: Request, allowed: set[str]) -> dict[str, Any]:
-    body: Any = request.data
-    if not isinstance(body, dict):
-        raise ValidationError({"non_field_errors": ["the body must be a JSON object"]})
-    unknown = sorted(str(name)[:64] for name in set(body) - allowed)
-    if unknown:
-        raise ValidationError({name: ["unknown field"] for name in unknown[:10]})
-    return body
-
-
 def _answer(request: Request, name: str, code: int = status.HTTP_200_OK) -> Response:
     program = get_program(name, include_retired=True)
     assert program is not None  # just written
@@ -167,7 +158,7 @@ class ProgramListView(APIView):
 
     @extend_schema(request=ProgramWriteSerializer, responses={201: ProgramSerializer})
     def post(self, request: Request) -> Response:
-        body = _body(request, {"name", *catalog.FIELDS})
+        body = object_body(request.data, {"name", *catalog.FIELDS})
         try:
             row = catalog.do_register_program(request.user, body)
         except catalog.CatalogError as error:
@@ -187,7 +178,7 @@ class ProgramDetailView(APIView):
 
     @extend_schema(request=ProgramWriteSerializer, responses={200: ProgramSerializer})
     def patch(self, request: Request, name: str) -> Response:
-        body = _body(request, {"name", *catalog.FIELDS})
+        body = object_body(request.data, {"name", *catalog.FIELDS})
         if "name" in body and body["name"] != name:
             raise ValidationError({"name": ["cannot be changed; register a program with the new name"]})
         body.pop("name", None)
@@ -228,7 +219,7 @@ class ProgramInferSchemaView(APIView):
 
     @extend_schema(request=InferRequestSerializer, responses={200: InferResponseSerializer})
     def post(self, request: Request) -> Response:
-        body = _body(request, {"command", "env"})
+        body = object_body(request.data, {"command", "env"})
         try:
             result = params_inference.do_infer_params_schema(
                 request.user, body.get("command"), body.get("env")
