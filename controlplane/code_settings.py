@@ -1,6 +1,6 @@
 """Settings of what runs execute and where they report from: the programs file and catalog seed,
-code snapshots, tracking mode (docs/architecture.md "Programs", "Code snapshots", "External
-runs"), from the environment; kept apart so controlplane/settings.py stays under the module size
+code snapshots, tracking mode, multi-node runs (docs/architecture.md "Programs", "Code snapshots",
+"External runs"; docs/distributed.md), from the environment; kept apart so controlplane/settings.py stays under the module size
 limit. settings.py imports each name.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from controlplane.env import env_bool, env_choice, env_float, env_int, env_str
 
-__all__ = ["CODE_SNAPSHOT", "PROGRAMS_FILE", "PROGRAMS_SEED_ON_MIGRATE", "RUN_CODE_ROLE", "TRACKING"]
+__all__ = ["CODE_SNAPSHOT", "GANG", "PROGRAMS_FILE", "PROGRAMS_SEED_ON_MIGRATE", "RUN_CODE_ROLE", "TRACKING"]
 
 PROGRAMS_FILE = env_str("CONTROLPLANE_PROGRAMS_FILE", "") or None
 # `migrate` upserts the file's programs into the catalog (runs/catalog.py: admins' edits win).
@@ -32,4 +32,14 @@ TRACKING: dict[str, float | int] = {
     "REPORT_MAX_BYTES": env_int("CONTROLPLANE_REPORT_MAX_BYTES", 16 * 1024**2, minimum=64 * 1024),
     "REPORT_MAX_ROWS": env_int("CONTROLPLANE_REPORT_MAX_ROWS", 500_000, minimum=1_000),
     "ARTIFACT_UPLOAD_MAX_BYTES": env_int("CONTROLPLANE_ARTIFACT_UPLOAD_MAX_BYTES", 10 * 1024**3, minimum=1),
+}
+
+# Multi-node runs (fleet/gang.py, docs/distributed.md): the address other hosts reach this worker
+# at (node 0 hosts the rendezvous there; default: the address its host name resolves to), how
+# long the gang's nodes have to join an attempt, and how long node 0, once its program ended,
+# waits for the others to report theirs before it records the attempt.
+GANG: dict[str, str | float] = {
+    "WORKER_ADDRESS": env_str("CONTROLPLANE_WORKER_ADDRESS", ""),
+    "JOIN_SECONDS": env_float("CONTROLPLANE_GANG_JOIN_SECONDS", 300, minimum=5),
+    "EXIT_WAIT_SECONDS": env_float("CONTROLPLANE_GANG_EXIT_WAIT_SECONDS", 15, minimum=0),
 }

@@ -52,6 +52,7 @@ def validate_launch(owner: User | None, resources: dict[str, Any]) -> dict[str, 
     """Pool and GPU count against the fleet as registered (any worker seen, live or not)."""
     pool = str(resources.get("pool") or "default")
     gpus = int(resources.get("gpus") or 0)
+    nodes = int(resources.get("nodes") or 1)
     workers = Worker.objects.filter(pool=pool)
     if not workers.exists():
         if pool == "default":
@@ -65,6 +66,22 @@ def validate_launch(owner: User | None, resources: dict[str, Any]) -> dict[str, 
         if owner is not None:
             # Above the owner's quota, a run would wait for ever, admitted by no pass.
             limit, _ = limit_of(owner)
-            if gpus > limit:
-                return {"resources.gpus": f"needs {gpus} GPUs; your quota is {limit} GPUs at once"}
+            if gpus * nodes > limit:
+                field = "resources.gpus" if nodes == 1 else "resources.nodes"
+                return {field: f"needs {gpus * nodes} GPUs; your quota is {limit} GPUs at once"}
+    if nodes > 1:
+        return _gang_problem(pool, gpus, nodes)
+    return {}
+
+
+def _gang_problem(pool: str, gpus: int, nodes: int) -> dict[str, str]:
+    """A gang needs `nodes` workers of the pool, each with `gpus` GPUs (or a CPU slot)."""
+    kind = DeviceKind.GPU if gpus > 0 else DeviceKind.SLOT
+    sizes = (
+        Device.objects.filter(kind=kind, worker__pool=pool).values("worker_id").annotate(count=Count("id"))
+    )
+    big_enough = sum(1 for row in sizes if row["count"] >= max(gpus, 1))
+    if big_enough < nodes:
+        each = f"{gpus} GPUs" if gpus > 0 else "a CPU slot"
+        return {"resources.nodes": f"needs {nodes} workers with {each} each; pool {pool} has {big_enough}"}
     return {}

@@ -59,10 +59,40 @@ class Reservation(models.Model):
 
     device = models.OneToOneField(Device, on_delete=models.CASCADE, related_name="reservation")
     run = models.ForeignKey("runs.Run", on_delete=models.CASCADE, related_name="reservations")
+    # Which node of a multi-node run (a gang) this device serves: 0 for a one-node run, and for
+    # the gang's first node, whose worker claims the run and hosts the rendezvous.
+    node_rank = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:
         return f"device {self.device_id} for run {self.run_id}"
+
+
+class GangNode(models.Model):
+    """One node of an attempt of a multi-node run (fleet/gang.py).
+
+    Node 0 inserts its row when it claims the run, with the rendezvous endpoint its torchrun will
+    host; every other node inserts its own when it joins that attempt (unique: one supervisor per
+    node and attempt, whatever the deliveries). Each node's supervisor heartbeats its row; node 0
+    holds the run's one lease and fails the attempt when another node stops beating or exits
+    with an error, and a lost node 0 lets the lease expire, which ends the others' attempt.
+    """
+
+    run = models.ForeignKey("runs.Run", on_delete=models.CASCADE, related_name="gang_nodes")
+    attempt = models.PositiveIntegerField()
+    node_rank = models.PositiveSmallIntegerField()
+    worker = models.CharField(max_length=255)
+    endpoint = models.CharField(max_length=300, blank=True)  # node 0's "host:port"
+    heartbeat_at = models.DateTimeField(default=timezone.now)
+    exit_code = models.IntegerField(null=True, blank=True)  # set when the node's program ended
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "attempt", "node_rank"], name="fleet_gangnode_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"node {self.node_rank} of run {self.run_id} attempt {self.attempt}"
 
 
 class Quota(models.Model):

@@ -14,6 +14,9 @@ Rules (docs/architecture.md, "Fleet"):
   not hold anything back.
 - Placement: best fit, the live active worker of the pool with the fewest free devices left
   after the placement (ties: the lowest id), lowest device indices first.
+- Gangs (`resources.nodes` > 1, docs/distributed.md): all nodes or none, each on its own worker
+  with `gpus` free devices, the best fits first (node 0 is the best fit). A blocked gang head
+  keeps as many workers as it has nodes. Its quota use is `gpus` times `nodes`.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class Candidate(NamedTuple):
     priority: int
     created_at: datetime | None  # None when the database ordered the queue (fleet.snapshot)
     request_id: str = ""
+    nodes: int = 1  # a gang of this many workers, `gpus` (or one slot) on each
 
     @property
     def kind(self) -> str:
@@ -59,14 +63,26 @@ class Candidate(NamedTuple):
 
     @property
     def demand(self) -> int:
+        """Devices on each of its nodes."""
         return self.gpus if self.gpus > 0 else 1
+
+    @property
+    def total_gpus(self) -> int:
+        """What counts against its owner's quota."""
+        return self.gpus * self.nodes
 
 
 @dataclass(frozen=True)
 class Placement:
+    """Node 0 of a run on `worker`; a gang's other nodes in `others`, by node rank."""
+
     candidate: Candidate
     worker: WorkerRoom
     device_ids: tuple[int, ...]
+    others: tuple[tuple[WorkerRoom, tuple[int, ...]], ...] = ()
+
+    def nodes(self) -> list[tuple[WorkerRoom, tuple[int, ...]]]:
+        return [(self.worker, self.device_ids), *self.others]
 
 
 @dataclass
@@ -99,6 +115,7 @@ class PoolStats:
 
     largest: dict[str, int] = field(default_factory=dict)
     active: bool = False
+    sizes: dict[str, list[int]] = field(default_factory=dict)  # kind -> each live worker's devices
 
 
 def pool_stats(workers: list[WorkerRoom]) -> dict[str, PoolStats]:
@@ -108,6 +125,7 @@ def pool_stats(workers: list[WorkerRoom]) -> dict[str, PoolStats]:
         pool.active = pool.active or worker.active
         for kind, count in worker.total.items():
             pool.largest[kind] = max(pool.largest.get(kind, 0), count)
+            pool.sizes.setdefault(kind, []).append(count)
     return stats
 
 
@@ -121,18 +139,26 @@ def unfit_reason(run: Candidate, pools: dict[str, PoolStats]) -> str | None:
         return f"needs a CPU slot; no live {run.pool} worker offers CPU-only slots"
     if run.demand > biggest:
         return f"needs {run.gpus} GPUs; the largest {run.pool} worker has {biggest}"
+    if run.nodes > 1:
+        big_enough = sum(1 for size in pool.sizes.get(run.kind, []) if size >= run.demand)
+        if big_enough < run.nodes:
+            each = f"{run.gpus} GPUs" if run.gpus > 0 else "a CPU slot"
+            return f"needs {run.nodes} workers with {each} each; pool {run.pool} has {big_enough}"
     if not pool.active:
         return f"every live worker in pool {run.pool} is draining"
     return None
 
 
-def best_fit(run: Candidate, workers: list[WorkerRoom]) -> WorkerRoom | None:
+def best_fit(run: Candidate, workers: list[WorkerRoom]) -> list[WorkerRoom]:
+    """The run's workers, node 0 first: the `nodes` best fits, or [] when fewer have room."""
     fitting = [
         w for w in workers if w.active and w.pool == run.pool and len(w.free.get(run.kind, [])) >= run.demand
     ]
-    if not fitting:
-        return None
-    return min(fitting, key=lambda w: (len(w.free[run.kind]) - run.demand, w.id))
+    if len(fitting) < run.nodes:
+        return []
+    if run.nodes == 1:
+        return [min(fitting, key=lambda w: (len(w.free[run.kind]) - run.demand, w.id))]
+    return sorted(fitting, key=lambda w: (len(w.free[run.kind]) - run.demand, w.id))[: run.nodes]
 
 
 class Planner:
@@ -153,7 +179,7 @@ class Planner:
         # (pool, kind) -> the most free devices on one open worker; dropped when a placement or
         # a hold-back changes it. A run bigger than that costs no scan of the pool's workers.
         self.most_free: dict[tuple[str, str], int] = {}
-        self.unfit: dict[tuple[str, str, int], str | None] = {}
+        self.unfit: dict[tuple[str, str, int, int], str | None] = {}
 
     def room(self, key: tuple[str, str]) -> int:
         if key not in self.most_free:
@@ -178,7 +204,7 @@ class Planner:
         reasons, blocked, open_workers = result.reasons, result.blocked, self.open_workers
         for run in ordered:
             kind = DeviceKind.GPU if run.gpus > 0 else DeviceKind.SLOT
-            shape = (run.pool, kind, run.gpus)
+            shape = (run.pool, kind, run.gpus, run.nodes)
             if shape not in unfit:
                 unfit[shape] = unfit_reason(run, self.pools)
             reason = unfit[shape]
@@ -188,24 +214,26 @@ class Planner:
             used = held.get(run.owner_id, 0)
             if run.gpus:
                 limit = self.limits.get(run.owner_id, 0)
-                if used + run.gpus > limit:
+                if used + run.total_gpus > limit:
                     reasons[run.run_id] = f"quota: {run.owner_name} uses {used} of {limit} GPUs"
                     continue
             reasons[run.run_id] = ""
             key = (run.pool, kind)
-            chosen = best_fit(run, open_workers.get(key, [])) if run.demand <= self.room(key) else None
-            if chosen is None:
+            chosen = best_fit(run, open_workers.get(key, [])) if run.demand <= self.room(key) else []
+            if not chosen:
                 if key not in blocked:
                     blocked[key] = run
-                    hold = hold_for(run, open_workers.get(key, []))
-                    if hold is not None:
-                        open_workers[key] = [w for w in open_workers[key] if w is not hold]
+                    if hold := hold_for(run, open_workers.get(key, [])):
+                        open_workers[key] = [w for w in open_workers[key] if w not in hold]
                         self.most_free.pop(key, None)
                 continue
-            taken, chosen.free[kind] = chosen.free[kind][: run.demand], chosen.free[kind][run.demand :]
+            nodes = []
+            for worker in chosen:
+                taken, worker.free[kind] = worker.free[kind][: run.demand], worker.free[kind][run.demand :]
+                nodes.append((worker, tuple(device_id for device_id, _ in taken)))
             self.most_free.pop(key, None)
-            held[run.owner_id] = used + run.gpus
-            result.placements.append(Placement(run, chosen, tuple(device_id for device_id, _ in taken)))
+            held[run.owner_id] = used + run.total_gpus
+            result.placements.append(Placement(run, *nodes[0], others=tuple(nodes[1:])))
 
 
 def plan(
@@ -228,10 +256,8 @@ def by_pool_and_kind(workers: list[WorkerRoom]) -> dict[tuple[str, str], list[Wo
     return grouped
 
 
-def hold_for(head: Candidate, workers: list[WorkerRoom]) -> WorkerRoom | None:
-    """The worker kept for a head that found no room: the active one big enough for it with the
-    most free devices (ties: the lowest id), the first to have room as its runs end."""
+def hold_for(head: Candidate, workers: list[WorkerRoom]) -> list[WorkerRoom]:
+    """The workers kept for a head that found no room, one per node: the active ones big enough
+    for it with the most free devices (ties: the lowest id), the first to have room as runs end."""
     big_enough = [w for w in workers if w.active and w.total.get(head.kind, 0) >= head.demand]
-    if not big_enough:
-        return None
-    return min(big_enough, key=lambda w: (-len(w.free.get(head.kind, [])), w.id))
+    return sorted(big_enough, key=lambda w: (-len(w.free.get(head.kind, [])), w.id))[: head.nodes]

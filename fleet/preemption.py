@@ -112,7 +112,10 @@ def preempt_for(heads: list[Candidate], now: datetime, rooms: list[WorkerRoom] |
             run__status=RunStatus.PREEMPTED, device__worker__pool__in={head.pool for head in heads}
         ).values_list("device__worker__pool", flat=True)
     )
-    waiting = [head for head in heads if head.pool not in stopping]  # room is on its way there
+    # Room is on its way where runs are stopping. A gang head preempts nothing: room on one worker
+    # would not place it, and stopping runs on several at once for a head that may still not fit
+    # is a trade this rule does not make (docs/distributed.md); its hold-back keeps its workers.
+    waiting = [head for head in heads if head.pool not in stopping and head.nodes == 1]
     victims = _victims(waiting, now) if waiting else {}
     preempted: list[int] = []
     for head in waiting:

@@ -89,10 +89,17 @@ def requested(resources: Any) -> tuple[str, int]:
     return str(pool), int(gpus) if isinstance(gpus, int) else 0
 
 
+def requested_nodes(resources: Any) -> int:
+    """How many workers a run's gang spans (1: not a gang); fleet.snapshot reads it in SQL."""
+    nodes = resources.get("nodes") if isinstance(resources, dict) else None
+    return max(1, nodes) if isinstance(nodes, int) and not isinstance(nodes, bool) else 1
+
+
 def _admit(decided: Plan) -> list[tuple[int, str, str]]:
-    """Reserve the planned devices and point each run at its worker's queue; returns the messages
-    to send on commit. Only runs still queued and unadmitted (locked here) are admitted: a run
-    cancelled since the snapshot waits for this commit, then its listener frees what we wrote."""
+    """Reserve the planned devices and point each run at its (node 0's) worker's queue; returns
+    the messages to send on commit, one per node. Only runs still queued and unadmitted (locked
+    here) are admitted: a run cancelled since the snapshot waits for this commit, then its
+    listener frees what we wrote."""
     wanted = {p.candidate.run_id for p in decided.placements}
     still = set(
         Run.objects.select_for_update()
@@ -101,14 +108,23 @@ def _admit(decided: Plan) -> list[tuple[int, str, str]]:
     )
     placements = [p for p in decided.placements if p.candidate.run_id in still]
     Reservation.objects.bulk_create(
-        [Reservation(device_id=d, run_id=p.candidate.run_id) for p in placements for d in p.device_ids]
+        [
+            Reservation(device_id=device, run_id=p.candidate.run_id, node_rank=rank)
+            for p in placements
+            for rank, (_, devices) in enumerate(p.nodes())
+            for device in devices
+        ]
     )
     by_queue: dict[str, list[int]] = defaultdict(list)
     for placement in placements:
         by_queue[placement.worker.queue].append(placement.candidate.run_id)
     for queue, ids in by_queue.items():
         Run.objects.filter(pk__in=ids).update(queue=queue, waiting_reason="", enqueued_at=None)
-    return [(p.candidate.run_id, p.worker.queue, p.candidate.request_id) for p in placements]
+    return [
+        (p.candidate.run_id, worker.queue, p.candidate.request_id)
+        for p in placements
+        for worker, _ in p.nodes()
+    ]
 
 
 def _store_reasons(decided: Plan, before: dict[int, str]) -> None:
@@ -174,7 +190,7 @@ def schedule_pass(now: datetime | None = None) -> PassReport:
         messages = _admit(decided)
         _store_reasons(decided, reasons_before)
         report.preempted = preempt_for(list(decided.blocked.values()), now, rooms)
-        report.placed = [run_id for run_id, _, _ in messages]
+        report.placed = list(dict.fromkeys(run_id for run_id, _, _ in messages))
 
         def send() -> None:
             for run_id, queue, request_id in messages:

@@ -73,7 +73,7 @@ def placements_of(runs: list[Run]) -> dict[int, dict[str, Any]]:
     if holding:
         rows = (
             Reservation.objects.filter(run_id__in=holding)
-            .order_by("device__index")
+            .order_by("node_rank", "device__index")
             .values_list("run_id", "device__worker__name", "device__index", "device__kind")
         )
         for run_id, worker, index, kind in rows:
@@ -88,10 +88,25 @@ def placements_of(runs: list[Run]) -> dict[int, dict[str, Any]]:
         held = devices.get(run.pk)
         assigned = None
         if held:
-            gpus = [index for _, index, kind in held if kind == "gpu"]
-            assigned = {"worker": held[0][0], "devices": gpus, "slots": len(held) - len(gpus)}
+            assigned = _assigned(held)
         found[run.pk] = {"assigned": assigned, "queue_position": positions.get(run.pk)}
     return found
+
+
+def _assigned(held: list[tuple[str, int, str]]) -> dict[str, Any]:
+    """Node 0's worker and devices; a gang's every node under "nodes", node 0 first."""
+    by_worker: dict[str, list[tuple[int, str]]] = {}
+    for worker, index, kind in held:
+        by_worker.setdefault(worker, []).append((index, kind))
+    nodes = [
+        {
+            "worker": worker,
+            "devices": [i for i, k in rows if k == "gpu"],
+            "slots": sum(k != "gpu" for _, k in rows),
+        }
+        for worker, rows in by_worker.items()
+    ]
+    return {**nodes[0], "nodes": nodes} if len(nodes) > 1 else nodes[0]
 
 
 # Up to this many waiting runs, one COUNT each; beyond (a list page, the runs list's poll: up to

@@ -32,6 +32,10 @@ REQUESTED_POOL = "COALESCE(NULLIF(r.resources ->> 'pool', ''), 'default')"
 REQUESTED_GPUS = """CASE WHEN jsonb_typeof(r.resources -> 'gpus') = 'number'
                  AND (r.resources ->> 'gpus') ~ '^-?[0-9]{1,9}$'
             THEN (r.resources ->> 'gpus')::integer ELSE 0 END"""
+# A gang's node count (fleet.scheduler.requested_nodes): 1 unless a positive integer.
+REQUESTED_NODES = """CASE WHEN jsonb_typeof(r.resources -> 'nodes') = 'number'
+                 AND (r.resources ->> 'nodes') ~ '^[0-9]{1,4}$'
+            THEN GREATEST(1, (r.resources ->> 'nodes')::integer) ELSE 1 END"""
 # Waiting for admission and due (Postgres; fleet.tail selects the same runs).
 QUEUE_FILTER = "r.status = 'queued' AND r.queue = '' AND (r.not_before IS NULL OR r.not_before <= %(now)s)"
 EFFECTIVE_PRIORITY = """r.priority + LEAST(%(cap)s,
@@ -40,7 +44,7 @@ EFFECTIVE_PRIORITY = """r.priority + LEAST(%(cap)s,
 # Only this module's constants are formatted into the SQL (S608 below).
 _POSTGRES_QUEUE = f"""
 SELECT r.id, r.owner_id, {REQUESTED_POOL} AS pool, {REQUESTED_GPUS} AS gpus,
-       r.priority, r.request_id, r.waiting_reason
+       {REQUESTED_NODES} AS nodes, r.priority, r.request_id, r.waiting_reason
 FROM runs_run r
 WHERE {QUEUE_FILTER}
 ORDER BY {EFFECTIVE_PRIORITY} DESC, r.created_at, r.id
@@ -52,7 +56,7 @@ ORDER BY {EFFECTIVE_PRIORITY} DESC, r.created_at, r.id
 # nosemgrep: raw-sql-string-formatting - only this module's constants; values are %(...)s parameters
 _POSTGRES_CHUNK = f"""
 SELECT r.id, r.owner_id, {REQUESTED_POOL} AS pool, {REQUESTED_GPUS} AS gpus,
-       r.priority, r.request_id, r.waiting_reason, r.effective, r.created_at
+       {REQUESTED_NODES} AS nodes, r.priority, r.request_id, r.waiting_reason, r.effective, r.created_at
 FROM (SELECT r.id, r.owner_id, r.resources, r.priority, r.request_id, r.waiting_reason, r.created_at,
              {EFFECTIVE_PRIORITY} AS effective
       FROM runs_run r
@@ -70,6 +74,8 @@ SELECT r.id, r.owner_id,
        COALESCE(NULLIF(json_extract(r.resources, '$.pool'), ''), 'default') AS pool,
        CASE WHEN json_type(r.resources, '$.gpus') = 'integer'
             THEN json_extract(r.resources, '$.gpus') ELSE 0 END AS gpus,
+       CASE WHEN json_type(r.resources, '$.nodes') = 'integer'
+            THEN MAX(1, json_extract(r.resources, '$.nodes')) ELSE 1 END AS nodes,
        r.priority, r.request_id, r.waiting_reason
 FROM runs_run r
 WHERE r.status = 'queued' AND r.queue = '' AND (r.not_before IS NULL OR r.not_before <= %(now)s)
@@ -143,8 +149,8 @@ def queue_owners(now: datetime) -> dict[int, int]:
 
 def _candidates(rows: list[tuple[Any, ...]], names: dict[int, str]) -> list[Candidate]:
     return [
-        Candidate(run_id, owner_id, names.get(owner_id, ""), pool, gpus, priority, None, request_id)
-        for run_id, owner_id, pool, gpus, priority, request_id, *_ in rows
+        Candidate(run_id, owner_id, names.get(owner_id, ""), pool, gpus, priority, None, request_id, nodes)
+        for run_id, owner_id, pool, gpus, nodes, priority, request_id, *_ in rows
     ]
 
 
@@ -166,10 +172,10 @@ def queue_chunks(
             rows = cursor.fetchall()
         if not rows:
             return
-        yield _candidates(rows, names), {row[0]: row[6] for row in rows}
+        yield _candidates(rows, names), {row[0]: row[7] for row in rows}
         if len(rows) < size:
             return
-        params.update(after=rows[-1][0], effective=rows[-1][7], created=rows[-1][8])
+        params.update(after=rows[-1][0], effective=rows[-1][8], created=rows[-1][9])
 
 
 def waiting_runs(now: datetime, aging_minutes: float) -> tuple[list[Candidate], dict[int, str]]:
@@ -181,4 +187,4 @@ def waiting_runs(now: datetime, aging_minutes: float) -> tuple[list[Candidate], 
         rows = cursor.fetchall()
     # Owners' names for the quota reasons: one small query, not a join on every queued row.
     names = dict(User.objects.filter(pk__in={row[1] for row in rows}).values_list("pk", "username"))
-    return _candidates(rows, names), {row[0]: row[6] for row in rows}
+    return _candidates(rows, names), {row[0]: row[7] for row in rows}

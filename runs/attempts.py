@@ -114,6 +114,16 @@ def claim_run(run_id: int, worker: str, *, admitted: Callable[[int], bool] | Non
             return None
         run = Run.objects.get(pk=run_id)
         lifecycle.open_attempt(run_id, run.attempt, worker, now)
+    return _claim_of(run)
+
+
+def joined_claim(run_id: int, attempt: int) -> Claim | None:
+    """The attempt another node of a gang claimed, as this node runs it (fleet.gang); None once over."""
+    run = lifecycle.held_by(run_id, attempt).first()
+    return _claim_of(run) if run is not None else None
+
+
+def _claim_of(run: Run) -> Claim:
     return Claim(
         run_id=run.pk,
         attempt=run.attempt,

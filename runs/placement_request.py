@@ -1,8 +1,8 @@
-"""What a launch asks of the fleet: `resources` (pool, gpus), `priority`, `preemptible`.
+"""What a launch asks of the fleet: `resources` (pool, gpus, nodes), `priority`, `preemptible`.
 
 Shapes and ranges are checked here; whether the pool exists and a worker is big enough is asked
 of the fleet through `runs.launch_hooks` (the fleet sits above runs). Errors name the field:
-`resources.pool`, `resources.gpus`, `priority`, `preemptible`.
+`resources.pool`, `resources.gpus`, `resources.nodes`, `priority`, `preemptible`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from accounts.roles import Role, role_of
 from runs import launch_hooks
 
 MAX_GPUS = 64
+MAX_NODES = 64
 DEFAULT_PRIORITY = 50
 _POOL = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
@@ -49,18 +50,26 @@ def _check_resources(resources: Any, errors: dict[str, str], defaults: Mapping[s
     if not isinstance(resources, dict):
         errors["resources"] = 'must be an object such as {"pool": "a100", "gpus": 2}'
         return {}
-    unknown = sorted(set(resources) - {"pool", "gpus"})
+    unknown = sorted(set(resources) - {"pool", "gpus", "nodes"})
     if unknown:
         errors[f"resources.{str(unknown[0])[:32]}"] = "unknown field"
     pool = resources.get("pool", defaults.get("pool", "default"))
     gpus = resources.get("gpus", defaults.get("gpus", 0))
+    nodes = resources.get("nodes", defaults.get("nodes", 1))
     if not isinstance(pool, str) or not _POOL.match(pool):
         errors["resources.pool"] = "a pool name: lowercase letters, digits, '.', '_', '-' (at most 64)"
     if isinstance(gpus, bool) or not isinstance(gpus, int):
         errors["resources.gpus"] = "must be an integer"
     elif not 0 <= gpus <= MAX_GPUS:
         errors["resources.gpus"] = f"must be between 0 and {MAX_GPUS}"
-    return {"pool": pool, "gpus": gpus}
+    if isinstance(nodes, bool) or not isinstance(nodes, int):
+        errors["resources.nodes"] = "must be an integer"
+    elif not 1 <= nodes <= MAX_NODES:
+        errors["resources.nodes"] = f"must be between 1 and {MAX_NODES}"
+    if nodes == 1:
+        return {"pool": pool, "gpus": gpus}
+    # A gang (docs/distributed.md): `gpus` on each of `nodes` workers, all placed at once.
+    return {"pool": pool, "gpus": gpus, "nodes": nodes}
 
 
 def check_placement(

@@ -22,6 +22,22 @@ SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
+class GangPart:
+    """This worker's node of a multi-node run (fleet/gang.py): torchrun's static rendezvous,
+    whose store node 0's torchrun hosts at `host:port`."""
+
+    rank: int
+    nodes: int
+    host: str
+    port: int
+    join_seconds: int
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class Launch:
     """One attempt's program, ready to start."""
 
@@ -36,6 +52,7 @@ class Launch:
     # The GPU indices the fleet reserved for this attempt (() for a CPU slot); None: a run
     # dispatched without the fleet, which sees the worker's own CUDA_VISIBLE_DEVICES.
     gpus: tuple[int, ...] | None = None
+    gang: GangPart | None = None  # a multi-node run's node; None: one node
 
     def processes_per_node(self) -> int:
         """How many processes a torchrun program starts: one per reserved GPU; on a CPU slot, the
@@ -64,12 +81,26 @@ class Launch:
             sys.executable,
             "-m",
             "torch.distributed.run",
-            "--standalone",
-            "--nnodes=1",
+            *self._rendezvous(),
             f"--nproc-per-node={self.processes_per_node()}",
             "--max-restarts=0",
             "--no-python",
             *command,
+        )
+
+    def _rendezvous(self) -> tuple[str, ...]:
+        """One node: the launcher's own c10d store on a port the kernel picks. A gang: the static
+        rendezvous at node 0's published endpoint, waiting for the others as long as they may take
+        to join."""
+        gang = self.gang
+        if gang is None:
+            return ("--standalone", "--nnodes=1")
+        return (
+            f"--nnodes={gang.nodes}",
+            f"--node-rank={gang.rank}",
+            f"--master-addr={gang.host}",
+            f"--master-port={gang.port}",
+            f"--rdzv-conf=timeout={gang.join_seconds}",
         )
 
     def environment(self, events_fd: int, events_socket: Path | None = None) -> dict[str, str]:
@@ -97,6 +128,15 @@ class Launch:
         if self.gpus is not None:
             # Exactly its devices: two runs on one host never see each other's GPUs.
             env["CUDA_VISIBLE_DEVICES"] = env["CONTROLPLANE_GPUS"] = ",".join(str(i) for i in self.gpus)
+        if self.gang is not None:
+            # For any program of a gang; torchrun gives its workers their own MASTER_* as well.
+            env.update(
+                CONTROLPLANE_NODE_RANK=str(self.gang.rank),
+                CONTROLPLANE_NODES=str(self.gang.nodes),
+                CONTROLPLANE_RENDEZVOUS=self.gang.endpoint,
+                MASTER_ADDR=self.gang.host,
+                MASTER_PORT=str(self.gang.port),
+            )
         if self.resume_from is not None:
             env["CONTROLPLANE_RESUME_FROM"] = self.resume_from
         if self.dataset is not None:

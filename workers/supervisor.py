@@ -19,7 +19,8 @@ import structlog
 from django.conf import settings
 from django.utils import timezone
 
-from fleet.admission import Seat
+from fleet import gang as fleet_gang
+from fleet.admission import NodeSeat, Seat
 from ops import worker_metrics
 from redaction import Redactor, registry
 from runs import attempts
@@ -30,8 +31,9 @@ from runs.selectors import dispatch_record, launch_record
 from runs.storage import StorageUnavailable, run_dir
 from workers.code import program_for, unpack_snapshot
 from workers.failures import classify_exit
+from workers.gang import lease_beat, open_gang, others_failed, wait_to_join
 from workers.ingest import Ingest
-from workers.launch import Launch
+from workers.launch import GangPart, Launch
 from workers.preparation import choose_checkpoint, resolve_run_secrets, stage_run_dataset
 from workers.process import ProgramProcess
 from workers.registry import active_supervisors
@@ -76,12 +78,14 @@ class Supervisor:
         self._ingest: Ingest
         self._writer: AttemptWriter
         self._launched_at: datetime  # set once the program started (the system metrics' origin)
+        self._gang: GangPart | None = None  # this worker's node of a multi-node run
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def run(self) -> str:
         """Supervise one attempt; returns what happened (for logs and tests)."""
-        claim = attempts.claim_run(self.run_id, self.worker, admitted=self.seat.admits if self.seat else None)
+        node = self.seat.node(self.run_id) if self.seat else None
+        claim = self._claim(node)
         if claim is None:
             self.log.info("run_not_claimed", reason="not queued (duplicate delivery or cancelled)")
             return "not_claimed"
@@ -95,6 +99,20 @@ class Supervisor:
                 registry.discard(self._redaction)
             worker_metrics.supervision_ended(self.run_id)
             self._process.end_group()
+
+    def _claim(self, node: NodeSeat | None) -> Claim | None:
+        """Claim the run; of a gang (fleet/gang.py), node 0 claims it and publishes the
+        rendezvous, and every other node joins the attempt node 0 opened."""
+        if node is not None and node.rank > 0 and self.seat is not None:
+            joined = wait_to_join(self.run_id, self.seat, node, self._shutdown)
+            if joined is None:
+                return None
+            self._gang = joined[1]
+            return joined[0]
+        claim = attempts.claim_run(self.run_id, self.worker, admitted=self.seat.admits if self.seat else None)
+        if claim is not None and node is not None and self.seat is not None:
+            self._gang = open_gang(claim, node, self.seat.worker_name)
+        return claim
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
@@ -195,7 +213,16 @@ class Supervisor:
             return failure
         gpus = self.seat.gpus(self.run_id) if self.seat else None
         return Launch(
-            self.run_id, program, claim, directory, params_file, resume_from, dataset, secrets, gpus
+            self.run_id,
+            program,
+            claim,
+            directory,
+            params_file,
+            resume_from,
+            dataset,
+            secrets,
+            gpus,
+            self._gang,
         )
 
     def _start(self, launch: Launch) -> None:
@@ -228,13 +255,25 @@ class Supervisor:
             shutdown=self._shutdown,
             log=self.log,
             sampler=self._sampler(launch),
+            beat=lease_beat(claim, self._gang),
         )
         exit_code = watch.run()
         if self._writer.fenced_off:
             self.log.warning("attempt_abandoned", reason="lease lost or run taken by another attempt")
             return "abandoned"
+        gang = self._gang
+        where = f" on node {gang.rank}" if gang else ""
+        self._writer.say(system_line(f"process exited with code {exit_code}{where}"))
+        if gang is not None and gang.rank > 0:
+            return self._end_node(claim, gang, exit_code)
         outcome = self._outcome(claim, exit_code, timed_out=watch.timed_out)
-        self._writer.say(system_line(f"process exited with code {exit_code}"))
+        broken = watch.gang_failure  # the watch stopped the program for it
+        if broken is None and gang is not None and outcome.status in (RunStatus.SUCCEEDED, RunStatus.FAILED):
+            broken = others_failed(claim, gang)
+        if broken is not None:
+            # The whole gang's attempt ends: failed as infrastructure, so retried where it may be.
+            message = f"the run's gang broke: {broken}"
+            outcome = Outcome(RunStatus.FAILED, exit_code, ErrorKind.INFRASTRUCTURE, "node_lost", message)
         if not self._writer.final_flush(directory):
             # The lease will expire and the reconciler will conclude the attempt.
             return "abandoned"
@@ -249,6 +288,13 @@ class Supervisor:
             error_kind=outcome.error_kind,
         )
         return str(status)
+
+    def _end_node(self, claim: Claim, gang: GangPart, exit_code: int) -> str:
+        """A node other than 0: its lines flushed and its end reported; node 0 records the run."""
+        self._writer.final_flush()
+        fleet_gang.report_exit(self.run_id, claim.attempt, gang.rank, exit_code)
+        self.log.info("gang_node_finished", node_rank=gang.rank, exit_code=exit_code)
+        return "node_finished"
 
     def _sampler(self, launch: Launch) -> SystemSampler | None:
         """System metrics of the program's process group (the guardian leads it) and its GPUs."""

@@ -18,12 +18,13 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from django.db import DatabaseError, close_old_connections
 
+from fleet.gang import GangBroken
 from runs import attempts
 from runs.attempts import Claim, StaleAttempt, system_line
 from runs.models import RunStatus
@@ -59,6 +60,7 @@ class Watch:
         shutdown: threading.Event,
         log: Any,
         sampler: SystemSampler | None = None,
+        beat: Callable[[], str] | None = None,
     ) -> None:
         self.claim = claim
         self.directory = directory
@@ -71,6 +73,9 @@ class Watch:
         # System metrics of the program's group (workers/sampling.py); None: disabled.
         self.sampler = sampler
         self.timed_out = False
+        # The heartbeat: renew the lease and return the run's status (workers/gang.py for a gang).
+        self.beat = beat or (lambda: attempts.renew_lease(claim.run_id, claim.attempt))
+        self.gang_failure: str | None = None  # another node of the gang is gone or failed
         self.flush_every = float(config["FLUSH_INTERVAL_SECONDS"])
         self.heartbeat_every = float(config["HEARTBEAT_SECONDS"])
         self.lease_seconds = float(config["LEASE_SECONDS"])
@@ -172,7 +177,7 @@ class Watch:
             return
         try:
             if now >= self._next_heartbeat:
-                status = attempts.renew_lease(self.claim.run_id, self.claim.attempt)
+                status = self.beat()
                 self._last_renewal = now
                 self._next_heartbeat = now + self.heartbeat_every
             else:
@@ -183,6 +188,11 @@ class Watch:
                 self._terminate("preempted by a higher-priority run" if preempted else "cancel requested")
         except StaleAttempt:
             self.writer.fence_off()
+        except GangBroken as broken:  # raised after the lease was renewed
+            self._last_renewal, self._next_heartbeat = now, now + self.heartbeat_every
+            if self.gang_failure is None:
+                self.gang_failure = str(broken)
+                self._terminate(f"the run's gang broke: {broken}")
         except DatabaseError as error:
             self.log.warning("heartbeat_failed", error=str(error)[:200])
             close_old_connections()

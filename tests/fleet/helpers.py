@@ -21,15 +21,18 @@ def cpu_worker(name: str, slots: int = 1, pool: str = "default") -> Worker:
     return register(name, pool, [DeviceSpec(i, DeviceKind.SLOT) for i in range(slots)])
 
 
-def waiting_run(owner: User, *, pool: str = "a100", gpus: int = 1, priority: int = 50, **fields: Any) -> Run:
-    """A launched run waiting for admission (queue ''), as do_launch_run leaves it."""
+def waiting_run(
+    owner: User, *, pool: str = "a100", gpus: int = 1, priority: int = 50, nodes: int = 1, **fields: Any
+) -> Run:
+    """A launched run waiting for admission (queue ''), as do_launch_run leaves it; `nodes` > 1:
+    a gang."""
     return lifecycle.create_run(
         {
             "name": "r",
             "owner": owner,
             "program": "scripted",
             "queue": "",
-            "resources": {"pool": pool, "gpus": gpus},
+            "resources": {"pool": pool, "gpus": gpus, **({"nodes": nodes} if nodes > 1 else {})},
             "priority": priority,
             **fields,
         },

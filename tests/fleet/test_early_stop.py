@@ -74,6 +74,11 @@ def a_busy_fleet_with_every_kind_of_reason() -> None:
     for _ in range(60):
         pool, gpus = rng.choice(shapes)
         waiting_run(rng.choice((alice, bob, carol)), pool=pool, gpus=gpus, priority=rng.randint(0, 100))
+    # Gangs: one that fits (two a100 workers have 2 GPUs), one too big (one has 4), slots for 2.
+    for pool, gpus in [("a100", 2), ("a100", 4), ("default", 0), ("a100", 1)] * 3:
+        waiting_run(
+            rng.choice((alice, bob, carol)), pool=pool, gpus=gpus, nodes=2, priority=rng.randint(0, 100)
+        )
     # Reasons of an earlier pass that no longer hold: the tail's must be rewritten, not kept.
     Run.objects.update(waiting_reason="stale")
 

@@ -1,0 +1,181 @@
+"""Multi-node runs (`"resources": {"nodes": 2}`) through two real Celery workers as two hosts
+would run them: each with its own data and runs directories, nothing shared but Postgres and the
+broker, torchrun's static rendezvous over loopback (gloo). The scheduler places both nodes or
+none; node 0's worker claims the run and publishes the rendezvous; node 1's joins that attempt.
+A tinygpt DDP run ends with each step reported once, its checkpoints and its model; a node that
+dies ends the whole attempt (node_lost) and no rank of either node outlives it."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+
+from fleet.models import GangNode, Reservation, Worker
+from runs.models import Artifact, Checkpoint, LogLine, MetricPoint, Run, RunAttempt, RunStatus
+from runs.services import check_launch, do_launch_run
+from tests.conftest import (
+    ROOT,
+    _stop,
+    celery_worker_command,
+    free_port,
+    make_user,
+    process_alive,
+    stack_env,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
+TERMINAL = {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.DEAD}
+RANK_LINE = re.compile(r"^rank (\d)/(\d) pid (\d+) session (\d+)$")
+
+
+@dataclass
+class Node:
+    name: str
+    process: subprocess.Popen[bytes]
+    runs_dir: Path
+
+
+@dataclass
+class Pair:
+    pool: str
+    nodes: dict[str, Node]
+
+
+def start_node(pool: str, name: str, root: Path) -> Node:
+    queue = f"{pool}-{name}"
+    env = stack_env(root / "data")
+    env.update(
+        CONTROLPLANE_DATA_DIR=str(root / "data"),
+        CONTROLPLANE_RUNS_DIR=str(root / "runs"),
+        CONTROLPLANE_DEFAULT_QUEUE=queue,
+        CONTROLPLANE_READY_QUEUES=queue,
+        CONTROLPLANE_WORKER_POOL=pool,
+        CONTROLPLANE_WORKER_SLOTS="1",
+        CONTROLPLANE_WORKER_ADDRESS="127.0.0.1",
+        CONTROLPLANE_LEASE_SECONDS="12",
+        CONTROLPLANE_CANCEL_GRACE_SECONDS="3",
+        CONTROLPLANE_GANG_EXIT_WAIT_SECONDS="20",
+    )
+    log = (root / "worker.log").open("wb")
+    process = subprocess.Popen(
+        celery_worker_command(queue, f"{queue}@%h"), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    wait_for(lambda: b"ready." in (root / "worker.log").read_bytes(), 90, message=f"worker {name}")
+    return Node(f"{queue}@", process, root / "runs")
+
+
+@pytest.fixture(scope="module")
+def pair(
+    django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pair]:
+    pool = f"gang{free_port()}"  # a pool of its own: other suites' workers share the fleet tables
+    nodes = {name: start_node(pool, name, tmp_path_factory.mktemp(f"host-{name}")) for name in ("a", "b")}
+    try:
+        yield Pair(pool, nodes)
+    finally:
+        for node in nodes.values():
+            _stop(node.process)
+
+
+@pytest.fixture
+def owner(pair: Pair, transactional_db: Any) -> User:
+    return make_user("gus", "operator")
+
+
+def launch(owner: User, pair: Pair, program: str, params: dict[str, Any]) -> Run:
+    """Launch a two-node run once both workers are registered (a transactional test empties the
+    tables; each worker's next heartbeat registers it anew)."""
+    wait_for(lambda: Worker.objects.filter(pool=pair.pool).count() == 2, 30, message="both workers")
+    request = check_launch(
+        name=program,
+        program=program,
+        params=params,
+        owner=owner,
+        fleet={"resources": {"pool": pair.pool, "nodes": 2}},
+    )
+    return do_launch_run(owner, request)
+
+
+def finished(run: Run, timeout: float) -> Run:
+    def done() -> Run | None:
+        current = Run.objects.get(pk=run.pk)
+        return current if current.status in TERMINAL else None
+
+    result: Run = wait_for(done, timeout, interval=0.5, message=f"run {run.pk} to end")
+    return result
+
+
+def log_lines(run: Run) -> list[str]:
+    return list(LogLine.objects.filter(run=run).order_by("seq").values_list("line", flat=True))
+
+
+def test_a_two_node_tinygpt_run_trains_across_both_workers_and_reports_once(owner: User, pair: Pair) -> None:
+    run = launch(owner, pair, "tinygpt-nodes", {})
+    ranks = dict(Reservation.objects.filter(run=run).values_list("node_rank", "device__worker__name"))
+    assert sorted(ranks) == [0, 1] and len(set(ranks.values())) == 2  # one node on each worker
+    run = finished(run, 300)
+    lines = log_lines(run)
+    assert run.status == RunStatus.SUCCEEDED, lines[-40:]
+    # Each node's supervisor started its part of one torchrun job: the static rendezvous that
+    # node 0 published, every rank of the world of two.
+    starts = [line for line in lines if "torch.distributed.run" in line]
+    assert len(starts) == 2, starts
+    assert any("--node-rank=0" in line for line in starts) and any("--node-rank=1" in line for line in starts)
+    assert all("--nnodes=2" in line and "--master-addr=127.0.0.1" in line for line in starts)
+    assert any(line.startswith("[rank 0/2] tinygpt: device=cpu") for line in lines)
+    assert any(line.startswith("[rank 1/2] tinygpt: device=cpu") for line in lines)  # node 1's rank
+    # Reported by global rank 0 only: each step once, whichever node's ranks trained it.
+    points = MetricPoint.objects.filter(series__run=run)
+    train = list(points.filter(series__key="train/loss").order_by("step").values_list("step", flat=True))
+    assert train == list(range(1, 13))
+    val = dict(points.filter(series__key="val/loss").values_list("step", "value"))
+    assert sorted(val) == [6, 12] and all(value is not None and 2.0 < value < 6.0 for value in val.values())
+    assert sorted(Checkpoint.objects.filter(run=run).values_list("step", flat=True)) == [6, 12]
+    assert Artifact.objects.get(run=run).name == "model.safetensors"
+    nodes = {row.node_rank: row for row in GangNode.objects.filter(run=run, attempt=1)}
+    assert sorted(nodes) == [0, 1] and nodes[0].endpoint.startswith("127.0.0.1:") and nodes[1].exit_code == 0
+    # Only node 0's host has the checkpoints and the model: node 1 trained, rank 0 wrote.
+    node0 = next(n for n in pair.nodes.values() if ranks[0].startswith(n.name))
+    node1 = next(n for n in pair.nodes.values() if ranks[1].startswith(n.name))
+    assert (node0.runs_dir / str(run.pk) / "checkpoints").is_dir()
+    assert (node1.runs_dir / str(run.pk)).is_dir() and not (
+        node1.runs_dir / str(run.pk) / "checkpoints"
+    ).exists()
+    assert not Reservation.objects.filter(run=run).exists()  # the gang's devices are free again
+
+
+def test_a_dead_node_ends_the_whole_attempt_and_every_rank_of_both_nodes(owner: User, pair: Pair) -> None:
+    run = launch(owner, pair, "ranks", {"nproc_per_node": 1, "ignore_sigterm": True})
+
+    def both() -> dict[int, int] | None:
+        found = {int(m[1]): int(m[3]) for line in log_lines(run) if (m := RANK_LINE.match(line))}
+        return found if len(found) == 2 else None
+
+    pids: dict[int, int] = wait_for(both, 180, interval=0.5, message="a rank on each node")
+    ranks = dict(Reservation.objects.filter(run=run).values_list("node_rank", "device__worker__name"))
+    node1 = next(n for n in pair.nodes.values() if ranks[1].startswith(n.name))
+    node1.process.send_signal(signal.SIGKILL)
+    node1.process.wait(timeout=30)
+    # Node 0 sees node 1's heartbeat stop (lease 12 s), ends its own ranks and records the
+    # attempt as an infrastructure failure of the gang; node 1's guardian ended its rank.
+    attempt: RunAttempt = wait_for(
+        lambda: RunAttempt.objects.filter(run=run, number=1).exclude(finished_at=None).first(),
+        90,
+        interval=0.5,
+        message="the attempt to end",
+    )
+    assert (attempt.error_kind, attempt.error_code) == ("infrastructure", "node_lost"), attempt.error_message
+    assert "node 1" in attempt.error_message and "was lost" in attempt.error_message
+    wait_for(lambda: not any(process_alive(pid) for pid in pids.values()), 30, message="every rank to end")
+    run.refresh_from_db()
+    assert run.status in {RunStatus.QUEUED, RunStatus.FAILED}  # retried as a whole, or failed
+    assert not Reservation.objects.filter(run=run, device__worker__name=ranks[0]).exists()
