@@ -14,6 +14,7 @@ import queue
 import socket
 import threading
 from datetime import datetime
+from pathlib import Path
 
 import structlog
 from django.conf import settings
@@ -194,15 +195,9 @@ class Supervisor:
         params_file = directory / "params.json"
         params_file.write_text(json.dumps(claim.params, indent=2, sort_keys=True))
         say = self._writer.say
-        resume_from = None
-        if claim.attempt > 1:
-            try:
-                resume_from = choose_checkpoint(self.run_id, claim.attempt, directory, say, self.log)
-            except StorageUnavailable as error:  # transient: the attempt is retried later
-                message = f"the checkpoint store is unavailable: {error}"
-                return Outcome(
-                    RunStatus.FAILED, None, ErrorKind.INFRASTRUCTURE, "storage_unavailable", message
-                )
+        resume_from = self._resume_point(claim, directory) if claim.attempt > 1 else None
+        if isinstance(resume_from, Outcome):
+            return resume_from
         if isinstance(claim.params.get("dataset_url"), str) and claim.params["dataset_url"]:
             # Shown (flushed) before a download that may take a while.
             say(system_line(f"staging the dataset from {str(claim.params['dataset_url'])[:200]}"))
@@ -288,6 +283,29 @@ class Supervisor:
             error_kind=outcome.error_kind,
         )
         return str(status)
+
+    def _resume_point(self, claim: Claim, directory: Path) -> str | Outcome | None:
+        """The checkpoint a later attempt resumes from (None: from scratch), or why it cannot start.
+        A gang's node that cannot read the checkpoint node 0 resumes from must not train from
+        scratch beside it: the attempt fails, saying what the nodes need."""
+        try:
+            resume_from = choose_checkpoint(self.run_id, claim.attempt, directory, self._writer.say, self.log)
+        except StorageUnavailable as error:  # transient: the attempt is retried later
+            message = f"the checkpoint store is unavailable: {error}"
+            return Outcome(RunStatus.FAILED, None, ErrorKind.INFRASTRUCTURE, "storage_unavailable", message)
+        gang = self._gang
+        if (
+            resume_from is None
+            and gang is not None
+            and gang.rank > 0
+            and attempts.resume_candidates(self.run_id)
+        ):
+            message = (
+                f"node {gang.rank} cannot read any checkpoint of the run: the nodes of a multi-node run "
+                "need one store (CONTROLPLANE_STORAGE_URL=s3://... or a shared volume)"
+            )
+            return Outcome(RunStatus.FAILED, None, ErrorKind.CONFIG, "checkpoints_not_shared", message)
+        return resume_from
 
     def _end_node(self, claim: Claim, gang: GangPart, exit_code: int) -> str:
         """A node other than 0: its lines flushed and its end reported; node 0 records the run."""

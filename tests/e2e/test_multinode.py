@@ -31,6 +31,7 @@ from tests.conftest import (
     stack_env,
     wait_for,
 )
+from tests.storage.s3server import MotoServer, aws_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
 TERMINAL = {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.DEAD}
@@ -42,6 +43,18 @@ class Node:
     name: str
     process: subprocess.Popen[bytes]
     runs_dir: Path
+    command: list[str]
+    env: dict[str, str]
+    log: Path
+
+    def restart(self) -> None:
+        """The same worker (name, queue, directories) started again, as a host comes back."""
+        before = self.log.read_bytes().count(b"ready.")
+        output = self.log.open("ab")
+        self.process = subprocess.Popen(
+            self.command, cwd=ROOT, env=self.env, stdout=output, stderr=subprocess.STDOUT
+        )
+        wait_for(lambda: self.log.read_bytes().count(b"ready.") > before, 90, message=f"{self.name} back")
 
 
 @dataclass
@@ -50,7 +63,7 @@ class Pair:
     nodes: dict[str, Node]
 
 
-def start_node(pool: str, name: str, root: Path) -> Node:
+def start_node(pool: str, name: str, root: Path, **extra: str) -> Node:
     queue = f"{pool}-{name}"
     env = stack_env(root / "data")
     env.update(
@@ -64,13 +77,15 @@ def start_node(pool: str, name: str, root: Path) -> Node:
         CONTROLPLANE_LEASE_SECONDS="12",
         CONTROLPLANE_CANCEL_GRACE_SECONDS="3",
         CONTROLPLANE_GANG_EXIT_WAIT_SECONDS="20",
+        CONTROLPLANE_RETRY_BASE_SECONDS="0",
+        **extra,
     )
-    log = (root / "worker.log").open("wb")
-    process = subprocess.Popen(
-        celery_worker_command(queue, f"{queue}@%h"), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    wait_for(lambda: b"ready." in (root / "worker.log").read_bytes(), 90, message=f"worker {name}")
-    return Node(f"{queue}@", process, root / "runs")
+    root.mkdir(parents=True, exist_ok=True)
+    log = root / "worker.log"
+    command = celery_worker_command(queue, f"{queue}@%h")
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    wait_for(lambda: b"ready." in log.read_bytes(), 90, message=f"worker {name}")
+    return Node(f"{queue}@", process, root / "runs", command, env, log)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +104,27 @@ def pair(
 @pytest.fixture
 def owner(pair: Pair, transactional_db: Any) -> User:
     return make_user("gus", "operator")
+
+
+@pytest.fixture
+def bucket_pair(
+    django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pair]:
+    """Two hosts whose checkpoints and artifacts live in one S3 bucket (moto), nothing else shared."""
+    root = tmp_path_factory.mktemp("bucket-pair")
+    server = MotoServer(root / "moto.log")
+    server.client().create_bucket(Bucket="gang")
+    extra = {"CONTROLPLANE_STORAGE_URL": "s3://gang/cp", **aws_env(server.url)}
+    pool = f"gangs3{free_port()}"
+    nodes: dict[str, Node] = {}
+    try:
+        for name in ("a", "b"):
+            nodes[name] = start_node(pool, name, root / name, **extra)
+        yield Pair(pool, nodes)
+    finally:
+        for node in nodes.values():
+            _stop(node.process)
+        server.stop()
 
 
 def launch(owner: User, pair: Pair, program: str, params: dict[str, Any]) -> Run:
@@ -179,3 +215,40 @@ def test_a_dead_node_ends_the_whole_attempt_and_every_rank_of_both_nodes(owner: 
     run.refresh_from_db()
     assert run.status in {RunStatus.QUEUED, RunStatus.FAILED}  # retried as a whole, or failed
     assert not Reservation.objects.filter(run=run, device__worker__name=ranks[0]).exists()
+
+
+RESUMED = {"steps": 500, "checkpoint_every": 100, "eval_every": 250}
+
+
+def test_a_gang_whose_node_died_resumes_on_both_nodes_from_the_bucket_and_ends_byte_identical(
+    owner: User, bucket_pair: Pair
+) -> None:
+    reference = finished(launch(owner, bucket_pair, "tinygpt-nodes", RESUMED), 300)
+    assert reference.status == RunStatus.SUCCEEDED, log_lines(reference)[-30:]
+    run = launch(owner, bucket_pair, "tinygpt-nodes", RESUMED)
+    wait_for(
+        lambda: Checkpoint.objects.filter(run=run, step=200).exists(), 240, message="the step-200 checkpoint"
+    )
+    ranks = dict(Reservation.objects.filter(run=run).values_list("node_rank", "device__worker__name"))
+    node1 = next(n for n in bucket_pair.nodes.values() if ranks[1].startswith(n.name))
+    node1.process.send_signal(signal.SIGKILL)
+    node1.process.wait(timeout=30)
+    wait_for(
+        lambda: RunAttempt.objects.filter(run=run, number=1).exclude(finished_at=None).exists(),
+        90,
+        message="node_lost",
+    )
+    node1.restart()  # the host comes back: the gang is placed again, both nodes resume
+    run = finished(run, 300)
+    assert run.status == RunStatus.SUCCEEDED, log_lines(run)[-30:]
+    first, second = RunAttempt.objects.filter(run=run).order_by("number")[:2]
+    assert (
+        first.error_code == "node_lost"
+        and second.resumed_from_step is not None
+        and second.resumed_from_step >= 200
+    )
+    lines = log_lines(run)
+    # Both nodes read the checkpoint from the bucket (each host its own runs directory).
+    assert sum("resuming from the checkpoint of step" in line for line in lines) == 2
+    model = Artifact.objects.get(run=run, name="model.safetensors")
+    assert model.sha256 == Artifact.objects.get(run=reference, name="model.safetensors").sha256
