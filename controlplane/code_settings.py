@@ -1,7 +1,7 @@
 """Settings of what runs execute and where they report from: the programs file and catalog seed,
 code snapshots, tracking mode, multi-node runs (docs/architecture.md "Programs", "Code snapshots",
-"External runs"; docs/distributed.md), from the environment; kept apart so controlplane/settings.py stays under the module size
-limit. settings.py imports each name.
+"External runs"; docs/distributed.md), from the environment; kept apart so
+controlplane/settings.py stays under the module size limit. settings.py imports each name.
 """
 
 from __future__ import annotations

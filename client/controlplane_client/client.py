@@ -15,6 +15,9 @@ from controlplane_client import stream
 from controlplane_client.errors import ClientError, from_response
 from controlplane_client.types import TERMINAL, Artifact, Event, LogPage, Program, Run
 
+# Options of a launch that go into its `resources`.
+RESOURCE_OPTIONS = ("pool", "gpus", "nodes")
+
 
 class Client:
     def __init__(self, url: str, token: str | None = None, *, timeout: float = 30.0) -> None:
@@ -81,11 +84,13 @@ class Client:
         gpus: int | None = None,
         pool: str | None = None,
         priority: int | None = None,
+        nodes: int | None = None,
         **extra: Any,
     ) -> Run:
-        """Launch a run; `gpus`/`pool` become `resources`, sent (like `priority`) only when given."""
+        """Launch a run; `gpus`/`pool`/`nodes` become `resources`, sent (like `priority`) only
+        when given."""
         body: dict[str, Any] = {"name": name or program, "program": program, "params": params or {}}
-        resources = {k: v for k, v in (("pool", pool), ("gpus", gpus)) if v is not None}
+        resources = {k: v for k, v in (("pool", pool), ("gpus", gpus), ("nodes", nodes)) if v is not None}
         if resources:
             body["resources"] = resources
         if priority is not None:
@@ -143,10 +148,10 @@ class Client:
     def launch_snapshot(self, sha256: str, command: list[str], *, name: str, **options: Any) -> Run:
         """Launch `command` in an uploaded snapshot; options as for `launch`."""
         body: dict[str, Any] = {"name": name, "code": {"snapshot": sha256, "command": command}}
-        resources = {k: options.pop(k) for k in ("pool", "gpus") if options.get(k) is not None}
+        resources = {k: options.pop(k) for k in RESOURCE_OPTIONS if options.get(k) is not None}
         if resources:
             body["resources"] = resources
-        body.update({k: v for k, v in options.items() if v is not None and k not in ("pool", "gpus")})
+        body.update({k: v for k, v in options.items() if v is not None and k not in RESOURCE_OPTIONS})
         return cast(Run, self.post_json("/api/v1/runs/", body))
 
     def clone(self, run_id: int) -> Run:

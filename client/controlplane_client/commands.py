@@ -73,7 +73,13 @@ def _launch_code(args: argparse.Namespace, client: Client) -> Run:
         output.say(f"snapshot {short} already uploaded", file=sys.stderr)
     name = args.name or Path(args.code).resolve().name
     return client.launch_snapshot(
-        snapshot["sha256"], command, name=name, gpus=args.gpus, pool=args.pool, priority=args.priority
+        snapshot["sha256"],
+        command,
+        name=name,
+        gpus=args.gpus,
+        pool=args.pool,
+        priority=args.priority,
+        nodes=args.nodes,
     )
 
 
@@ -85,7 +91,13 @@ def launch(args: argparse.Namespace, client: Client) -> int:
     else:
         values = params.build(args.param or [], args.file or [], _schema_of(client, args.program))
         run = client.launch(
-            args.program, values, name=args.name, gpus=args.gpus, pool=args.pool, priority=args.priority
+            args.program,
+            values,
+            name=args.name,
+            gpus=args.gpus,
+            pool=args.pool,
+            priority=args.priority,
+            nodes=args.nodes,
         )
     if args.follow:
         return _follow_and_wait(args, client, run)

@@ -13,6 +13,7 @@ from fleet import gang
 from fleet.admission import NodeSeat, Seat
 from fleet.models import Quota, Reservation
 from fleet.scheduler import schedule_pass
+from fleet.selectors import placements_of
 from runs.attempts import claim_run, joined_claim
 from runs.models import Run
 from runs.placement_request import check_placement
@@ -45,6 +46,11 @@ def test_a_gang_is_placed_on_as_many_workers_as_it_has_nodes_best_fit_first() ->
     assert Seat("four").node(run.pk) == NodeSeat(1, 2)
     assert Seat("one").node(run.pk) is None
     assert Seat("four").gpus(run.pk) == (0, 1)
+    node0, node1 = (
+        {"worker": "two", "devices": [0, 1], "slots": 0},
+        {"worker": "four", "devices": [0, 1], "slots": 0},
+    )
+    assert placements_of([run])[run.pk]["assigned"] == {**node0, "nodes": [node0, node1]}  # the run's JSON
     # Only node 0's worker claims the run; the other joins the attempt it opens.
     assert claim_run(run.pk, "four", admitted=Seat("four").admits) is None
     assert claim_run(run.pk, "two", admitted=Seat("two").admits) is not None
@@ -130,7 +136,7 @@ def test_nodes_join_the_attempt_node_0_opened_once_each_and_node_0_sees_who_is_l
     assert joined_claim(run.pk, claim.attempt) == claim
     assert gang.trouble(run.pk, claim.attempt, 2, started) is None
     lost = timezone.now() + timedelta(seconds=120)
-    assert gang.trouble(run.pk, claim.attempt, 2, started, lost).startswith(f"node 1 ({other}) was lost")
+    assert str(gang.trouble(run.pk, claim.attempt, 2, started, lost)).startswith(f"node 1 ({other}) was lost")
     gang.report_exit(run.pk, claim.attempt, 1, 0)
     assert gang.trouble(run.pk, claim.attempt, 2, started, lost) is None  # ended well: not lost
     assert gang.exits(run.pk, claim.attempt) == {1: 0}

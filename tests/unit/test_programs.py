@@ -68,8 +68,8 @@ def test_a_programs_file_registers_programs_with_their_schema(tmp_path: Path) ->
             r"programs.x.resources.gpus must be between",
         ),
         (
-            "[programs.x]\ncommand = ['a']\nresources = { nodes = 2 }",
-            r"programs.x.resources.nodes unknown field",
+            "[programs.x]\ncommand = ['a']\nresources = { nodes = 0 }",
+            r"programs.x.resources.nodes must be between 1 and 64",
         ),
         ("[programs.x]\ncommand = ['a']\nresources = 'a100'", r"programs.x.resources must be an object"),
         (
