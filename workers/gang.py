@@ -103,6 +103,14 @@ class GangBeat:
         return status
 
 
+def keep_alive(claim: Claim, part: GangPart | None) -> Callable[[], object]:
+    """What keeps the attempt alive while the loop is busy storing a file (workers/lease_keeper.py)."""
+    if part is not None and part.rank > 0:
+        rank = part.rank
+        return lambda: gang.beat(claim.run_id, claim.attempt, rank)
+    return lambda: attempts.renew_lease(claim.run_id, claim.attempt)
+
+
 def lease_beat(claim: Claim, part: GangPart | None) -> Callable[[], str]:
     """The heartbeat of an attempt: the run's lease, plus the gang's own rules for a gang."""
     if part is None:

@@ -32,7 +32,7 @@ from runs.selectors import dispatch_record, launch_record
 from runs.storage import StorageUnavailable, run_dir
 from workers.code import program_for, unpack_snapshot
 from workers.failures import classify_exit
-from workers.gang import lease_beat, open_gang, others_failed, wait_to_join
+from workers.gang import keep_alive, lease_beat, open_gang, others_failed, wait_to_join
 from workers.ingest import Ingest
 from workers.launch import GangPart, Launch
 from workers.preparation import choose_checkpoint, resolve_run_secrets, stage_run_dataset
@@ -128,7 +128,12 @@ class Supervisor:
         self.log = log.bind(run_id=self.run_id, attempt=claim.attempt)
         self._process = ProgramProcess(self.log)
         self._writer = AttemptWriter(
-            self.run_id, claim.attempt, self.config, self.log, on_fenced_off=self._process.kill
+            self.run_id,
+            claim.attempt,
+            self.config,
+            self.log,
+            on_fenced_off=self._process.kill,
+            keep_alive=keep_alive(claim, self._gang),
         )
         self._ingest = Ingest(self.run_id, self._writer, self.log)
 

@@ -24,6 +24,7 @@ from runs.attempts import Batch, Outcome, StaleAttempt, system_line
 from runs.models import RunStatus
 from runs.storage import StorageUnavailable
 from workers.files import register_file
+from workers.lease_keeper import lease_kept
 
 MAX_BACKOFF_SECONDS = 5.0
 # A retry must land before the lease expires, or the reconciler may already requeue the run.
@@ -38,6 +39,7 @@ class AttemptWriter:
         config: Mapping[str, Any],
         log: Any,
         on_fenced_off: Callable[[str], None],
+        keep_alive: Callable[[], object] | None = None,
     ) -> None:
         self.run_id = run_id
         self.attempt = attempt
@@ -50,6 +52,9 @@ class AttemptWriter:
         self._on_fenced_off = on_fenced_off
         self._series_cache: dict[str, int] = {}
         self._dropped_lines = 0
+        # What keeps the attempt alive while a file is stored (workers/lease_keeper.py): the
+        # run's lease; a gang's other nodes beat their own row instead (workers/gang.py).
+        self.keep_alive = keep_alive or (lambda: attempts.renew_lease(run_id, attempt))
 
     def say(self, line: tuple[datetime, str, str]) -> None:
         """Add a line to the batch being built."""
@@ -165,7 +170,10 @@ class AttemptWriter:
         while self.pending_files:
             event = self.pending_files[0]
             try:
-                problem = register_file(self.run_id, self.attempt, directory, event, self.say)
+                with lease_kept(self.keep_alive, float(self.config["HEARTBEAT_SECONDS"]), self.log) as lost:
+                    problem = register_file(self.run_id, self.attempt, directory, event, self.say)
+                if lost.is_set():
+                    raise StaleAttempt("the lease was lost while the file was stored")
             except StaleAttempt:
                 self.fence_off()
                 problem = None

@@ -88,7 +88,8 @@ class FaultProxy:
     """HTTP proxy to the S3 server. `down = True`: every request fails as a dead service would
     (connection closed without an answer); `fail_parts = n`: the next n UploadPart requests get a
     500 InternalError after their body was read (a fault mid-upload); `fail_puts = n`: the same
-    for the next n PUTs of any kind."""
+    for the next n PUTs of any kind; `delay_puts = s`: every PUT with a body is forwarded `s`
+    seconds late (a slow link)."""
 
     def __init__(self, upstream_port: int, port: int | None = None) -> None:
         self.upstream_port = upstream_port
@@ -96,6 +97,7 @@ class FaultProxy:
         self.fail_parts = 0
         self.failed_parts = 0
         self.fail_puts = 0  # any PUT with a body: a whole object or a part
+        self.delay_puts = 0.0
         self.failed_puts = 0
         self.refused = 0
         proxy = self
@@ -113,6 +115,8 @@ class FaultProxy:
                     self.close_connection = True
                     return
                 is_part = "partNumber=" in self.path
+                if self.command == "PUT" and body and proxy.delay_puts:
+                    time.sleep(proxy.delay_puts)
                 if self.command == "PUT" and body and proxy._take_fault(is_part):
                     error = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
                     self.send_response(500)

@@ -5,12 +5,14 @@ model came from; a store that is down keeps the event for the next try."""
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 from django.contrib.auth.models import User
+from django.utils import timezone
 
 from runs import attempts
 from runs.attempts import Claim
@@ -180,3 +182,32 @@ def test_an_artifact_stored_again_by_a_later_attempt_replaces_the_earlier_object
     assert register_file(claim.run_id, second.attempt, tmp_path, event, Said()) is None
     assert objects(moto_server, bucket) == [f"cp/{claim.run_id}/2/model.safetensors"]
     assert Artifact.objects.get(run_id=claim.run_id).sha256 == hashlib.sha256(b"second attempt").hexdigest()
+
+
+def test_a_store_slower_than_the_lease_keeps_the_attempt_alive_while_it_uploads(
+    owner: User,
+    tmp_path: Path,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    moto_server: MotoServer,
+    fault_proxy: FaultProxy,
+) -> None:
+    """A store call blocks the watch loop (a 20 GiB checkpoint takes minutes): the lease is renewed
+    from a thread meanwhile, so the reconciler never takes a busy attempt for a lost one."""
+    use_bucket(settings, monkeypatch, moto_server, fault_proxy.url)
+    settings.CONTROLPLANE = {**settings.CONTROLPLANE, "LEASE_SECONDS": 2.0, "HEARTBEAT_SECONDS": 0.5}
+    claim = claimed(owner)
+    writer = AttemptWriter(
+        claim.run_id, claim.attempt, settings.CONTROLPLANE, structlog.get_logger("tests"), on_fenced_off=print
+    )
+    (tmp_path / "model.safetensors").write_bytes(b"slow" * 1000)
+    writer.pending_files.append({"type": "artifact", "path": "model.safetensors", "kind": "model"})
+    fault_proxy.delay_puts = 3.5  # longer than the whole lease
+    started = timezone.now()
+    assert writer.register_files(tmp_path) is True
+    assert timezone.now() - started >= timedelta(seconds=3.5)
+    run = Run.objects.get(pk=claim.run_id)
+    # Renewed during the upload: without it the lease would have ended 2 s after the claim.
+    assert run.lease_expires_at is not None and run.lease_expires_at > started + timedelta(seconds=3)
+    assert attempts.expire_lease(claim.run_id, timezone.now()) is None  # nothing for the reconciler
+    assert not writer.fenced_off and Artifact.objects.filter(run_id=claim.run_id).exists()
