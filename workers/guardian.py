@@ -100,6 +100,10 @@ def main(argv: list[str]) -> None:
     # the program ended.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A child's end wakes the loop at once (a byte on this pipe), not at its next timeout: the
+    # supervisor learns of the exit, and the device goes to the next run, that much sooner.
+    # Installed before the program starts, so no exit can come before it.
+    child_ended = _wake_on_sigchld()
     become_subreaper()
     events_fd = os.environ.get("CONTROLPLANE_EVENTS_FD")
     pass_fds = (int(events_fd),) if events_fd and events_fd.isdigit() else ()
@@ -116,8 +120,11 @@ def main(argv: list[str]) -> None:
     for fd in pass_fds:
         os.close(fd)
     while True:
-        ready, _, _ = select.select([lifeline], [], [], 0.5)
-        if ready and not os.read(lifeline, 1):
+        ready, _, _ = select.select([lifeline, child_ended], [], [], 0.5)
+        if child_ended in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(child_ended, 512)
+        if lifeline in ready and not os.read(lifeline, 1):
             # Its stderr is a pipe to the supervisor that just died: a write raises EPIPE there,
             # which must not end the guardian before it has ended the program.
             with contextlib.suppress(OSError):
@@ -129,6 +136,16 @@ def main(argv: list[str]) -> None:
         if returncode is not None:
             _end_escaped_descendants()
             _exit_like(returncode)
+
+
+def _wake_on_sigchld() -> int:
+    """The read end of a pipe that gets a byte whenever SIGCHLD arrives."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)  # a handler, so the fd is written
+    return read_end
 
 
 def _restore_signals() -> None:

@@ -16,6 +16,7 @@ loop flushes it first, so the queue fills and the program waits (backpressure, w
 from __future__ import annotations
 
 import queue
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -100,7 +101,7 @@ class Watch:
             self._flush_if_due(now)
             self._poll_run_if_due(now)
             self._enforce_limits(now)
-            if exited_at is None and self.process.popen.poll() is not None:
+            if exited_at is None and self._exited():
                 exited_at = now
             if exited_at is None and self.sampler is not None:
                 # Only while the program runs: an exited group has nothing left to measure.
@@ -109,6 +110,17 @@ class Watch:
                 break
         self._drain()
         return self.process.popen.returncode
+
+    def _exited(self) -> bool:
+        """Whether the program (its guardian) has exited. Once its pipes are closed it is about to:
+        wait for it briefly rather than until the loop's next timer (up to a flush interval)."""
+        assert self.process.popen is not None
+        if self._open_streams == 0:
+            try:
+                self.process.popen.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                return False
+        return self.process.popen.poll() is not None
 
     def _drain(self) -> None:
         """Take every line still queued once the program is gone, in bounded batches: a full
