@@ -6,7 +6,7 @@ stream of 1,000 lines/s.
     (performance.mark), read here as milliseconds from navigation start. Target: first log
     line < 1,000 ms.
 (b) Streaming: the page stays open while this process writes 250 lines (and a metric point per
-    line) every 250 ms through `runs.attempts.write_batch`, the supervisor's own path (COPY,
+    line) every 250 ms through `runs.batches.write_batch`, the supervisor's own path (COPY,
     commit, frame published on Redis), for `--seconds`. The page measures its frames with
     requestAnimationFrame and its long tasks (PerformanceObserver); also: rows in the DOM, lines
     received, and a scroll up in the middle (the view must stay where the reader put it).
@@ -133,7 +133,7 @@ class Writer(threading.Thread):
     def run(self) -> None:
         from django.db import connection
 
-        from runs.attempts import Batch, write_batch
+        from runs.batches import Batch, write_batch
 
         cache: dict[str, int] = {}
         per_batch = self.rate // 4

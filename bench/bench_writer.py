@@ -1,6 +1,6 @@
 """Supervisor batch writer throughput against a raw COPY, same table, same batching.
 
-(a) ``runs.attempts.write_batch(run_id, 1, Batch(lines=[...]), {})`` -- what the supervisor calls
+(a) ``runs.batches.write_batch(run_id, 1, Batch(lines=[...]), {})`` -- what the supervisor calls
     on every flush: the fenced ``UPDATE ... RETURNING`` that reserves seqs, the COPY of the lines,
     the commit, and the on-commit publish of the frame to the channel layer (Redis pub/sub unless
     ``--no-redis``). The publishes are fire-and-forget on a background thread in the same
@@ -116,7 +116,7 @@ def run_writer_lines(
     run_id: int, batches: list[list[Any]], tracker: PublishTracker
 ) -> tuple[float, float, int]:
     """Returns (seconds until the last commit, seconds including the publishes' drain, frames sent)."""
-    from runs.attempts import Batch, write_batch
+    from runs.batches import Batch, write_batch
 
     started = time.perf_counter()
     for lines in batches:
@@ -146,7 +146,7 @@ def run_copy_lines(
 def run_writer_points(
     run_id: int, batches: list[list[Any]], cache: dict[str, int], tracker: PublishTracker
 ) -> float:
-    from runs.attempts import Batch, write_batch
+    from runs.batches import Batch, write_batch
 
     started = time.perf_counter()
     for points in batches:

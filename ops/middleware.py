@@ -22,6 +22,7 @@ from ops.inputs import InvalidInput, check_pairs, text_problem
 from ops.metrics import HTTP_REQUESTS_REJECTED
 from ops.metrics_access import refusal
 from ops.request_id import clean_request_id, enter_request, leave_request
+from ops.transactions import transaction_statuses
 
 log = structlog.get_logger(__name__)
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -154,9 +155,7 @@ def _all_rolled_back(transactions: set[int]) -> bool:
     tell), means the request may have changed data: not repeated."""
     deadline = time.monotonic() + RETRY_CONNECT_SECONDS
     while True:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT txid_status(t) FROM unnest(%s::bigint[]) AS t", [sorted(transactions)])
-            statuses = {row[0] for row in cursor.fetchall()}
+        statuses = set(transaction_statuses(transactions).values())
         if statuses == {"aborted"}:
             return True
         if "in progress" not in statuses or time.monotonic() > deadline:

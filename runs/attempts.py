@@ -1,4 +1,4 @@
-"""Writes made by the supervisor of one run attempt.
+"""Writes made by the supervisor of one run attempt (its batches of lines and points: runs/batches.py).
 
 Every write names the attempt it belongs to and matches no row once another attempt has taken
 the run: that is the fencing that keeps a stale supervisor (a redelivered task, a worker back
@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from redaction import redact, redact_value
-from runs import events, lifecycle
-from runs.ingest import PointText, insert_log_lines, write_batch_points
+from runs import lifecycle
 from runs.lifecycle import LIVE_STATUSES, Trigger
 from runs.models import Artifact, Checkpoint, ErrorKind, LogStream, Run, RunAttempt, RunStatus
 from runs.reliability import after_failure
@@ -45,29 +44,6 @@ class Claim:
     kind: str = "program"
     snapshot: str | None = None  # a code run's snapshot (sha256) and its command
     command: tuple[str, ...] = ()
-
-
-@dataclass
-class Batch:
-    """What a supervisor collected since its last flush."""
-
-    lines: list[tuple[datetime, str, str]] = field(default_factory=list)  # ts, stream, line
-    points: list[tuple[str, int, float | None, datetime]] = field(default_factory=list)
-    progress: tuple[int, int | None] | None = None
-    phase: str | None = None
-    device: str | None = None
-    nbytes: int = 0  # bytes of program output taken into it (the supervisor's batch bound)
-    # The points pre-formatted for COPY by the events reader thread; used only while they cover
-    # every point (text_points == len(points)), else the points are formatted at write time.
-    texts: list[PointText] = field(default_factory=list)
-    text_points: int = 0
-
-    def __bool__(self) -> bool:
-        return bool(self.lines or self.points or self.progress or self.phase or self.device)
-
-    @property
-    def rows(self) -> int:
-        return len(self.lines) + len(self.points)
 
 
 def _lease_deadline(now: datetime) -> datetime:
@@ -163,67 +139,6 @@ def current_status(run_id: int, attempt: int) -> str:
     if row is None or row not in LIVE_STATUSES:
         raise StaleAttempt(f"run {run_id} attempt {attempt} is no longer live")
     return str(row)
-
-
-def _reserve_seq(run_id: int, attempt: int, count: int, batch: Batch) -> int:
-    """Reserve `count` seqs under the fencing condition; returns the last seq reserved."""
-    assignments = ["log_seq = log_seq + %s", "updated_at = %s"]
-    values: list[Any] = [count, timezone.now()]
-    if batch.progress is not None:
-        assignments += ["progress_step = %s", "progress_total = %s"]
-        values += list(batch.progress)
-    if batch.phase is not None:
-        assignments.append("phase = %s")
-        values.append(batch.phase[:32])
-    if batch.device is not None:
-        assignments.append("device = %s")
-        values.append(batch.device[:64])
-    table = Run._meta.db_table
-    live = sorted(LIVE_STATUSES)  # the fencing condition of `lifecycle.held_by`, in SQL
-    sql = (  # nosemgrep: raw-sql-string-formatting - the SET list is this function's own literals
-        f"UPDATE {table} SET {', '.join(assignments)} "  # noqa: S608 - only our own column names
-        f"WHERE id = %s AND attempt = %s AND status IN ({', '.join(['%s'] * len(live))}) RETURNING log_seq"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*values, run_id, attempt, *live])
-        row = cursor.fetchone()
-    if row is None:
-        raise StaleAttempt(f"run {run_id} attempt {attempt} may no longer write")
-    return int(row[0])
-
-
-def write_batch(run_id: int, attempt: int, batch: Batch, series_cache: dict[str, int]) -> tuple[int, int]:
-    """Store a batch in one transaction and publish it once committed; returns (first, last) seq."""
-    with transaction.atomic():
-        last_seq = _reserve_seq(run_id, attempt, len(batch.lines), batch)
-        first_seq = last_seq - len(batch.lines) + 1
-        log_rows = [(first_seq + i, ts, stream, line) for i, (ts, stream, line) in enumerate(batch.lines)]
-        insert_log_lines(run_id, log_rows)
-        if batch.points:
-            texts = batch.texts if batch.text_points == len(batch.points) else None
-            # A resumed attempt re-reports the steps after its checkpoint: merge, not append.
-            write_batch_points(run_id, batch.points, texts, series_cache, may_repeat=attempt > 1)
-
-        def publish() -> None:
-            if log_rows:
-                events.publish(run_id, events.log_frame(log_rows))
-            if batch.points:
-                events.publish(run_id, events.metric_frame(batch.points))
-            if batch.progress is not None or batch.phase is not None:
-                events.publish(
-                    run_id,
-                    {
-                        "type": "status",
-                        "status": RunStatus.RUNNING.value,
-                        "attempt": attempt,
-                        "phase": batch.phase or "",
-                        "progress_step": batch.progress[0] if batch.progress else None,
-                        "progress_total": batch.progress[1] if batch.progress else None,
-                    },
-                )
-
-        transaction.on_commit(publish)
-    return first_seq, last_seq
 
 
 def _assert_owner(run_id: int, attempt: int) -> None:

@@ -17,7 +17,8 @@ from typing import Any
 from django.utils import timezone
 
 from redaction import Redactor
-from runs.attempts import Batch, finite_or_none
+from runs.attempts import finite_or_none
+from runs.batches import Batch
 from runs.ingest import PointText, point_texts
 
 MAX_EVENT_LINE_BYTES = 1024 * 1024

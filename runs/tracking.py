@@ -4,7 +4,7 @@ An external run (`Run.kind = external`) is started by a script outside the contr
 queue, no admission, no worker. It is inserted `running` with attempt 1 open, and its launcher
 gets a run-scoped token (accounts.policy.run_scoped_decision) that reports into it and nothing
 else. Reports are batches of the programs' own JSON-lines events (runs/protocol.py), written by
-the supervisor's own `runs.attempts.write_batch`: the same seqs, points, rollups and frames.
+the supervisor's own `runs.batches.write_batch`: the same seqs, points, rollups and frames.
 
 Each batch carries its number (1, 2, ...): the conditional UPDATE that accepts batch N only after
 N - 1 is applied in the batch's transaction, so a batch sent again after a lost response is
@@ -30,7 +30,8 @@ from django.utils import timezone
 from accounts.tokens import do_issue_run_token, revoke_run_tokens
 from redaction import Redactor, redact, redact_value
 from runs import lifecycle
-from runs.attempts import Batch, Outcome, finish_attempt, system_line, write_batch
+from runs.attempts import Outcome, finish_attempt, system_line
+from runs.batches import Batch, write_batch
 from runs.lifecycle import LIVE_STATUSES, TERMINAL_STATUSES, TransitionEvent, Trigger
 from runs.models import ErrorKind, LogStream, Run, RunKind, RunStatus
 from runs.protocol import MAX_EVENT_LINE_BYTES, ParsedEvent, apply_event, parse_event

@@ -29,6 +29,7 @@ MODULE_GATE = 95.0
 GATED_MODULES: tuple[str, ...] = (
     "runs/services.py",
     "runs/attempts.py",
+    "runs/batches.py",
     "runs/reconciler.py",
     "workers/supervisor.py",
     "workers/launch.py",

@@ -31,7 +31,7 @@ import structlog
 from django.utils import timezone
 
 from ops.gpu import load_nvml
-from runs.attempts import Batch
+from runs.batches import Batch
 
 log = structlog.get_logger(__name__)
 PROC = Path("/proc")

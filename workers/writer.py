@@ -4,6 +4,10 @@ The batch being built (lines, metric points, progress, phase), the checkpoint an
 waiting to be registered, and the writes themselves: a batch every flush, buffered (bounded)
 through a database outage; the final flush and the outcome, retried while the lease lasts.
 
+A batch is written again only when it is known not to be stored: a write that failed once its
+transaction began may have committed (the COMMIT landed, its answer was lost with the connection),
+so that batch is held in doubt until Postgres says whether it did (runs/batches.py, `settle`).
+
 Every write is conditional on the attempt (runs/attempts.py). When one finds that another attempt
 owns the run, this attempt is fenced off: the supervisor stops the program and writes nothing more.
 """
@@ -19,8 +23,9 @@ from typing import Any, Literal
 from django.db import DatabaseError, close_old_connections
 
 from ops import worker_metrics
-from runs import attempts
-from runs.attempts import Batch, Outcome, StaleAttempt, system_line
+from runs import attempts, batches
+from runs.attempts import Outcome, StaleAttempt, system_line
+from runs.batches import Batch, BatchTransaction
 from runs.models import RunStatus
 from runs.storage import StorageUnavailable
 from workers.files import register_file
@@ -55,6 +60,10 @@ class AttemptWriter:
         # What keeps the attempt alive while a file is stored (workers/lease_keeper.py): the
         # run's lease; a gang's other nodes beat their own row instead (workers/gang.py).
         self.keep_alive = keep_alive or (lambda: attempts.renew_lease(run_id, attempt))
+        # A batch whose write failed after its transaction began, and that transaction: it may
+        # be stored already. Held apart from the buffer (and its bound: it is one batch, within
+        # the bound itself) until `_settle` learns whether it committed.
+        self._in_doubt: tuple[Batch, BatchTransaction] | None = None
 
     def say(self, line: tuple[datetime, str, str]) -> None:
         """Add a line to the batch being built."""
@@ -66,7 +75,11 @@ class AttemptWriter:
         self._on_fenced_off(reason)
 
     def flush(self) -> bool:
-        """Write the pending batch; on a database error keep it (bounded) for the next try."""
+        """Write the pending batch; on a database error keep it (bounded) for the next try. A batch
+        whose write may have committed anyway is settled first: nothing newer is written before
+        it, so the seqs keep the order of the output."""
+        if self._in_doubt is not None and not self._settle(*self._in_doubt):
+            return False
         if not self.batch:
             return True
         # The buffer lost its oldest lines, so the gap sits right before what it still holds: the
@@ -80,33 +93,75 @@ class AttemptWriter:
                 ),
             )
         batch, self.batch = self.batch, Batch()
+        return self._write(batch, gap_note)
+
+    def _write(self, batch: Batch, gap_note: bool) -> bool:
+        """Write one batch; on a database error keep it, in the buffer or (if it may have
+        committed) apart, in doubt. `gap_note`: its first line is the note of dropped lines."""
+        noted = BatchTransaction()
         try:
-            attempts.write_batch(self.run_id, self.attempt, batch, self._series_cache)
-            worker_metrics.batch_written(batch)
+            batches.write_batch(self.run_id, self.attempt, batch, self._series_cache, noted)
         except StaleAttempt:
             self.fence_off()
         except DatabaseError as error:
-            self.flush_failures += 1
-            # Series this write created went with its rolled-back transaction: ids cached from it
-            # would fail every later write (a foreign key to nothing; seen in CI as an outage that
-            # ended in final_flush_failed). They are read or created again at the next try.
-            self._series_cache.clear()
-            self.log.warning(
-                "batch_write_failed",
-                error=str(error)[:200],
-                lines=len(batch.lines),
-                failures=self.flush_failures,
-            )
-            close_old_connections()
+            self._count_failure(error, batch)
+            if noted.txid is not None:
+                # Its transaction began: the COMMIT may have landed with only its answer lost, and
+                # writing it again would store its lines twice. Kept apart as it is (its gap note
+                # too) until Postgres says (`_settle`).
+                self._in_doubt = (batch, noted)
+                if gap_note:
+                    self._dropped_lines = 0  # noted in the batch in doubt, stored either way
+                return False
             if gap_note:
                 del batch.lines[0]  # written again, with the new count, at the next try
             self._keep_for_next_try(batch)
             return False
+        else:
+            worker_metrics.batch_written(batch)
+        self._recovered()
+        if gap_note:
+            self._dropped_lines = 0
+        return True
+
+    def _settle(self, batch: Batch, noted: BatchTransaction) -> bool:
+        """Ask Postgres about the batch in doubt: stored (published now, as its commit would have
+        done), or rolled back (written again now, on its own: lines dropped since it was written
+        have their note after it, in the batch being built). True once it is settled and stored."""
+        stored = batches.settle(self.run_id, self.attempt, batch, noted)
+        if stored is None:
+            # Unknown ("in progress", or no database): asked again at the next try, the watch loop
+            # backing off and bounding the newer lines as for a failed write.
+            self.flush_failures += 1
+            self.log.warning("batch_write_in_doubt", txid=noted.txid, lines=len(batch.lines))
+            close_old_connections()
+            return False
+        self._in_doubt = None
+        self.log.info("batch_write_settled", txid=noted.txid, committed=stored, lines=len(batch.lines))
+        if not stored:
+            return self._write(batch, gap_note=False)
+        worker_metrics.batch_written(batch)
+        self._recovered()
+        return True
+
+    def _count_failure(self, error: DatabaseError, batch: Batch) -> None:
+        self.flush_failures += 1
+        # Series this write created went with its rolled-back transaction: ids cached from it
+        # would fail every later write (a foreign key to nothing; seen in CI as an outage that
+        # ended in final_flush_failed). They are read or created again at the next try.
+        self._series_cache.clear()
+        self.log.warning(
+            "batch_write_failed",
+            error=str(error)[:200],
+            lines=len(batch.lines),
+            failures=self.flush_failures,
+        )
+        close_old_connections()
+
+    def _recovered(self) -> None:
         if self.flush_failures:
             self.log.info("batch_write_recovered", failures=self.flush_failures)
         self.flush_failures = 0
-        self._dropped_lines = 0
-        return True
 
     def _keep_for_next_try(self, batch: Batch) -> None:
         """Put a batch that failed to write back in front of what arrived since, within bounds."""
@@ -144,7 +199,10 @@ class AttemptWriter:
                 return not self.fenced_off
             if self.fenced_off or time.monotonic() + delay > deadline:
                 self.log.error(
-                    "final_flush_failed", lines=len(self.batch.lines), files=len(self.pending_files)
+                    "final_flush_failed",
+                    lines=len(self.batch.lines),
+                    in_doubt=self._in_doubt is not None,
+                    files=len(self.pending_files),
                 )
                 return False
             time.sleep(delay)

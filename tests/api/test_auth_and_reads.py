@@ -10,7 +10,8 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import ApiToken
-from runs.attempts import Batch, claim_run, write_batch
+from runs.attempts import claim_run
+from runs.batches import Batch, write_batch
 from runs.models import LogLine, Run
 from tests.conftest import PASSWORD
 

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from ops import gpu, metrics, worker_metrics
 from ops.audit_metrics import AuditStateCollector, audit_state
-from runs.attempts import Batch
+from runs.batches import Batch
 from runs.models import Run
 from runs.selectors import dispatch_record
 from tests.conftest import free_port

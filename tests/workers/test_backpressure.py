@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
-from runs import attempts
+from runs import batches
 from runs.models import LogLine, MetricPoint, Run, RunStatus
 from runs.programs import get_program, resolve_params
 from workers import streams
@@ -77,13 +77,13 @@ class Sampler(threading.Thread):
 def test_a_flooding_program_waits_for_a_slow_database_and_the_supervisor_stays_bounded(
     owner: User, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write_batch = attempts.write_batch
+    write_batch = batches.write_batch
 
     def slow_write(*args: Any, **kwargs: Any) -> Any:
         time.sleep(0.05)  # a database slower than the program: the flood must wait, not pile up
         return write_batch(*args, **kwargs)
 
-    monkeypatch.setattr(attempts, "write_batch", slow_write)
+    monkeypatch.setattr(batches, "write_batch", slow_write)
     sampler = Sampler()
     created = streams.ChunkQueue.__init__
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 
-from runs.attempts import Batch
+from runs.batches import Batch
 from runs.protocol import ParsedEvent
 from workers.ingest import POINT_ROW_BYTES, Ingest
 from workers.streams import CHUNK_OVERHEAD_BYTES, Chunk, ChunkQueue, read_lines

@@ -7,7 +7,7 @@ import os
 import threading
 from typing import Any
 
-from runs.attempts import Batch
+from runs.batches import Batch
 from runs.protocol import apply_event
 from workers.sdk import VALUES_PER_LINE, Reporter
 

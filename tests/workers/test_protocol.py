@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from runs.attempts import Batch
+from runs.batches import Batch
 from runs.protocol import apply_event
 
 

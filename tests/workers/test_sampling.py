@@ -18,7 +18,7 @@ import pytest
 from django.utils import timezone
 
 from ops.gpu import load_nvml
-from runs.attempts import Batch
+from runs.batches import Batch
 from workers.sampling import SystemSampler, gpu_indices, read_group
 
 # A parent that spins one core and forks a child that holds ~60 MiB: both in the parent's group.

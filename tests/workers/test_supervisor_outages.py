@@ -230,14 +230,6 @@ def test_a_database_still_down_when_the_lease_would_end_makes_the_supervisor_giv
     assert reconcile(run.lease_expires_at + timedelta(seconds=1)).requeued == [run.pk]
 
 
-@pytest.mark.quarantine(
-    reason=(
-        "a real bug, diagnosed: a batch whose COMMIT reached Postgres but whose answer was lost to "
-        "the cut is written again at the next try, so a line appears twice (seen in CI 2026-12-08); "
-        "fix: record the write's txid and ask txid_status before writing the batch again"
-    ),
-    issue="issue #15 (ingest), docs/ci.md#flaky-tests",
-)
 def test_a_final_flush_waits_out_a_short_outage_and_the_run_succeeds_with_every_line(
     owner: User, relay: Relay, supervise: Any
 ) -> None:
