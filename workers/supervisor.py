@@ -237,7 +237,8 @@ class Supervisor:
         worker_metrics.process_started(self.run_id, program.name, *dispatch_record(self.run_id))
         record = launch_record(self.run_id)
         self._launched_at = record.created_at if record else timezone.now()
-        if record is not None and claim.attempt == 1:
+        if record is not None and claim.attempt == 1 and (self._gang is None or self._gang.rank == 0):
+            # A run's wait, counted once: by node 0 of a gang.
             worker_metrics.first_attempt_started(record.pool, record.priority, record.created_at)
 
     # -- while it runs, and after ----------------------------------------------------------
