@@ -89,7 +89,10 @@ def start(
     extra_env: dict[str, str] | None = None,
 ) -> Stack:
     """`extra_env`: what a bench changes in both processes (the fleet's settings, say)."""
-    env = {**product_env(queue, programs_file), **(extra_env or {})}
+    # The fleet admits as many runs at once as the worker declares slots (no GPUs here): without
+    # this, `slots` set only Celery's threads and the fleet ran one run at a time (a bench of "4
+    # busy runs" ran them one after another, and the viewers of the last timed out).
+    env = {**product_env(queue, programs_file), "CONTROLPLANE_WORKER_SLOTS": str(slots), **(extra_env or {})}
     port = free_port()
     web = _spawn(
         [
