@@ -13,7 +13,7 @@ web process and the socket.
 
 It prints the busy phase's p99 against the idle phase's (a ratio in the same run, as every bench
 does) beside the absolute targets, which are what it judges.
-Usage: .venv/bin/python bench/bench_latency.py [--busy-rate 100] [--viewers 50]
+Usage: .venv/bin/python bench/bench_latency.py [--busy-rate 100] [--viewers 50] [--client-processes 1]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,13 +102,39 @@ async def launch(client: httpx.AsyncClient, lines: int, seconds: float) -> int:
     return int(response.json()["id"])
 
 
+def view_in_process(ws_base: str, token: str, run_ids: list[int]) -> list[Viewing]:
+    """One client process's share of the viewings (its own event loop and core time)."""
+
+    async def gather() -> list[Viewing]:
+        return list(await asyncio.gather(*(view(ws_base, token, run_id) for run_id in run_ids)))
+
+    return asyncio.run(gather())
+
+
 async def phase(
-    stack: load_stack.Stack, token: str, runs: int, viewers: int, lines: int, seconds: float
+    stack: load_stack.Stack,
+    token: str,
+    runs: int,
+    viewers: int,
+    lines: int,
+    seconds: float,
+    processes: int = 1,
 ) -> list[Viewing]:
+    """`processes` > 1: the viewers are spread over that many client processes, so the figure is
+    the server's, not one client process's parsing of every viewer's frames."""
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=stack.base_url, headers=headers, timeout=30) as client:
         run_ids = [await launch(client, lines, seconds) for _ in range(runs)]
-        return await asyncio.gather(*(view(stack.ws_base, token, run_ids[i % runs]) for i in range(viewers)))
+    watched = [run_ids[i % runs] for i in range(viewers)]
+    if processes <= 1:
+        return await asyncio.gather(*(view(stack.ws_base, token, run_id) for run_id in watched))
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(processes) as pool:
+        shares = [watched[i::processes] for i in range(processes)]
+        done = await asyncio.gather(
+            *(loop.run_in_executor(pool, view_in_process, stack.ws_base, token, share) for share in shares)
+        )
+    return [viewing for share in done for viewing in share]
 
 
 def summary(name: str, viewings: list[Viewing], lines: int) -> dict[str, Any]:
@@ -140,6 +167,12 @@ def main() -> int:
     parser.add_argument("--busy-rate", type=int, default=100, help="lines a second of each busy run")
     parser.add_argument("--busy-seconds", type=float, default=20.0)
     parser.add_argument("--viewers", type=int, default=50)
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=1,
+        help="spread the busy phase's viewers over this many processes",
+    )
     args = parser.parse_args()
     db_name = f"bench_latency_{os.getpid()}"
     queue = f"bench-latency-{os.getpid()}-{secrets.token_hex(3)}"
@@ -159,7 +192,9 @@ def main() -> int:
         busy_lines = int(args.busy_rate * args.busy_seconds)
         busy = summary(
             "busy",
-            asyncio.run(phase(stack, token, 4, args.viewers, busy_lines, args.busy_seconds)),
+            asyncio.run(
+                phase(stack, token, 4, args.viewers, busy_lines, args.busy_seconds, args.client_processes)
+            ),
             busy_lines,
         )
         print(f"load average: {os.getloadavg()}")

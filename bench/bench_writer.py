@@ -93,8 +93,8 @@ class PublishTracker:
         self.pending: list[Any] = []
         original = publisher.publish
 
-        def tracked(run_id: int, frame: Any) -> Any:
-            future = original(run_id, frame)
+        def tracked(run_id: int, *frames: Any) -> Any:
+            future = original(run_id, *frames)
             if future is not None:
                 self.pending.append(future)
             return future

@@ -41,6 +41,7 @@ class Candidate:
     priority: int
     created_at: datetime
     request_id: str = ""
+    nodes: int = 1  # the old pass had no gangs; the shared unfit_reason reads it
 
     @property
     def kind(self) -> str:

@@ -119,13 +119,13 @@ def write_batch(
 
 def publish_batch(run_id: int, attempt: int, batch: Batch, log_rows: list[LogRow]) -> None:
     """The frames of a committed batch: its lines, its points, and its progress or phase."""
+    frames: list[events.Frame] = []
     if log_rows:
-        events.publish(run_id, events.log_frame(log_rows))
+        frames.append(events.log_frame(log_rows))
     if batch.points:
-        events.publish(run_id, events.metric_frame(batch.points))
+        frames.append(events.metric_frame(batch.points))
     if batch.progress is not None or batch.phase is not None:
-        events.publish(
-            run_id,
+        frames.append(
             {
                 "type": "status",
                 "status": RunStatus.RUNNING.value,
@@ -133,8 +133,9 @@ def publish_batch(run_id: int, attempt: int, batch: Batch, log_rows: list[LogRow
                 "phase": batch.phase or "",
                 "progress_step": batch.progress[0] if batch.progress else None,
                 "progress_total": batch.progress[1] if batch.progress else None,
-            },
+            }
         )
+    events.publish(run_id, *frames)  # one message for the batch's frames
 
 
 def settle(run_id: int, attempt: int, batch: Batch, noted: BatchTransaction) -> bool | None:

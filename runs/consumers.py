@@ -123,7 +123,21 @@ class RunConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels shi
         if text_data == "ping":
             await self.send(text_data="pong")
 
+    async def run_frames(self, message: dict[str, Any]) -> None:
+        """A batch's frames, already encoded (runs.events): sent as they are, unless a log frame
+        holds lines this viewer has (after its backlog read) or starts past a gap."""
+        for item in message["frames"]:
+            first = item.get("first_seq")
+            if first is None:
+                await self.send(text_data=item["text"])
+            elif first == self.last_seq + 1:
+                self.last_seq = item["last_seq"]
+                await self.send(text_data=item["text"])
+            elif item["last_seq"] > self.last_seq:
+                await self.run_frame({"frame": json.loads(item["text"])})
+
     async def run_frame(self, message: dict[str, Any]) -> None:
+        """One frame as a dict ("run.frame": workers older than this web, and `run_frames`)."""
         frame = message["frame"]
         if frame.get("type") != "log":
             await self._send(frame)
@@ -152,4 +166,4 @@ class RunConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels shi
                 return
 
     async def _send(self, frame: events.Frame | dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps(frame, separators=(",", ":")))
+        await self.send(text_data=events.encode(frame))

@@ -8,6 +8,7 @@ by seq.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Sequence
@@ -56,7 +57,30 @@ class StatusFrame(TypedDict, total=False):
 
 
 Frame = LogFrame | MetricFrame | StatusFrame
-CONSUMER_MESSAGE_TYPE = "run.frame"
+# One channel-layer message per batch, its frames already JSON (runs.consumers.RunConsumer.run_frames):
+# a run with many viewers costs one encoding per frame, not one per viewer, and one delivery per
+# viewer for the batch, not one per frame. "run.frame" (one frame, as a dict) is still handled,
+# for messages from workers older than the web.
+CONSUMER_MESSAGE_TYPE = "run.frames"
+
+
+class EncodedFrame(TypedDict, total=False):
+    text: str  # the frame as the websocket sends it
+    first_seq: int  # a log frame's first and last seq: a viewer checks them without decoding it
+    last_seq: int
+
+
+def encode(frame: Frame | dict[str, Any]) -> str:
+    """A frame as the websocket sends it (one compact JSON text)."""
+    return json.dumps(frame, separators=(",", ":"))
+
+
+def encoded(frame: Frame) -> EncodedFrame:
+    item: EncodedFrame = {"text": encode(frame)}
+    lines = frame.get("lines") if frame.get("type") == "log" else None
+    if isinstance(lines, list) and lines:
+        item["first_seq"], item["last_seq"] = int(lines[0]["seq"]), int(lines[-1]["seq"])
+    return item
 
 
 def run_group(run_id: int) -> str:
@@ -137,11 +161,11 @@ class _Publisher:
                 self._loop = loop
             return self._loop
 
-    def publish(self, run_id: int, frame: Frame) -> Future[Any] | None:
+    def publish(self, run_id: int, *frames: Frame) -> Future[Any] | None:
         layer = get_channel_layer()
-        if layer is None:
+        if layer is None or not frames:
             return None
-        message = {"type": CONSUMER_MESSAGE_TYPE, "frame": frame}
+        message = {"type": CONSUMER_MESSAGE_TYPE, "frames": [encoded(frame) for frame in frames]}
         future = asyncio.run_coroutine_threadsafe(
             layer.group_send(run_group(run_id), message), self._get_loop()
         )
@@ -178,5 +202,6 @@ _log_failure = _FailureLog()
 publisher = _Publisher()
 
 
-def publish(run_id: int, frame: Frame) -> Future[Any] | None:
-    return publisher.publish(run_id, frame)
+def publish(run_id: int, *frames: Frame) -> Future[Any] | None:
+    """Send a run's frames to its viewers, in order, as one message."""
+    return publisher.publish(run_id, *frames)
