@@ -19,7 +19,7 @@ import pytest
 from django.contrib.auth.models import User
 
 from fleet.models import GangNode, Reservation, Worker
-from runs.models import Artifact, Checkpoint, LogLine, MetricPoint, Run, RunAttempt, RunStatus
+from runs.models import Artifact, Checkpoint, MetricPoint, Run, RunAttempt, RunStatus
 from runs.services import check_launch, do_launch_run
 from tests.conftest import (
     ROOT,
@@ -31,10 +31,10 @@ from tests.conftest import (
     stack_env,
     wait_for,
 )
+from tests.e2e.test_distributed import finished, log_lines  # the same waits as one-node torchrun runs
 from tests.storage.s3server import MotoServer, aws_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(600)]
-TERMINAL = {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.DEAD}
 RANK_LINE = re.compile(r"^rank (\d)/(\d) pid (\d+) session (\d+)$")
 
 
@@ -139,19 +139,6 @@ def launch(owner: User, pair: Pair, program: str, params: dict[str, Any]) -> Run
         fleet={"resources": {"pool": pair.pool, "nodes": 2}},
     )
     return do_launch_run(owner, request)
-
-
-def finished(run: Run, timeout: float) -> Run:
-    def done() -> Run | None:
-        current = Run.objects.get(pk=run.pk)
-        return current if current.status in TERMINAL else None
-
-    result: Run = wait_for(done, timeout, interval=0.5, message=f"run {run.pk} to end")
-    return result
-
-
-def log_lines(run: Run) -> list[str]:
-    return list(LogLine.objects.filter(run=run).order_by("seq").values_list("line", flat=True))
 
 
 def test_a_two_node_tinygpt_run_trains_across_both_workers_and_reports_once(owner: User, pair: Pair) -> None:
