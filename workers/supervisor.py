@@ -35,6 +35,7 @@ from workers.failures import classify_exit
 from workers.gang import keep_alive, lease_beat, open_gang, others_failed, wait_to_join
 from workers.ingest import Ingest
 from workers.launch import GangPart, Launch
+from workers.lease_keeper import lease_kept
 from workers.preparation import choose_checkpoint, resolve_run_secrets, stage_run_dataset
 from workers.process import ProgramProcess
 from workers.registry import active_supervisors
@@ -270,7 +271,9 @@ class Supervisor:
         outcome = self._outcome(claim, exit_code, timed_out=watch.timed_out)
         broken = watch.gang_failure  # the watch stopped the program for it
         if broken is None and gang is not None and outcome.status in (RunStatus.SUCCEEDED, RunStatus.FAILED):
-            broken = others_failed(claim, gang)
+            # The wait for the other nodes' ends may outlast the lease: kept alive meanwhile.
+            with lease_kept(self._writer.keep_alive, float(self.config["HEARTBEAT_SECONDS"]), self.log):
+                broken = others_failed(claim, gang)
         if broken is not None:
             # The whole gang's attempt ends: failed as infrastructure, so retried where it may be.
             message = f"the run's gang broke: {broken}"
