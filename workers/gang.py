@@ -39,7 +39,7 @@ def advertised_address() -> str:
 
 def free_port() -> int:
     """A port free now for node 0's torchrun store. Another process could take it before torchrun
-    binds it; torchrun then fails to start, and the attempt is retried (a new port)."""
+    binds it: torchrun then fails to start and so does the attempt (a relaunch picks a new port)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("", 0))
         return int(probe.getsockname()[1])
