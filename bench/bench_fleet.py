@@ -17,7 +17,7 @@ Checked from the programs' own records, and printed:
   time it had runs waiting (launched, program not started yet); the fleet figure sums both pools
   (target > 90 %). Dispatch latency (admission → program start) is printed to explain it.
 
-Usage: .venv/bin/python bench/bench_fleet.py [--runs 200] [--seed 3] [--seconds 1,4]
+Usage: .venv/bin/python bench/bench_fleet.py [--runs 200] [--seed 3] [--seconds 1,4] [--limit-margin S]
 Set BENCH_REDIS_URL to a Redis database of your own (the broker of this bench's workers).
 """
 
@@ -111,8 +111,15 @@ def make_owners() -> dict[str, Any]:
 
 
 def launch_all(
-    owners: dict[str, Any], count: int, out: Path, rng: random.Random, seconds: tuple[float, float]
+    owners: dict[str, Any],
+    count: int,
+    out: Path,
+    rng: random.Random,
+    seconds: tuple[float, float],
+    limit_margin: float | None = None,
 ) -> list[int]:
+    """`limit_margin`: each run declares `max_duration_seconds` = its work + this (what lets the
+    scheduler backfill); None: no run declares one."""
     from runs.services import check_launch, do_launch_run
 
     ids = []
@@ -124,10 +131,13 @@ def launch_all(
         sizes = [g for g in ((1, 1, 2, 2, 3, 4) if pool == "a" else (1, 1, 2)) if g <= (QUOTAS[name] or 8)]
         gpus = rng.choice(sizes)
         owner = owners[name]
+        work = round(rng.uniform(*seconds), 2)
+        limits = {"max_duration_seconds": int(work + limit_margin) + 1} if limit_margin is not None else None
         launch = check_launch(
             name=f"fleet-{n}",
             program="fleetprobe",
-            params={"seconds": round(rng.uniform(*seconds), 2), "out": str(out)},
+            params={"seconds": work, "out": str(out)},
+            limits=limits,
             owner=owner,
             fleet={"resources": {"pool": pool, "gpus": gpus}, "priority": rng.randint(0, 70)},
         )
@@ -251,7 +261,9 @@ def bench(args: argparse.Namespace, db_name: str, data_dir: Path) -> int:
     try:
         wait_registered(len(WORKERS), timeout=120)
         began = time.monotonic()
-        run_ids = launch_all(owners, args.runs, out, random.Random(args.seed), args.seconds)
+        run_ids = launch_all(
+            owners, args.runs, out, random.Random(args.seed), args.seconds, args.limit_margin
+        )
         launched = time.monotonic() - began
         placed_by_beat = wait_all_ended(run_ids, timeout=args.timeout)
         wall = time.monotonic() - began
@@ -345,6 +357,11 @@ def main() -> int:
     parser.add_argument("--seconds", default="1,4", help="each run's work: uniform in MIN,MAX seconds")
     parser.add_argument("--timeout", type=float, default=900, help="seconds for every run to end")
     parser.add_argument("--keep", action="store_true", help="keep the data directory (logs, records)")
+    parser.add_argument(
+        "--limit-margin",
+        type=float,
+        help="runs declare max_duration_seconds = work + this (backfill needs declared limits)",
+    )
     args = parser.parse_args()
     low, high = (float(part) for part in args.seconds.split(","))
     args.seconds = (low, high)

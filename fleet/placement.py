@@ -14,6 +14,12 @@ Rules (docs/architecture.md, "Fleet"):
   not hold anything back.
 - Placement: best fit, the live active worker of the pool with the fewest free devices left
   after the placement (ties: the lowest id), lowest device indices first.
+- Backfill (EASY, as Slurm's by time limit): a run behind a blocked head may take free devices
+  of a worker kept for that head when its declared limit (`max_duration_seconds`) ends it before
+  the head could start there anyway: the head's "shadow" time on that worker, from the limits of
+  the runs holding its devices (unknown, so no backfill, when one of them declares none). The
+  head never starts later for it; only runs the pass reads are candidates (it stops reading as
+  before).
 - Gangs (`resources.nodes` > 1, docs/distributed.md): all nodes or none, each on its own worker
   with `gpus` free devices, the best fits first (node 0 is the best fit). A blocked gang head
   keeps as many workers as it has nodes. Its quota use is `gpus` times `nodes`.
@@ -42,6 +48,17 @@ class WorkerRoom:
     active: bool  # draining workers keep their runs but take no new ones
     total: dict[str, int] = field(default_factory=dict)  # kind -> devices it has
     free: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # kind -> free devices
+    # kind -> when each reserved device frees, in seconds from the snapshot (None: no limit).
+    frees_in: dict[str, list[float | None]] = field(default_factory=dict)
+
+    def shadow(self, head: Candidate) -> float | None:
+        """Seconds until enough devices free here for `head` (its "shadow" time), from the limits
+        of the runs holding them; None when a run it waits for declares no limit."""
+        needed = head.demand - len(self.free.get(head.kind, []))
+        if needed <= 0:
+            return 0.0
+        ends = sorted(self.frees_in.get(head.kind, []), key=lambda end: float("inf") if end is None else end)
+        return ends[needed - 1] if needed <= len(ends) else None
 
 
 class Candidate(NamedTuple):
@@ -56,6 +73,7 @@ class Candidate(NamedTuple):
     created_at: datetime | None  # None when the database ordered the queue (fleet.snapshot)
     request_id: str = ""
     nodes: int = 1  # a gang of this many workers, `gpus` (or one slot) on each
+    max_seconds: int | None = None  # its declared limit (max_duration_seconds): backfill needs one
 
     @property
     def kind(self) -> str:
@@ -180,6 +198,8 @@ class Planner:
         # a hold-back changes it. A run bigger than that costs no scan of the pool's workers.
         self.most_free: dict[tuple[str, str], int] = {}
         self.unfit: dict[tuple[str, str, int, int], str | None] = {}
+        # (pool, kind) -> the workers kept for its blocked head, each with the head's shadow there.
+        self.kept: dict[tuple[str, str], list[tuple[WorkerRoom, float | None]]] = {}
 
     def room(self, key: tuple[str, str]) -> int:
         if key not in self.most_free:
@@ -187,6 +207,16 @@ class Planner:
                 (len(w.free.get(key[1], [])) for w in self.open_workers.get(key, []) if w.active), default=0
             )
         return self.most_free[key]
+
+    def backfill(self, run: Candidate, key: tuple[str, str]) -> WorkerRoom | None:
+        """A worker kept for the head of `key` that `run` may use now: it has the free devices,
+        and the run's declared limit ends it before the head's shadow time there."""
+        if run.nodes != 1 or run.max_seconds is None:
+            return None
+        for worker, shadow in self.kept.get(key, []):
+            if shadow is not None and run.max_seconds <= shadow and len(worker.free[key[1]]) >= run.demand:
+                return worker
+        return None
 
     def served(self) -> bool:
         """True once every (pool, kind) of a pool with an active worker has its blocked head and
@@ -220,12 +250,16 @@ class Planner:
             reasons[run.run_id] = ""
             key = (run.pool, kind)
             chosen = best_fit(run, open_workers.get(key, [])) if run.demand <= self.room(key) else []
+            if not chosen and key not in blocked:
+                blocked[key] = run
+                if hold := hold_for(run, open_workers.get(key, [])):
+                    open_workers[key] = [w for w in open_workers[key] if w not in hold]
+                    self.kept[key] = [(worker, worker.shadow(run)) for worker in hold]
+                    self.most_free.pop(key, None)
+                continue
+            if not chosen and (backfill := self.backfill(run, key)) is not None:
+                chosen = [backfill]
             if not chosen:
-                if key not in blocked:
-                    blocked[key] = run
-                    if hold := hold_for(run, open_workers.get(key, [])):
-                        open_workers[key] = [w for w in open_workers[key] if w not in hold]
-                        self.most_free.pop(key, None)
                 continue
             nodes = []
             for worker in chosen:

@@ -23,6 +23,7 @@ from django.db.models import Count, Q
 from fleet.agent import lost_before
 from fleet.models import DeviceKind, Reservation, Worker
 from fleet.placement import AGING_CAP, Candidate, WorkerRoom
+from runs.lifecycle import LIVE_STATUSES
 from runs.models import Run, RunStatus
 
 # The columns the pass needs, then the stored reason (owners' names are read apart). `resources` is a
@@ -44,7 +45,7 @@ EFFECTIVE_PRIORITY = """r.priority + LEAST(%(cap)s,
 # Only this module's constants are formatted into the SQL (S608 below).
 _POSTGRES_QUEUE = f"""
 SELECT r.id, r.owner_id, {REQUESTED_POOL} AS pool, {REQUESTED_GPUS} AS gpus,
-       {REQUESTED_NODES} AS nodes, r.priority, r.request_id, r.waiting_reason
+       {REQUESTED_NODES} AS nodes, r.max_duration_seconds, r.priority, r.request_id, r.waiting_reason
 FROM runs_run r
 WHERE {QUEUE_FILTER}
 ORDER BY {EFFECTIVE_PRIORITY} DESC, r.created_at, r.id
@@ -56,9 +57,10 @@ ORDER BY {EFFECTIVE_PRIORITY} DESC, r.created_at, r.id
 # nosemgrep: raw-sql-string-formatting - only this module's constants; values are %(...)s parameters
 _POSTGRES_CHUNK = f"""
 SELECT r.id, r.owner_id, {REQUESTED_POOL} AS pool, {REQUESTED_GPUS} AS gpus,
-       {REQUESTED_NODES} AS nodes, r.priority, r.request_id, r.waiting_reason, r.effective, r.created_at
+       {REQUESTED_NODES} AS nodes, r.max_duration_seconds, r.priority, r.request_id, r.waiting_reason,
+       r.effective, r.created_at
 FROM (SELECT r.id, r.owner_id, r.resources, r.priority, r.request_id, r.waiting_reason, r.created_at,
-             {EFFECTIVE_PRIORITY} AS effective
+             r.max_duration_seconds, {EFFECTIVE_PRIORITY} AS effective
       FROM runs_run r
       WHERE {QUEUE_FILTER}
         AND (%(after)s = 0 OR {EFFECTIVE_PRIORITY} < %(effective)s
@@ -76,7 +78,7 @@ SELECT r.id, r.owner_id,
             THEN json_extract(r.resources, '$.gpus') ELSE 0 END AS gpus,
        CASE WHEN json_type(r.resources, '$.nodes') = 'integer'
             THEN MAX(1, json_extract(r.resources, '$.nodes')) ELSE 1 END AS nodes,
-       r.priority, r.request_id, r.waiting_reason
+       r.max_duration_seconds, r.priority, r.request_id, r.waiting_reason
 FROM runs_run r
 WHERE r.status = 'queued' AND r.queue = '' AND (r.not_before IS NULL OR r.not_before <= %(now)s)
 ORDER BY r.priority + MIN(%(cap)s, CAST(MAX(0, (julianday(%(now)s) - julianday(r.created_at)) * 86400.0)
@@ -100,10 +102,13 @@ def read_rooms(now: datetime) -> list[WorkerRoom]:
             "devices__index",
             "devices__kind",
             "devices__reservation__id",
+            "devices__reservation__run__status",
+            "devices__reservation__run__started_at",
+            "devices__reservation__run__max_duration_seconds",
         )
     )
     rooms: dict[int, WorkerRoom] = {}
-    for worker_id, name, pool, queue, state, device_id, index, kind, reservation_id in rows:
+    for worker_id, name, pool, queue, state, device_id, index, kind, reservation_id, *run in rows:
         room = rooms.get(worker_id)
         if room is None:
             room = rooms[worker_id] = WorkerRoom(worker_id, name, pool, queue, state == "active")
@@ -113,7 +118,19 @@ def read_rooms(now: datetime) -> list[WorkerRoom]:
         free = room.free.setdefault(kind, [])
         if reservation_id is None:
             free.append((device_id, index))
+        else:
+            status, started_at, limit = run
+            room.frees_in.setdefault(kind, []).append(_frees_in(now, status, started_at, limit))
     return list(rooms.values())
+
+
+def _frees_in(now: datetime, status: object, started_at: object, limit: object) -> float | None:
+    """Seconds until a reserved device frees at the latest: its run's start (now, for a run
+    admitted and not yet started) plus its declared limit; None when it declares none."""
+    if not isinstance(limit, int):
+        return None
+    begun = started_at if status in LIVE_STATUSES and isinstance(started_at, datetime) else now
+    return max(0.0, (begun - now).total_seconds() + limit)
 
 
 def gpus_held() -> dict[int, int]:
@@ -149,8 +166,10 @@ def queue_owners(now: datetime) -> dict[int, int]:
 
 def _candidates(rows: list[tuple[Any, ...]], names: dict[int, str]) -> list[Candidate]:
     return [
-        Candidate(run_id, owner_id, names.get(owner_id, ""), pool, gpus, priority, None, request_id, nodes)
-        for run_id, owner_id, pool, gpus, nodes, priority, request_id, *_ in rows
+        Candidate(
+            run_id, owner_id, names.get(owner_id, ""), pool, gpus, priority, None, request_id, nodes, limit
+        )
+        for run_id, owner_id, pool, gpus, nodes, limit, priority, request_id, *_ in rows
     ]
 
 
@@ -172,10 +191,10 @@ def queue_chunks(
             rows = cursor.fetchall()
         if not rows:
             return
-        yield _candidates(rows, names), {row[0]: row[7] for row in rows}
+        yield _candidates(rows, names), {row[0]: row[8] for row in rows}
         if len(rows) < size:
             return
-        params.update(after=rows[-1][0], effective=rows[-1][8], created=rows[-1][9])
+        params.update(after=rows[-1][0], effective=rows[-1][9], created=rows[-1][10])
 
 
 def waiting_runs(now: datetime, aging_minutes: float) -> tuple[list[Candidate], dict[int, str]]:
@@ -187,4 +206,4 @@ def waiting_runs(now: datetime, aging_minutes: float) -> tuple[list[Candidate], 
         rows = cursor.fetchall()
     # Owners' names for the quota reasons: one small query, not a join on every queued row.
     names = dict(User.objects.filter(pk__in={row[1] for row in rows}).values_list("pk", "username"))
-    return _candidates(rows, names), {row[0]: row[7] for row in rows}
+    return _candidates(rows, names), {row[0]: row[8] for row in rows}
