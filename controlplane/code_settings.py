@@ -40,6 +40,10 @@ TRACKING: dict[str, float | int] = {
 # waits for the others to report theirs before it records the attempt.
 GANG: dict[str, str | float] = {
     "WORKER_ADDRESS": env_str("CONTROLPLANE_WORKER_ADDRESS", ""),
+    # Where node 0's rendezvous port is chosen: below the kernel's ephemeral range, so no other
+    # process's `bind(port 0)` can take it between the choice and torchrun's bind, and one range
+    # to open between the hosts (torchrun's own default port is 29500).
+    "PORTS": env_str("CONTROLPLANE_GANG_PORTS", "29500-29999"),
     "JOIN_SECONDS": env_float("CONTROLPLANE_GANG_JOIN_SECONDS", 300, minimum=5),
     "EXIT_WAIT_SECONDS": env_float("CONTROLPLANE_GANG_EXIT_WAIT_SECONDS", 15, minimum=0),
 }

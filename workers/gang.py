@@ -5,6 +5,7 @@ that, joins the attempt and keeps its own heartbeat, never the run's lease.
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
@@ -38,11 +39,21 @@ def advertised_address() -> str:
 
 
 def free_port() -> int:
-    """A port free now for node 0's torchrun store. Another process could take it before torchrun
-    binds it: torchrun then fails to start and so does the attempt (a relaunch picks a new port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("", 0))
-        return int(probe.getsockname()[1])
+    """A port free now for node 0's torchrun store, from CONTROLPLANE_GANG_PORTS (tried in random
+    order). The range lies below the kernel's ephemeral ports, so only another gang's choice on
+    this host could take it before torchrun binds it; then that attempt fails, and a relaunch
+    picks again. The kernel's choice (port 0) only when the whole range is taken."""
+    low, _, high = str(settings.GANG["PORTS"]).partition("-")
+    candidates = list(range(int(low), int(high or low) + 1))
+    random.shuffle(candidates)
+    for port in [*candidates, 0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("", port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise OSError("no free port for the rendezvous")
 
 
 def join_seconds() -> int:

@@ -130,16 +130,23 @@ def test_the_runs_list_says_why_a_run_waits_and_follows_it_live(
     # Admitted runs hold their devices: nothing to explain.
     expect(page.locator(f'tr[data-run-id="{runs["llama"]}"] [data-live="waiting"]')).to_be_hidden()
     shoot(page, "fleet-runs-waiting")
-    # A new reason reaches the open page through its poll, without a reload.
-    Run.objects.filter(pk=runs["waiting"]).update(waiting_reason="quota: olivia uses 4 of 4 GPUs")
+    # A new reason reaches the open page through its poll, without a reload: an admin sets
+    # olivia's quota to the 4 GPUs she holds, and the pass that change runs gives the reason (a
+    # reason written into the row by hand would be rewritten by the next pass of any kind).
+    admin = stack.client(do_issue_token(make_user("quinn", "admin")).plaintext)
+    answer = admin.patch(f"/api/v1/quotas/{fleet['operator'].pk}/", json={"max_gpus": 4})
+    assert answer.status_code == 200, answer.text
     expect(waiting).to_have_text("quota: olivia uses 4 of 4 GPUs", timeout=10_000)
     page.goto(f"/runs/{runs['waiting']}/")
     expect(page.locator("[data-live=waiting]")).to_contain_text("quota: olivia uses 4 of 4 GPUs")
     expect(page.locator("#queue-position")).to_have_text("next in ui-a100")
-    # The open run page follows a new reason too (it fetches its summary while the run waits).
-    Run.objects.filter(pk=runs["waiting"]).update(waiting_reason="no live worker in pool ui-a100")
+    # The open run page follows a new reason too (it fetches its summary while the run waits):
+    # the pool's only worker drained.
+    a100 = Worker.objects.get(name="gpu-a-01")
+    assert admin.post(f"/api/v1/workers/{a100.pk}/drain/", json={}).status_code == 202
+    admin.close()
     expect(page.locator("[data-live=waiting]")).to_contain_text(
-        "no live worker in pool ui-a100", timeout=12_000
+        "every live worker in pool ui-a100 is draining", timeout=12_000
     )
     assert problems.unexpected() == []
 
